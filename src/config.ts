@@ -276,7 +276,16 @@ function issuePath(path: ReadonlyArray<PropertyKey>): string {
   return out;
 }
 
-function zodToConfigError(err: z.ZodError, prefix: ReadonlyArray<PropertyKey>): ConfigError {
+function valueAt(root: unknown, path: ReadonlyArray<PropertyKey>): unknown {
+  let v = root;
+  for (const p of path) {
+    if (v === null || typeof v !== 'object') return undefined;
+    v = (v as Record<PropertyKey, unknown>)[p];
+  }
+  return v;
+}
+
+function zodToConfigError(err: z.ZodError, prefix: ReadonlyArray<PropertyKey>, input: unknown): ConfigError {
   const issue = err.issues[0];
   if (!issue) return new ConfigError('(file)', 'invalid');
   let path = issuePath([...prefix, ...issue.path]);
@@ -285,7 +294,7 @@ function zodToConfigError(err: z.ZodError, prefix: ReadonlyArray<PropertyKey>): 
     const key = issue.keys[0] ?? '?';
     path = path === '' ? key : `${path}.${key}`;
     message = 'unknown key (check the spelling; see README "Configuration")';
-  } else if (issue.code === 'invalid_type' && (issue as { input?: unknown }).input === undefined) {
+  } else if (issue.code === 'invalid_type' && valueAt(input, issue.path) === undefined) {
     message = 'missing';
   }
   return new ConfigError(path === '' ? '(top level)' : path, message);
@@ -294,7 +303,7 @@ function zodToConfigError(err: z.ZodError, prefix: ReadonlyArray<PropertyKey>): 
 function parse<T extends z.ZodType>(schema: T, value: unknown, prefix: ReadonlyArray<PropertyKey>): z.output<T> {
   const r = schema.safeParse(value);
   if (!r.success) {
-    throw zodToConfigError(r.error, prefix);
+    throw zodToConfigError(r.error, prefix, value);
   }
   return r.data;
 }

@@ -1,0 +1,224 @@
+import { test, describe } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import yaml from 'js-yaml';
+import { configFromObject, loadConfig, parseHostPort } from '../../src/config.js';
+import { ConfigError } from '../../src/errors.js';
+
+const root = resolve(fileURLToPath(import.meta.url), '../../..');
+const seedPath = resolve(root, '../shared/fixtures/seed-patroni.yml');
+const cli = join(root, 'src/cli.ts');
+const tmp = mkdtempSync(join(tmpdir(), 'cc-config-'));
+const SECRET = 'S3cr3t-pw-never-shown';
+
+function runCli(args: string[], env: NodeJS.ProcessEnv = {}) {
+  const r = spawnSync(process.execPath, ['--import', 'tsx', cli, ...args], {
+    cwd: root,
+    env: { ...process.env, ...env },
+    encoding: 'utf8',
+  });
+  return { code: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+/** A valid standalone config; cases mutate a copy of it. */
+function baseDoc(): Record<string, unknown> {
+  return {
+    scope: 'cn',
+    namespace: '/service/',
+    name: 'cn-1',
+    etcd3: { hosts: ['127.0.0.1:2379'] },
+    postgresql: {
+      connect_address: '127.0.0.1:5432',
+      authentication: { superuser: { username: 'postgres', password: SECRET } },
+    },
+    citus: {
+      loop_wait: 10,
+      databases: ['postgres'],
+      workers: [{ groupid: 1, scope: 'wk1', nodes: ['127.0.0.1:6001', '127.0.0.1:6002'] }],
+    },
+  };
+}
+
+describe('config: the seed patroni.yml', () => {
+  test('loads unchanged with every key it carries', () => {
+    const cfg = loadConfig(seedPath);
+    assert.equal(cfg.shape, 'patroni');
+    assert.equal(cfg.scope, 'cn');
+    assert.equal(cfg.namespace, 'service');
+    assert.equal(cfg.name, 'pg1');
+    assert.deepEqual(cfg.dcs, { kind: 'etcd', hosts: [{ host: '192.168.234.204', port: 2379 }], protocol: 'http' });
+    assert.deepEqual(cfg.postgresql.connectAddress, { host: '192.168.234.201', port: 5432 });
+    assert.deepEqual(cfg.postgresql.superuser, { username: 'postgres', password: '123456' });
+    assert.equal(cfg.citus.loopWait, 10);
+    assert.deepEqual(cfg.citus.databases, ['postgres']);
+    assert.deepEqual(cfg.citus.workers, [
+      {
+        groupid: 1,
+        nodes: [
+          { host: '192.168.234.203', port: 5432 },
+          { host: '192.168.234.204', port: 5432 },
+        ],
+      },
+    ]);
+  });
+
+  test('config check accepts it and never prints its password', () => {
+    const r = runCli(['config', 'check', '-c', seedPath]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout, /config ok: .*seed-patroni\.yml \(patroni\.yml with a citus: section\)/);
+    assert.match(r.stdout, /worker group 1 .*192\.168\.234\.203:5432,192\.168\.234\.204:5432/);
+    assert.doesNotMatch(r.stdout + r.stderr, /123456/);
+    const j = runCli(['config', 'check', '-c', seedPath, '--json']);
+    assert.equal(j.code, 0);
+    const parsed = JSON.parse(j.stdout) as { workers: Array<{ groupid: number }> };
+    assert.equal(parsed.workers[0]?.groupid, 1);
+    assert.doesNotMatch(j.stdout, /123456/);
+  });
+});
+
+describe('config: the standalone citus-controller.yml', () => {
+  test('loads with defaults filled in', () => {
+    const file = join(tmp, 'ok.yml');
+    writeFileSync(file, yaml.dump(baseDoc()));
+    const cfg = loadConfig(file);
+    assert.equal(cfg.shape, 'standalone');
+    assert.deepEqual(cfg.dcs?.hosts, [{ host: '127.0.0.1', port: 2379 }]);
+    assert.equal(cfg.citus.workers[0]?.scope, 'wk1');
+    assert.equal(cfg.citus.registerNewGroups, false);
+    assert.equal(cfg.citus.force, false);
+    assert.equal(cfg.citus.lockCooldownMs, 10000);
+    assert.equal(cfg.citus.resyncInterval, 30);
+    assert.equal(cfg.citus.readFromSecondaries, true);
+  });
+
+  test('etcd hosts as a comma-separated string, IPv6 and default port', () => {
+    const doc = baseDoc();
+    doc.etcd3 = { hosts: '127.0.0.1:2379, [::1]:2380,localhost' };
+    const cfg = configFromObject(doc, 'x.yml');
+    assert.deepEqual(cfg.dcs?.hosts, [
+      { host: '127.0.0.1', port: 2379 },
+      { host: '::1', port: 2380 },
+      { host: 'localhost', port: 2379 },
+    ]);
+  });
+
+  test('the password may come from PGPASSWORD instead of the file', () => {
+    const doc = baseDoc();
+    const pg = doc.postgresql as { authentication: { superuser: Record<string, unknown> } };
+    delete pg.authentication.superuser.password;
+    const file = join(tmp, 'nopw.yml');
+    writeFileSync(file, yaml.dump(doc));
+    const cfg = loadConfig(file);
+    assert.equal(cfg.postgresql.superuser.password, undefined);
+    const r = runCli(['config', 'check', '-c', file], { PGPASSWORD: SECRET });
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stdout, /as postgres/);
+  });
+});
+
+describe('config: parseHostPort', () => {
+  const cases: Array<[string, number | undefined, unknown]> = [
+    ['10.0.0.1:5432', undefined, { host: '10.0.0.1', port: 5432 }],
+    ['db-1.example.com:6432', undefined, { host: 'db-1.example.com', port: 6432 }],
+    ['[fe80::1]:5432', undefined, { host: 'fe80::1', port: 5432 }],
+    ['host', 5432, { host: 'host', port: 5432 }],
+  ];
+  for (const [input, def, want] of cases) {
+    test(`${input} -> ${JSON.stringify(want)}`, () => assert.deepEqual(parseHostPort(input, def), want));
+  }
+  for (const bad of ['host', 'host:0', 'host:70000', 'host:abc', "x'; drop table t;--:5432", 'a b:5432', ':5432', 'fe80::1:5432']) {
+    test(`${JSON.stringify(bad)} is rejected with a reason`, () => {
+      const r = parseHostPort(bad);
+      assert.equal(typeof r, 'string');
+    });
+  }
+});
+
+/** Each bad-input class: [name, mutate(doc) or raw text, expected stderr line]. */
+type BadCase = [string, ((d: Record<string, unknown>) => void) | string, RegExp];
+const citus = (d: Record<string, unknown>) => d.citus as Record<string, unknown>;
+const pgsec = (d: Record<string, unknown>) => d.postgresql as Record<string, unknown>;
+
+const badCases: BadCase[] = [
+  ['invalid YAML', 'scope: cn\ncitus: [\n', /^citus-controller: config error: .*bad-0\.yml: invalid YAML at line \d+, column \d+: /],
+  ['not a mapping', '- a\n- b\n', /^citus-controller: config error: \(top level\): expected a YAML mapping/],
+  ['missing citus section', (d) => delete d.citus, /^citus-controller: config error: citus: missing: add a citus: section/],
+  ["Patroni's own citus mode", (d) => (d.citus = { group: 0, database: 'citus' }), /^citus-controller: config error: citus\.group: this is Patroni's own Citus mode/],
+  ['unknown key in citus', (d) => (citus(d).loop_wiat = 5), /^citus-controller: config error: citus\.loop_wiat: unknown key/],
+  ['wrong type', (d) => (citus(d).loop_wait = 'ten'), /^citus-controller: config error: citus\.loop_wait: expected loop_wait \(seconds\) \(a number\)$/],
+  ['negative number', (d) => (citus(d).loop_wait = -1), /^citus-controller: config error: citus\.loop_wait: loop_wait \(seconds\) must be > 0$/],
+  ['missing scope', (d) => delete d.scope, /^citus-controller: config error: scope: missing$/],
+  ['bad scope name', (d) => (d.scope = 'c n/x'), /^citus-controller: config error: scope: a Patroni scope may only use/],
+  ['missing connect_address', (d) => delete pgsec(d).connect_address, /^citus-controller: config error: postgresql\.connect_address: missing$/],
+  ['missing superuser', (d) => (pgsec(d).authentication = {}), /^citus-controller: config error: postgresql\.authentication\.superuser: missing$/],
+  [
+    'password of the wrong type (value never shown)',
+    (d) => ((pgsec(d).authentication as { superuser: Record<string, unknown> }).superuser.password = [SECRET]),
+    /^citus-controller: config error: postgresql\.authentication\.superuser\.password: expected a string$/,
+  ],
+  ['bad node address', (d) => (citus(d).workers = [{ groupid: 1, nodes: ['10.0.0.1:5432', 'bad host:5432'] }]), /^citus-controller: config error: citus\.workers\[0\]\.nodes\[1\]: "bad host:5432" has an invalid host name$/],
+  ['bad port', (d) => (citus(d).workers = [{ groupid: 1, nodes: ['10.0.0.1:99999'] }]), /^citus-controller: config error: citus\.workers\[0\]\.nodes\[0\]: "10\.0\.0\.1:99999": port must be 1-65535$/],
+  ['groupid 0', (d) => (citus(d).workers = [{ groupid: 0, scope: 'wk0' }]), /^citus-controller: config error: citus\.workers\[0\]\.groupid: worker group ids start at 1/],
+  [
+    'duplicate groupid',
+    (d) => (citus(d).workers = [{ groupid: 1, scope: 'wk1' }, { groupid: 1, scope: 'wk2' }]),
+    /^citus-controller: config error: citus\.workers\[1\]\.groupid: group 1 is listed twice$/,
+  ],
+  [
+    'duplicate scope',
+    (d) => (citus(d).workers = [{ groupid: 1, scope: 'wk1' }, { groupid: 2, scope: 'wk1' }]),
+    /^citus-controller: config error: citus\.workers\[1\]\.scope: scope "wk1" is used twice$/,
+  ],
+  ['worker without scope or nodes', (d) => (citus(d).workers = [{ groupid: 1 }]), /^citus-controller: config error: citus\.workers\[0\]: give the Patroni scope/],
+  ['unknown key in a worker', (d) => (citus(d).workers = [{ groupid: 1, scope: 'wk1', nodse: [] }]), /^citus-controller: config error: citus\.workers\[0\]\.nodse: unknown key/],
+  ['no databases', (d) => (citus(d).databases = []), /^citus-controller: config error: citus\.databases: list at least one database$/],
+  ['bad source', (d) => (citus(d).source = 'zookeeper'), /^citus-controller: config error: citus\.source: must be one of etcd, rest, probe$/],
+  ['etcd without hosts', (d) => (d.etcd3 = { protocol: 'http' }), /^citus-controller: config error: etcd3\.hosts: missing: list the etcd endpoints/],
+  ['etcd srv', (d) => (d.etcd3 = { srv: 'example.com' }), /^citus-controller: config error: etcd3\.srv: SRV discovery is not supported/],
+  ['bad etcd host', (d) => (d.etcd3 = { hosts: ['127.0.0.1:2379', 'nope nope'] }), /^citus-controller: config error: etcd3\.hosts: "nope nope" has an invalid host name$/],
+  ['bad vip address', (d) => (citus(d).vip = { address: '10.0.0.300', interface: 'eth0' }), /^citus-controller: config error: citus\.vip\.address: not an IP address$/],
+  ['bad vip interface', (d) => (citus(d).vip = { address: '10.0.0.3', interface: 'eth0; reboot' }), /^citus-controller: config error: citus\.vip\.interface: not a valid interface name/],
+  ['bad namespace', (d) => (d.namespace = '///'), /^citus-controller: config error: namespace: must not be empty$/],
+];
+
+describe('config: each bad input gives one line naming the key, exit 2, no password', () => {
+  badCases.forEach(([name, change, want], i) => {
+    test(name, () => {
+      const file = join(tmp, `bad-${i}.yml`);
+      if (typeof change === 'string') {
+        writeFileSync(file, change);
+      } else {
+        const doc = baseDoc();
+        change(doc);
+        writeFileSync(file, yaml.dump(doc));
+      }
+      // the library throws a ConfigError with the same text ...
+      assert.throws(() => loadConfig(file), (e: unknown) => e instanceof ConfigError && want.test(`citus-controller: ${e.message}`));
+      // ... and the CLI prints exactly one line and exits 2
+      const r = runCli(['config', 'check', '-c', file]);
+      assert.equal(r.code, 2, `exit code for ${name}: ${r.stderr}`);
+      assert.equal(r.stdout, '');
+      const lines = r.stderr.trimEnd().split('\n');
+      assert.equal(lines.length, 1, `one line expected, got:\n${r.stderr}`);
+      assert.match(lines[0] ?? '', want);
+      assert.doesNotMatch(r.stderr, new RegExp(SECRET));
+      assert.ok(readFileSync(file, 'utf8').length > 0, 'the config file is left as it was');
+    });
+  });
+
+  test('a missing file', () => {
+    const r = runCli(['config', 'check', '-c', join(tmp, 'nope.yml')]);
+    assert.equal(r.code, 2);
+    assert.match(r.stderr, /^citus-controller: config error: .*nope\.yml: cannot read the config file \(no such file\)\n$/);
+  });
+
+  test('a missing CLI argument is a usage error with exit 2', () => {
+    const r = runCli(['config', 'check']);
+    assert.equal(r.code, 2);
+    assert.match(r.stderr, /required option '-c, --config <file>' not specified/);
+  });
+});
