@@ -1,0 +1,444 @@
+/**
+ * The planner: Topology + pg_dist_node rows (per database) + Policy -> ordered actions and one
+ * finding per (database, group). PURE: no I/O, no clock, no randomness; the same inputs give the
+ * same plan, and applying a plan (applyPlanToRows) makes the next plan empty.
+ *
+ * Rules (design.md, domain-facts.md "Citus node metadata"):
+ * - A group's PRIMARY row keeps its nodeid; only its name/port move (citus_update_node).
+ *   Group 0 (the coordinator) is handled like any other group.
+ * - Act only when the group has exactly one running primary (runningPrimary); otherwise keep the
+ *   row and report `ambiguous`. A stale topology: no actions at all, every group `stale`.
+ * - Addresses compare as exact text host + port. Only valid host names / IPs and ports 1-65535
+ *   ever appear in an action.
+ * - (nodename, nodeport) is unique across all rows: if the new address is held by a non-primary
+ *   row of a managed group, that row is parked on a unique temporary name first, in the same
+ *   batch (one transaction). A parked secondary of the SAME group then takes the primary row's
+ *   old address (the swap of a switchover). A primary row of another group is never parked:
+ *   if that group is itself moving away in this plan, its batch is ordered first; otherwise the
+ *   move is refused (two groups claim one address).
+ * - Groups Patroni knows but pg_dist_node lacks: `unregistered`, and add_node only with
+ *   policy.registerNewGroups. Rows of groups not in knownGroups: left alone, `unmanaged`.
+ */
+import { formatHostPort, isValidHost } from '../config.js';
+import type { HostPort } from '../config.js';
+import { memberAddress, runningPrimary, showName } from '../topology/types.js';
+import type { GroupView, MemberView, Topology } from '../topology/types.js';
+import type { Action, AddNodeAction, DistNodeRow, Finding, ParkNodeAction, Plan, Policy, UpdateNodeAction } from './types.js';
+
+type RowsInput = ReadonlyMap<string, readonly DistNodeRow[]> | Readonly<Record<string, readonly DistNodeRow[]>>;
+
+/** What Patroni says a group's primary is, independent of any database. */
+type Desire = { ok: true; member: MemberView; address: HostPort } | { ok: false; reason: string };
+
+/** Actions without the batch number (assigned at the end, in plan order). */
+type Step = Omit<UpdateNodeAction, 'batch'> | Omit<ParkNodeAction, 'batch'> | Omit<AddNodeAction, 'batch'>;
+
+interface GroupResult {
+  finding: Finding;
+  steps: Step[];
+}
+
+const fmt = formatHostPort;
+
+function sameAddress(a: HostPort, b: HostPort): boolean {
+  return a.host === b.host && a.port === b.port;
+}
+
+function rowAddress(row: DistNodeRow): HostPort {
+  return { host: row.nodename, port: row.nodeport };
+}
+
+function byNodeid(a: DistNodeRow, b: DistNodeRow): number {
+  return a.nodeid - b.nodeid;
+}
+
+function entriesOf(rows: RowsInput): Array<[string, readonly DistNodeRow[]]> {
+  if (rows instanceof Map) return [...rows.entries()];
+  return Object.entries(rows as Readonly<Record<string, readonly DistNodeRow[]>>);
+}
+
+/**
+ * A temporary name for a parked row: `<host>-demoted-<nodeid>` (IPv6 colons become dashes), or
+ * `citus-demoted-<nodeid>` when that is not a valid host name; `-2`, `-3`, ... appended if the
+ * name is taken on that port. Always passes isValidHost.
+ */
+export function parkedName(host: string, nodeid: number, port: number, taken: (a: HostPort) => boolean): string {
+  const base = host
+    .replace(/[^A-Za-z0-9.-]/g, '-')
+    .replace(/^[-.]+|[-.]+$/g, '')
+    .replace(/\.{2,}/g, '.');
+  let stem = `${base}-demoted-${nodeid}`;
+  if (base === '' || !isValidHost(stem)) stem = `citus-demoted-${nodeid}`;
+  let name = stem;
+  for (let i = 2; taken({ host: name, port }); i++) name = `${stem}-${i}`;
+  return name;
+}
+
+/** Error thrown by applyPlanToRows where Citus would raise one (the planner must never cause it). */
+export class SimulatedCitusError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'SimulatedCitusError';
+  }
+}
+
+function applyOne(rows: DistNodeRow[], action: Action | Step): void {
+  if (action.kind === 'add_node') {
+    // citus_add_node: an existing (name, port) returns its id and changes nothing.
+    if (rows.some((r) => r.nodename === action.to.host && r.nodeport === action.to.port)) return;
+    const nodeid = rows.reduce((m, r) => Math.max(m, r.nodeid), 0) + 1;
+    if (rows.some((r) => r.groupid === action.groupid && r.noderole === 'primary')) {
+      throw new SimulatedCitusError(`group ${action.groupid} already has a primary node`);
+    }
+    rows.push({
+      nodeid,
+      groupid: action.groupid,
+      nodename: action.to.host,
+      nodeport: action.to.port,
+      noderole: 'primary',
+      nodecluster: 'default',
+      isactive: true,
+      hasmetadata: true,
+      metadatasynced: true,
+      shouldhaveshards: action.groupid !== 0,
+    });
+    return;
+  }
+  const row = rows.find((r) => r.nodeid === action.nodeid);
+  if (!row) throw new SimulatedCitusError(`node ${action.nodeid} not found`);
+  if (row.nodename === action.to.host && row.nodeport === action.to.port) return; // same address: no-op
+  if (rows.some((r) => r !== row && r.nodename === action.to.host && r.nodeport === action.to.port)) {
+    throw new SimulatedCitusError('there is already another node with the specified hostname and port');
+  }
+  row.nodename = action.to.host;
+  row.nodeport = action.to.port;
+}
+
+/**
+ * What citus_update_node / citus_add_node do to one database's rows, for the given actions in
+ * order (the caller passes that database's actions). Returns new rows; the input is not changed.
+ * Throws SimulatedCitusError where Citus would fail (address held by another row, unknown nodeid).
+ */
+export function applyPlanToRows(rows: readonly DistNodeRow[], actions: readonly Action[]): DistNodeRow[] {
+  const out = rows.map((r) => ({ ...r }));
+  for (const a of actions) applyOne(out, a);
+  return out;
+}
+
+/** applyPlanToRows for every database: each action goes to the rows of its `database`. */
+export function applyPlanToDatabases(rowsByDatabase: RowsInput, actions: readonly Action[]): Map<string, DistNodeRow[]> {
+  const out = new Map<string, DistNodeRow[]>();
+  for (const [db, rows] of entriesOf(rowsByDatabase)) {
+    out.set(
+      db,
+      applyPlanToRows(
+        rows,
+        actions.filter((a) => a.database === db),
+      ),
+    );
+  }
+  for (const a of actions) {
+    if (!out.has(a.database)) throw new SimulatedCitusError(`action for unknown database ${a.database}`);
+  }
+  return out;
+}
+
+export interface Batch {
+  batch: number;
+  database: string;
+  groupid: number;
+  /** Run in this order, in one transaction. */
+  actions: Action[];
+}
+
+/** The plan's actions cut into transactions, in the order they must run. */
+export function batchesOf(actions: readonly Action[]): Batch[] {
+  const out: Batch[] = [];
+  for (const a of actions) {
+    const last = out[out.length - 1];
+    if (last && last.batch === a.batch) last.actions.push(a);
+    else out.push({ batch: a.batch, database: a.database, groupid: a.groupid, actions: [a] });
+  }
+  // A batch belongs to the group whose primary row it moves or adds (a park may touch a row of
+  // another group).
+  for (const b of out) {
+    const main = b.actions.find((a) => a.kind !== 'park_node');
+    if (main) b.groupid = main.groupid;
+  }
+  return out;
+}
+
+/** Per managed group: the one running primary, or why not. Also catches two groups claiming one address. */
+function desires(topology: Topology, managed: number[]): Map<number, Desire> {
+  const views = new Map<number, GroupView[]>();
+  for (const v of topology.groups) {
+    const list = views.get(v.groupid) ?? [];
+    list.push(v);
+    views.set(v.groupid, list);
+  }
+  const out = new Map<number, Desire>();
+  for (const g of managed) {
+    const vs = views.get(g) ?? [];
+    const v = vs[0];
+    if (!v) {
+      out.set(g, { ok: false, reason: `group ${g} is not in the topology (the ${topology.source} source did not report it)` });
+      continue;
+    }
+    if (vs.length > 1) {
+      out.set(g, { ok: false, reason: `the ${topology.source} source reported group ${g} ${vs.length} times` });
+      continue;
+    }
+    const rp = runningPrimary(v, topology.source);
+    if (!rp.ok) {
+      out.set(g, rp);
+      continue;
+    }
+    const address = memberAddress(rp.member);
+    // runningPrimary guarantees an address; keep the check so no action can ever carry null.
+    if (!address) out.set(g, { ok: false, reason: `member ${showName(rp.member.name)} has no usable address` });
+    else out.set(g, { ok: true, member: rp.member, address });
+  }
+  // Two groups whose running primaries have the same address: neither is believable.
+  const claims = new Map<string, number[]>();
+  for (const [g, d] of out) {
+    if (!d.ok) continue;
+    const key = fmt(d.address);
+    claims.set(key, [...(claims.get(key) ?? []), g]);
+  }
+  for (const [key, groups] of claims) {
+    if (groups.length < 2) continue;
+    const who = groups.map((g) => {
+      const d = out.get(g);
+      return `${g} (${d && d.ok ? showName(d.member.name) : '?'})`;
+    });
+    const all = groups.length === 2 ? 'both' : 'all';
+    for (const g of groups) out.set(g, { ok: false, reason: `groups ${who.join(' and ')} ${all} report ${key} as their primary` });
+  }
+  return out;
+}
+
+interface DbContext {
+  database: string;
+  policy: Policy;
+  managed: Set<number>;
+  desire: Map<number, Desire>;
+  /** Working copy of the rows: each resolved group's steps are applied to it. */
+  rows: DistNodeRow[];
+  /** Managed groups not resolved yet (their primary rows may still move away). */
+  pending: Set<number>;
+}
+
+function finding(
+  ctx: DbContext,
+  groupid: number,
+  verdict: Finding['verdict'],
+  row: DistNodeRow | undefined,
+  desired: Desire | undefined,
+  reason: string,
+): Finding {
+  return {
+    database: ctx.database,
+    groupid,
+    verdict,
+    current: row ? rowAddress(row) : null,
+    nodeid: row ? row.nodeid : null,
+    desired: desired && desired.ok ? { ...desired.address } : null,
+    member: desired && desired.ok ? desired.member.name : null,
+    reason,
+  };
+}
+
+type Room = { kind: 'free'; steps: Step[]; parked: DistNodeRow | null } | { kind: 'blocked' } | { kind: 'refused'; reason: string };
+
+/** Makes `target` free for group `g`'s primary row: nothing, a park, a wait for another group, or a refusal. */
+function makeRoom(ctx: DbContext, g: number, target: HostPort, who: string, final: boolean): Room {
+  const holder = ctx.rows.find((r) => r.nodename === target.host && r.nodeport === target.port);
+  if (!holder) return { kind: 'free', steps: [], parked: null };
+  const held = `${fmt(target)} is held by the ${holder.noderole} row of group ${holder.groupid} (nodeid ${holder.nodeid})`;
+  if (!ctx.managed.has(holder.groupid)) {
+    return { kind: 'refused', reason: `cannot point group ${g} at ${who} (${fmt(target)}): ${held}, a group this controller does not manage` };
+  }
+  if (holder.noderole === 'primary') {
+    if (ctx.pending.has(holder.groupid) && !final) return { kind: 'blocked' };
+    const other = ctx.desire.get(holder.groupid);
+    const why = other && other.ok ? `whose running primary is ${showName(other.member.name)} (${fmt(other.address)})` : `which cannot move (${other ? other.reason : 'unknown'})`;
+    return {
+      kind: 'refused',
+      reason: `cannot point group ${g} at ${who} (${fmt(target)}): ${held}, ${why}; two groups claim one address`,
+    };
+  }
+  const to: HostPort = {
+    host: parkedName(holder.nodename, holder.nodeid, holder.nodeport, (a) => ctx.rows.some((r) => r.nodename === a.host && r.nodeport === a.port)),
+    port: holder.nodeport,
+  };
+  const park: Omit<ParkNodeAction, 'batch'> = {
+    kind: 'park_node',
+    database: ctx.database,
+    groupid: holder.groupid,
+    nodeid: holder.nodeid,
+    noderole: holder.noderole,
+    from: rowAddress(holder),
+    to,
+    force: ctx.policy.force,
+    lockCooldownMs: ctx.policy.lockCooldownMs,
+    reason: `park ${holder.noderole} row ${holder.nodeid} of group ${holder.groupid} (${fmt(target)}) on ${fmt(to)}: group ${g}'s primary ${who} needs that address`,
+  };
+  return { kind: 'free', steps: [park], parked: holder };
+}
+
+/** Plans one managed group of one database. `blocked`: wait until the groups still pending are resolved. */
+function planGroup(ctx: DbContext, g: number, final: boolean): GroupResult | 'blocked' {
+  const desire = ctx.desire.get(g);
+  const primaries = ctx.rows.filter((r) => r.groupid === g && r.noderole === 'primary').sort(byNodeid);
+  const row = primaries[0];
+  if (primaries.length > 1) {
+    const ids = primaries.map((r) => `${r.nodeid} ${fmt(rowAddress(r))}`).join(', ');
+    return { finding: finding(ctx, g, 'ambiguous', row, desire, `group ${g} has ${primaries.length} primary rows (nodeid ${ids})`), steps: [] };
+  }
+
+  if (!row) {
+    const base = `group ${g} is not in pg_dist_node`;
+    if (!ctx.policy.registerNewGroups) {
+      const extra = desire && desire.ok ? `; its primary is ${showName(desire.member.name)} (${fmt(desire.address)})` : `; ${desire ? desire.reason : 'no topology'}`;
+      return { finding: finding(ctx, g, 'unregistered', undefined, desire, `${base} (register_new_groups is off)${extra}`), steps: [] };
+    }
+    if (!desire || !desire.ok) {
+      return { finding: finding(ctx, g, 'ambiguous', undefined, desire, `${base}; cannot register it: ${desire ? desire.reason : 'no topology'}`), steps: [] };
+    }
+    const who = showName(desire.member.name);
+    const room = makeRoom(ctx, g, desire.address, who, final);
+    if (room.kind === 'blocked') return 'blocked';
+    if (room.kind === 'refused') return { finding: finding(ctx, g, 'ambiguous', undefined, desire, `${base}; ${room.reason}`), steps: [] };
+    const add: Omit<AddNodeAction, 'batch'> = {
+      kind: 'add_node',
+      database: ctx.database,
+      groupid: g,
+      noderole: 'primary',
+      to: { ...desire.address },
+      reason: `register group ${g}: its running primary is ${who} (${fmt(desire.address)})`,
+    };
+    return { finding: finding(ctx, g, 'unregistered', undefined, desire, `${base}; adding ${who} (${fmt(desire.address)})`), steps: [...room.steps, add] };
+  }
+
+  const current = rowAddress(row);
+  if (!desire || !desire.ok) {
+    return { finding: finding(ctx, g, 'ambiguous', row, desire, desire ? desire.reason : `group ${g}: no topology`), steps: [] };
+  }
+  const who = showName(desire.member.name);
+  if (sameAddress(current, desire.address)) {
+    return { finding: finding(ctx, g, 'ok', row, desire, `points at the running primary ${who}`), steps: [] };
+  }
+  const room = makeRoom(ctx, g, desire.address, who, final);
+  if (room.kind === 'blocked') return 'blocked';
+  if (room.kind === 'refused') return { finding: finding(ctx, g, 'ambiguous', row, desire, room.reason), steps: [] };
+  const update: Omit<UpdateNodeAction, 'batch'> = {
+    kind: 'update_node',
+    database: ctx.database,
+    groupid: g,
+    nodeid: row.nodeid,
+    noderole: 'primary',
+    from: current,
+    to: { ...desire.address },
+    force: ctx.policy.force,
+    lockCooldownMs: ctx.policy.lockCooldownMs,
+    reason: `group ${g} primary is now ${who} (${fmt(desire.address)}), was ${fmt(current)}`,
+  };
+  const steps: Step[] = [...room.steps, update];
+  // The swap: a parked row of this group takes the address the primary row just left, unless
+  // another group's running primary is at that address.
+  const parked = room.parked;
+  const park = room.steps[0];
+  if (parked && park && park.kind === 'park_node' && parked.groupid === g) {
+    const wanted = [...ctx.desire.values()].some((d) => d.ok && sameAddress(d.address, current));
+    if (!wanted) {
+      steps.push({
+        kind: 'update_node',
+        database: ctx.database,
+        groupid: g,
+        nodeid: parked.nodeid,
+        noderole: parked.noderole,
+        from: { ...park.to },
+        to: { ...current },
+        force: ctx.policy.force,
+        lockCooldownMs: ctx.policy.lockCooldownMs,
+        reason: `${parked.noderole} row ${parked.nodeid} of group ${g} takes the old primary address ${fmt(current)} (swap)`,
+      });
+    }
+  }
+  return {
+    finding: finding(ctx, g, 'drift', row, desire, `pg_dist_node has ${fmt(current)}, the running primary is ${who} (${fmt(desire.address)})`),
+    steps,
+  };
+}
+
+function planDatabase(database: string, input: readonly DistNodeRow[], topology: Topology, policy: Policy, managedList: number[], desire: Map<number, Desire>): { findings: Finding[]; batches: Step[][] } {
+  const ctx: DbContext = {
+    database,
+    policy,
+    managed: new Set(managedList),
+    desire,
+    rows: input.map((r) => ({ ...r })),
+    pending: new Set(managedList),
+  };
+  const findings: Finding[] = [];
+  const batches: Step[][] = [];
+
+  if (!topology.fresh) {
+    const why = `topology is stale (${topology.source}: ${topology.staleReason ?? 'no reason given'}); pg_dist_node is left as it is`;
+    for (const g of managedList) {
+      const row = ctx.rows.filter((r) => r.groupid === g && r.noderole === 'primary').sort(byNodeid)[0];
+      findings.push(finding(ctx, g, 'stale', row, undefined, why));
+    }
+  } else {
+    // Resolve groups in id order; a group whose new address is held by the primary row of a group
+    // still pending waits for it (that group may move away first). Then refuse what is left.
+    const resolve = (final: boolean): boolean => {
+      let progress = false;
+      for (const g of [...ctx.pending]) {
+        const r = planGroup(ctx, g, final);
+        if (r === 'blocked') continue;
+        ctx.pending.delete(g);
+        findings.push(r.finding);
+        if (r.steps.length > 0) {
+          for (const s of r.steps) applyOne(ctx.rows, s);
+          batches.push(r.steps);
+        }
+        progress = true;
+      }
+      return progress;
+    };
+    let progress = true;
+    while (ctx.pending.size > 0 && progress) progress = resolve(false);
+    resolve(true);
+  }
+
+  const unmanaged = [...new Set(input.map((r) => r.groupid))].filter((g) => !ctx.managed.has(g)).sort((a, b) => a - b);
+  for (const g of unmanaged) {
+    const rows = input.filter((r) => r.groupid === g);
+    const row = rows.filter((r) => r.noderole === 'primary').sort(byNodeid)[0];
+    findings.push(finding(ctx, g, 'unmanaged', row, undefined, `group ${g} is not managed by this controller (not in the config): ${rows.length} row(s) left alone`));
+  }
+  findings.sort((a, b) => a.groupid - b.groupid);
+  return { findings, batches };
+}
+
+/**
+ * The plan for every database in `rowsByDatabase` (in its order). `knownGroups`: the groups this
+ * controller manages (0 plus citus.workers[].groupid).
+ */
+export function plan(topology: Topology, rowsByDatabase: RowsInput, policy: Policy, knownGroups: readonly number[]): Plan {
+  const managed = [...new Set(knownGroups)].sort((a, b) => a - b);
+  const desire = desires(topology, managed);
+  const actions: Action[] = [];
+  const findings: Finding[] = [];
+  let batch = 0;
+  for (const [database, rows] of entriesOf(rowsByDatabase)) {
+    const r = planDatabase(database, rows, topology, policy, managed, desire);
+    findings.push(...r.findings);
+    for (const steps of r.batches) {
+      batch += 1;
+      for (const s of steps) actions.push({ ...s, batch } as Action);
+    }
+  }
+  return { actions, findings };
+}

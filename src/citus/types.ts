@@ -1,0 +1,119 @@
+/**
+ * pg_dist_node rows, the planner's policy, and the plan it returns (actions + findings).
+ *
+ * Batch semantics (for the applier):
+ * - Every action carries `batch`, a number. Actions with the same batch are contiguous in
+ *   `Plan.actions` and belong to ONE (database, group): run them, in order, in ONE transaction
+ *   on that database (a park_node must share the transaction of the update it makes room for).
+ * - Batches must be applied one after the other, in array order: a later batch may need an
+ *   address that an earlier batch of the same database vacated (two groups trading addresses
+ *   after an IP reuse). If a batch fails, roll it back and skip the rest of that database;
+ *   the next pass re-plans from the rows as they are.
+ */
+import type { HostPort } from '../config.js';
+
+export type NodeRole = 'primary' | 'secondary' | 'unavailable';
+
+/** One row of pg_dist_node (Citus 13.0 columns; always select them by name). */
+export interface DistNodeRow {
+  nodeid: number;
+  groupid: number;
+  nodename: string;
+  nodeport: number;
+  noderole: NodeRole;
+  nodecluster: string;
+  isactive: boolean;
+  hasmetadata?: boolean;
+  metadatasynced?: boolean;
+  shouldhaveshards?: boolean;
+}
+
+/** Planner policy, from CitusConfig (registerNewGroups, force, lockCooldownMs). */
+export interface Policy {
+  /** Add a primary row (citus_add_node) for a group Patroni knows but pg_dist_node lacks. */
+  registerNewGroups: boolean;
+  /** citus_update_node(force): terminate backends blocking the update after lockCooldownMs. */
+  force: boolean;
+  /** citus_update_node(lock_cooldown) in ms. */
+  lockCooldownMs: number;
+}
+
+interface ActionBase {
+  database: string;
+  /** Group of the row the action touches (add_node: of the new row). */
+  groupid: number;
+  /** Actions with the same batch run in one transaction, in order (see the file comment). */
+  batch: number;
+  /** One line for logs and `reconcile --dry-run`. */
+  reason: string;
+}
+
+/** citus_update_node(nodeid, to.host, to.port, force, lockCooldownMs). */
+export interface UpdateNodeAction extends ActionBase {
+  kind: 'update_node';
+  nodeid: number;
+  /** Role of the row being moved (a secondary row is moved only to finish a swap). */
+  noderole: NodeRole;
+  from: HostPort;
+  to: HostPort;
+  force: boolean;
+  lockCooldownMs: number;
+}
+
+/**
+ * Moves a row that holds an address another row needs onto a unique temporary name: also
+ * citus_update_node(nodeid, to.host, to.port, force, lockCooldownMs). Never a primary row.
+ */
+export interface ParkNodeAction extends ActionBase {
+  kind: 'park_node';
+  nodeid: number;
+  noderole: NodeRole;
+  from: HostPort;
+  to: HostPort;
+  force: boolean;
+  lockCooldownMs: number;
+}
+
+/**
+ * citus_add_node(to.host, to.port, groupid => groupid, noderole => 'primary') for a worker group;
+ * for group 0 use citus_set_coordinator_host(to.host, to.port).
+ */
+export interface AddNodeAction extends ActionBase {
+  kind: 'add_node';
+  noderole: 'primary';
+  to: HostPort;
+}
+
+export type Action = UpdateNodeAction | ParkNodeAction | AddNodeAction;
+
+/**
+ * - ok: the primary row points at the running primary.
+ * - drift: it does not; the plan holds the actions that fix it.
+ * - ambiguous: no single running primary, or the fix would collide with a live primary row: nothing is done.
+ * - unregistered: Patroni knows the group, pg_dist_node has no primary row for it (see reason
+ *   for whether the plan adds it).
+ * - stale: the topology could not be read; nothing is done.
+ * - unmanaged: rows of a group this controller does not manage (not in the config); left alone.
+ */
+export type Verdict = 'ok' | 'drift' | 'ambiguous' | 'unregistered' | 'stale' | 'unmanaged';
+
+/** One per (database, group). */
+export interface Finding {
+  database: string;
+  groupid: number;
+  verdict: Verdict;
+  /** Address of the group's primary row in pg_dist_node (null: none). */
+  current: HostPort | null;
+  /** nodeid of that row (null: none). */
+  nodeid: number | null;
+  /** Address of the group's running primary (null: none / unknown). */
+  desired: HostPort | null;
+  /** Patroni member name of the running primary (null: none / unknown). */
+  member: string | null;
+  reason: string;
+}
+
+export interface Plan {
+  actions: Action[];
+  findings: Finding[];
+}

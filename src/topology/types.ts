@@ -1,0 +1,197 @@
+/**
+ * The per-group view every topology source (etcd v3 watch, etcd v2, Patroni REST, pg_is_in_recovery
+ * probes) produces, and the pure helpers that interpret it. Nothing here does I/O.
+ *
+ * The one rule that matters (domain-facts "Patroni"): a group has a running primary when the
+ * leader key names X AND X's member reports role primary (or `master`) AND state running AND X
+ * has a usable address. Anything else (no leader key, leader not yet promoted, two writable
+ * members, ...) is ambiguity: the planner keeps the current pg_dist_node row.
+ */
+import { isValidHost } from '../config.js';
+import type { HostPort } from '../config.js';
+
+export type TopologySource = 'etcd' | 'etcd2' | 'rest' | 'probe';
+
+export interface Topology {
+  /** `etcd` = Patroni etcd3 keys, `etcd2` = Patroni etcd (v2 API) keys, `rest` = Patroni REST, `probe` = SQL probes. */
+  source: TopologySource;
+  /** When the source last read everything (ms since the epoch). */
+  observedAt: number;
+  /** false: the source could not be read and this is the last known view. The planner never acts on it. */
+  fresh: boolean;
+  /** Why the view is not fresh (one line, shown by `status`). */
+  staleReason?: string;
+  groups: GroupView[];
+}
+
+export interface GroupView {
+  /** Citus group id: 0 = coordinator. */
+  groupid: number;
+  /** Patroni scope of the group (null when the group is known only by its nodes: probe source). */
+  scope: string | null;
+  /**
+   * Value of the leader key (a member name). undefined: the source has no leader concept (probes);
+   * null: the leader key is absent (failover under way).
+   */
+  leader: string | null | undefined;
+  members: MemberView[];
+  /** Things the source noticed while reading the group (unparseable member JSON, ...), for `status`. */
+  problems: string[];
+}
+
+export type MemberRole = 'primary' | 'replica' | 'demoted' | 'promoted' | 'standby_leader' | 'unknown';
+
+export interface MemberView {
+  /** Patroni member name (probe source: `host:port`). */
+  name: string;
+  /** PostgreSQL address, exact text as Patroni advertises it (conn_url); null if unusable. */
+  host: string | null;
+  port: number | null;
+  /** Normalized role (see normalizeRole). */
+  role: MemberRole;
+  /** Role exactly as the source reported it (`master`, `primary`, `sync_standby`, ...). */
+  rawRole: string;
+  /** Patroni state (`running`, `starting`, `stopped`, ...). Probe source: `running` if reachable, else `unreachable`. */
+  state: string;
+  timeline: number | null;
+  lagBytes: number | null;
+  tags: Record<string, unknown>;
+  apiUrl?: string;
+}
+
+/**
+ * Patroni role spelling -> MemberRole. `master` (Patroni 3.x) and `primary` (4.x) are the same.
+ * `sync_standby` / `quorum_standby` (REST /cluster) are replicas. The REST `/cluster` role `leader`
+ * only says "holds the leader key", not "promoted", so it maps to `unknown`: a REST source must
+ * learn the real role elsewhere (the member's own `/patroni`, which reads pg_is_in_recovery()).
+ */
+export function normalizeRole(raw: unknown): MemberRole {
+  if (typeof raw !== 'string') return 'unknown';
+  switch (raw.trim().toLowerCase()) {
+    case 'master':
+    case 'primary':
+      return 'primary';
+    case 'replica':
+    case 'sync_standby':
+    case 'quorum_standby':
+      return 'replica';
+    case 'demoted':
+      return 'demoted';
+    case 'promoted':
+      return 'promoted';
+    case 'standby_leader':
+      return 'standby_leader';
+    default:
+      return 'unknown';
+  }
+}
+
+/** A TCP port: a whole number 1-65535. */
+export function isValidPort(port: unknown): port is number {
+  return typeof port === 'number' && Number.isInteger(port) && port >= 1 && port <= 65535;
+}
+
+/**
+ * Host and port of a Patroni `conn_url` (`postgres://host:port/db`, also `postgresql://`, with or
+ * without `user:password@`, `[v6]` brackets, query string). Missing port -> 5432. Returns null for
+ * anything else, including host names that are not a DNS name / IPv4 / IPv6 address (quotes,
+ * spaces, SQL text, percent escapes, several hosts). Never throws. The host is kept as exact text
+ * (no lower-casing): pg_dist_node compares addresses as text.
+ */
+export function parseConnUrl(connUrl: unknown): HostPort | null {
+  if (typeof connUrl !== 'string') return null;
+  const text = connUrl.trim();
+  const scheme = /^postgres(?:ql)?:\/\//i.exec(text);
+  if (!scheme) return null;
+  const rest = text.slice(scheme[0].length);
+  const end = rest.search(/[/?#]/);
+  let authority = end < 0 ? rest : rest.slice(0, end);
+  const at = authority.lastIndexOf('@');
+  if (at >= 0) authority = authority.slice(at + 1);
+  let host: string;
+  let portText: string | undefined;
+  if (authority.startsWith('[')) {
+    const m = /^\[([^\]]+)\](?::(\d*))?$/.exec(authority);
+    if (!m) return null;
+    host = m[1] ?? '';
+    portText = m[2];
+    if (!host.includes(':')) return null;
+  } else {
+    const parts = authority.split(':');
+    if (parts.length > 2) return null; // unbracketed IPv6 or garbage
+    host = parts[0] ?? '';
+    portText = parts[1];
+  }
+  if (host === '' || !isValidHost(host)) return null;
+  let port = 5432;
+  if (portText !== undefined && portText !== '') {
+    if (!/^\d{1,5}$/.test(portText)) return null;
+    port = Number(portText);
+  }
+  if (!isValidPort(port)) return null;
+  return { host, port };
+}
+
+/** The member's address if it is one citus_update_node may be given: a valid host and a port 1-65535. */
+export function memberAddress(member: Pick<MemberView, 'host' | 'port'>): HostPort | null {
+  const { host, port } = member;
+  if (typeof host !== 'string' || !isValidHost(host) || !isValidPort(port)) return null;
+  return { host, port };
+}
+
+/** A name as it appears in a reason: plain if harmless, else JSON-quoted (one line, visible quotes). */
+export function showName(name: unknown): string {
+  if (typeof name === 'string' && /^[A-Za-z0-9_.@:-]{1,128}$/.test(name)) return name;
+  const s = JSON.stringify(typeof name === 'string' ? name : String(name));
+  return s.length > 100 ? `${s.slice(0, 97)}..."` : s;
+}
+
+export type RunningPrimary = { ok: true; member: MemberView } | { ok: false; reason: string };
+
+function isWritable(m: MemberView): boolean {
+  return m.role === 'primary' && m.state === 'running';
+}
+
+function countWord(n: number): string {
+  return n === 2 ? 'two' : n === 3 ? 'three' : String(n);
+}
+
+/**
+ * The group's one running primary, or why there is none (a short sentence naming members).
+ *
+ * DCS/REST sources (`etcd`, `etcd2`, `rest`): the leader key names X, X is among the members, X
+ * reports role primary and state running, and X has a usable address. Two (or more) members that
+ * report role primary + state running are ambiguous even when the leader key names one of them.
+ *
+ * Probe source: exactly one reachable member that is not in recovery (role primary, state running).
+ */
+export function runningPrimary(group: GroupView, source: TopologySource): RunningPrimary {
+  const writable = group.members.filter(isWritable);
+  if (writable.length > 1) {
+    return { ok: false, reason: `${countWord(writable.length)} writable members: ${writable.map((m) => showName(m.name)).join(', ')}` };
+  }
+  if (source === 'probe') {
+    const only = writable[0];
+    if (!only) {
+      const names = group.members.map((m) => `${showName(m.name)} ${m.state === 'running' ? `(role ${m.rawRole})` : `(${m.state})`}`);
+      return { ok: false, reason: names.length ? `no writable node: ${names.join(', ')}` : 'no writable node (no nodes)' };
+    }
+    if (!memberAddress(only)) return { ok: false, reason: `writable node ${showName(only.name)} has no usable address` };
+    return { ok: true, member: only };
+  }
+  const leader = group.leader;
+  if (leader === null || leader === undefined) return { ok: false, reason: 'no leader (failover under way?)' };
+  const matches = group.members.filter((m) => m.name === leader);
+  const x = matches[0];
+  if (!x) return { ok: false, reason: `leader ${showName(leader)} is not among the members` };
+  if (matches.length > 1) return { ok: false, reason: `leader ${showName(leader)} appears ${matches.length} times among the members` };
+  if (x.role !== 'primary') {
+    if (x.role === 'replica' || x.role === 'promoted') {
+      return { ok: false, reason: `leader ${showName(x.name)} not yet promoted (role ${showName(x.rawRole)})` };
+    }
+    return { ok: false, reason: `leader ${showName(x.name)} is not a primary (role ${showName(x.rawRole)})` };
+  }
+  if (x.state !== 'running') return { ok: false, reason: `leader ${showName(x.name)} is not running (state ${showName(x.state)})` };
+  if (!memberAddress(x)) return { ok: false, reason: `leader ${showName(x.name)} has no usable address` };
+  return { ok: true, member: x };
+}
