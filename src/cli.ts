@@ -6,6 +6,9 @@
 import { Command, CommanderError } from 'commander';
 import { UserError, errorMessage } from './errors.js';
 import { registerConfigCommand } from './commands/config-check.js';
+import { registerCallbackCommand } from './commands/callback.js';
+import { registerLabCommand } from './lab/cli.js';
+import { registerControllerCommands } from './commands/controller-commands.js';
 
 export function buildProgram(): Command {
   const program = new Command();
@@ -15,7 +18,10 @@ export function buildProgram(): Command {
     .version('0.1.0')
     .showHelpAfterError('(run with --help for usage)')
     .exitOverride();
+  registerControllerCommands(program);
   registerConfigCommand(program);
+  registerCallbackCommand(program);
+  registerLabCommand(program);
   return program;
 }
 

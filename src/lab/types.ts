@@ -42,6 +42,19 @@ export interface LabState {
   /** Path of the ready-to-use controller config written by `lab up` (seed shape, with scope). */
   controllerConfigFile: string;
   startedAt: string;
+  /** `starting` while `lab up` runs, `ready` once it finished, `stopped` after `lab down`. */
+  phase?: 'starting' | 'ready' | 'failed' | 'stopped';
+  /** Account that runs etcd, Patroni and PostgreSQL (null: the invoking user). */
+  runAs?: { user: string; uid: number; gid: number } | null;
+  /** PostgreSQL binaries used (Patroni `bin_dir`). */
+  pgBinDir?: string;
+  /** Patroni DCS timings of the lab (seconds). */
+  dcsTimings?: { ttl: number; loopWait: number; retryTimeout: number };
+  /** Sample table created in every lab database (distributed with real Citus, plain otherwise). */
+  sampleTable?: string | null;
+  /** How long `lab up` took (ms). */
+  upMs?: number;
+  stoppedAt?: string;
 }
 
 export interface LabUpOptions {
@@ -51,4 +64,8 @@ export interface LabUpOptions {
   databases?: string[];
   /** Progress lines while waiting ("waiting for wk1 leader ..."). */
   onProgress?: (line: string) => void;
+  /** Overall deadline for `lab up` (ms, default 120000). */
+  timeoutMs?: number;
+  /** Leave the processes running when `lab up` fails (default: stop them, keep the logs). */
+  keepOnFailure?: boolean;
 }

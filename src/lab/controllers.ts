@@ -1,0 +1,122 @@
+/**
+ * `watch` daemons as part of the lab: one per coordinator member, each with its own config
+ * (connect_address = its local node, as on a real CN host), log file and nudge socket. Recorded
+ * in lab.json so that `lab down` stops them with everything else.
+ */
+import { existsSync, openSync, readFileSync, writeFileSync, closeSync } from 'node:fs';
+import { spawn } from 'node:child_process';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import yaml from 'js-yaml';
+import { loadConfig } from '../config.js';
+import { UserError } from '../errors.js';
+import { isAliveWith, signal, sleep, waitForExit } from './proc.js';
+import { findGroup, loadLabState, saveLabState } from './state.js';
+import type { LabMember, LabState } from './types.js';
+import { controllerConfigDoc } from './up.js';
+
+export interface LabController {
+  member: string;
+  pid: number;
+  configFile: string;
+  logFile: string;
+  socket: string;
+}
+
+/** How to run this very CLI again: the built dist/cli.js, or src/cli.ts through tsx (tests). */
+export function cliCommand(): string[] {
+  const here = fileURLToPath(import.meta.url);
+  if (here.endsWith('.ts')) return [process.execPath, '--import', 'tsx', join(here, '../../cli.ts')];
+  return [process.execPath, join(here, '../../cli.js')];
+}
+
+export function controllerDirOf(state: LabState, member: LabMember): string {
+  return join(state.dir, member.name);
+}
+
+/** The config a controller on `member`'s host would have: the lab's config with connect_address = member. */
+export function writeMemberControllerConfig(state: LabState, member: LabMember): string {
+  const base = yaml.load(readFileSync(state.controllerConfigFile, 'utf8')) as ReturnType<typeof controllerConfigDoc>;
+  const pgSection = base.postgresql as Record<string, unknown>;
+  const doc = { ...base, name: member.name, postgresql: { ...pgSection, connect_address: `${member.host}:${member.pgPort}` } };
+  const file = join(controllerDirOf(state, member), 'citus-controller.yml');
+  writeFileSync(file, `# citus-controller config for lab member ${member.name} (written by lab controller start)\n${yaml.dump(doc)}`, { mode: 0o600 });
+  loadConfig(file);
+  return file;
+}
+
+function labControllers(state: LabState): LabController[] {
+  return (state as LabState & { controllers?: LabController[] }).controllers ?? [];
+}
+
+function setControllers(state: LabState, list: LabController[]): void {
+  (state as LabState & { controllers?: LabController[] }).controllers = list;
+}
+
+/**
+ * Starts `watch` for each coordinator member (or the named ones). Waits until each has read its
+ * topology (its log says so). Returns the started controllers.
+ */
+export async function startControllers(dir: string, opts: { members?: string[]; extraArgs?: string[]; timeoutMs?: number } = {}): Promise<LabController[]> {
+  const state = loadLabState(dir);
+  const cn = findGroup(state, 'cn');
+  const members = opts.members ? opts.members.map((n) => cn.members.find((m) => m.name === n) ?? badMember(n, cn.members)) : cn.members;
+  const running = labControllers(state).filter((c) => isAliveWith(c.pid, c.configFile));
+  const started: LabController[] = [];
+  for (const m of members) {
+    const configFile = writeMemberControllerConfig(state, m);
+    const logFile = join(controllerDirOf(state, m), `controller-${running.length + started.length + 1}.log`);
+    const socket = join(controllerDirOf(state, m), `controller-${running.length + started.length + 1}.sock`);
+    const fd = openSync(logFile, 'a');
+    const [cmd, ...args] = cliCommand();
+    const child = spawn(cmd!, [...args, 'watch', '-c', configFile, '--socket', socket, ...(opts.extraArgs ?? [])], {
+      detached: true,
+      stdio: ['ignore', fd, fd],
+      env: { ...process.env, CITUS_CONTROLLER_LOG_LEVEL: process.env.CITUS_CONTROLLER_LOG_LEVEL ?? 'info' },
+    });
+    closeSync(fd);
+    child.unref();
+    if (!child.pid) throw new UserError(`could not start the controller for ${m.name}`);
+    started.push({ member: m.name, pid: child.pid, configFile, logFile, socket });
+  }
+  setControllers(state, [...running, ...started]);
+  saveLabState(state);
+  const deadline = Date.now() + (opts.timeoutMs ?? 30000);
+  for (const c of started) {
+    while (!(existsSync(c.logFile) && readFileSync(c.logFile, 'utf8').includes('topology source started'))) {
+      if (!isAliveWith(c.pid, c.configFile)) throw new UserError(`the controller for ${c.member} exited; see ${c.logFile}`);
+      if (Date.now() > deadline) throw new UserError(`the controller for ${c.member} did not start in time; see ${c.logFile}`);
+      await sleep(50);
+    }
+  }
+  return started;
+}
+
+function badMember(name: string, members: LabMember[]): never {
+  throw new UserError(`${name}: not a coordinator member (members: ${members.map((m) => m.name).join(', ')})`);
+}
+
+/** SIGTERM (then SIGKILL after `graceMs`) the lab's controllers, or the named ones. Returns what was stopped. */
+export async function stopControllers(dir: string, opts: { members?: string[]; graceMs?: number } = {}): Promise<LabController[]> {
+  const state = loadLabState(dir);
+  const all = labControllers(state);
+  const chosen = all.filter((c) => !opts.members || opts.members.includes(c.member));
+  const alive = chosen.filter((c) => isAliveWith(c.pid, c.configFile));
+  for (const c of alive) signal(c.pid, 'SIGTERM');
+  const left = await waitForExit(
+    alive.map((c) => c.pid),
+    opts.graceMs ?? 10000,
+  );
+  for (const pid of left) signal(pid, 'SIGKILL');
+  setControllers(
+    state,
+    all.filter((c) => !chosen.includes(c)),
+  );
+  saveLabState(state);
+  return alive;
+}
+
+export function listControllers(dir: string): Array<LabController & { alive: boolean }> {
+  const state = loadLabState(dir);
+  return labControllers(state).map((c) => ({ ...c, alive: isAliveWith(c.pid, c.configFile) }));
+}

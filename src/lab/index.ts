@@ -1,0 +1,31 @@
+/**
+ * The local lab (etcd + Patroni + PostgreSQL, with real or emulated Citus) as a library: used by
+ * `citus-controller lab ...`, by every integration test and by the benchmarks.
+ */
+export type { LabGroup, LabMember, LabState, LabUpOptions } from './types.js';
+export { labUp, validateUpOptions, citusInstalled, controllerConfigDoc, SAMPLE_TABLE } from './up.js';
+export { labDown, stopLabProcesses, labPorts, type DownReport, type StoppedProcess } from './down.js';
+export { labStatus, displayRole, type LabStatusReport, type GroupStatus, type MemberStatus } from './status.js';
+export {
+  labSwitchover,
+  labFailover,
+  labStartMember,
+  startMember,
+  memberRole,
+  observeLeader,
+  waitForLeader,
+  waitForReplica,
+  currentLeader,
+  type MemberRole,
+  type Role,
+  type LeaderResult,
+  type LeaderObservation,
+  type WaitForLeaderOptions,
+  type SwitchoverResult,
+  type FailoverResult,
+} from './ha.js';
+export { pgConnect, pgQuery, pgClientConfig, readDistNodes, type DistNodeRow, type PgConnectOptions } from './pg.js';
+export { loadLabState, readLabState, saveLabState, resolveLabDir, allMembers, findMember, findGroup, redact } from './state.js';
+export { etcdGet, etcdGetPrefix, readScopeFromEtcd, scopeKey, type EtcdKv, type PatroniMemberKey } from './etcd.js';
+export { patroniStatus, patroniGet, patroniPost, isPrimaryRole, LAB_DCS_TIMINGS, type PatroniStatus } from './patroni.js';
+export { findLabProcesses, isAlive, isAliveWith, listeningPorts, postmasterPid, canConnect } from './proc.js';

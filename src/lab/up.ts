@@ -1,0 +1,552 @@
+/**
+ * `lab up`: one etcd, and per group (coordinator `cn` = group 0, workers `wk1..wkN`) 1+M
+ * Patroni-managed PostgreSQL members on free loopback ports; then Citus (real when installed,
+ * else the emulation of its node-metadata API) registered on the coordinator, a sample table,
+ * and a controller config file for this lab.
+ */
+import { randomBytes } from 'node:crypto';
+import { accessSync, chmodSync, chownSync, constants, existsSync, mkdirSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import yaml from 'js-yaml';
+import { execa } from 'execa';
+import { loadConfig } from '../config.js';
+import { ConfigError, UserError, errorMessage } from '../errors.js';
+import { citusLabel, ensureCitus, type CitusMode } from './citus.js';
+import { etcdGet, etcdHealthy, scopeKey, startEtcd } from './etcd.js';
+import { memberRole, patroniBinary, waitForLeader, waitForReplica } from './ha.js';
+import { LAB_DCS_TIMINGS, citusPgpass, startPatroni, writePatroniConfig } from './patroni.js';
+import { pgConnect, readDistNodes, type DistNodeRow } from './pg.js';
+import { LOOPBACK, findLabProcesses, isAlive, isAliveWith, pickFreePorts, resolveRunAs, sleep, tailFile, type RunAs } from './proc.js';
+import { STATE_FILE, readLabState, redact, resolveLabDir, saveLabState } from './state.js';
+import { stopLabProcesses } from './down.js';
+import type { LabGroup, LabMember, LabState, LabUpOptions } from './types.js';
+
+export const SAMPLE_TABLE = 'lab_sample';
+const DB_NAME = /^[a-z_][a-z0-9_]{0,62}$/;
+const MEMBER_DIR = /^(cn|wk\d+)-\d+$/;
+
+export function validateUpOptions(opts: Pick<LabUpOptions, 'workers' | 'replicas' | 'databases'>): { workers: number; replicas: number; databases: string[] } {
+  const { workers, replicas } = opts;
+  if (!Number.isInteger(workers) || workers < 0 || workers > 8) throw new UserError(`--workers must be a whole number from 0 to 8 (got ${String(workers)})`);
+  if (!Number.isInteger(replicas) || replicas < 0 || replicas > 4) throw new UserError(`--replicas must be a whole number from 0 to 4 (got ${String(replicas)})`);
+  const databases = [...new Set((opts.databases ?? ['postgres']).map((d) => d.trim()).filter((d) => d !== ''))];
+  if (databases.length === 0) throw new UserError('--databases: give at least one database name');
+  for (const d of databases) {
+    if (!DB_NAME.test(d)) throw new UserError(`--databases: "${d}" is not a plain database name (lower-case letters, digits, _; at most 63)`);
+    if (d === 'template0' || d === 'template1') throw new UserError(`--databases: "${d}" is a template database`);
+  }
+  return { workers, replicas, databases };
+}
+
+/** Absolute path of an executable (PATH lookup for bare names), or null. */
+export function findExecutable(name: string): string | null {
+  const candidates = name.includes('/') ? [name] : (process.env.PATH ?? '/usr/bin:/bin').split(':').map((p) => join(p || '.', name));
+  for (const c of candidates) {
+    try {
+      accessSync(c, constants.X_OK);
+      if (statSync(c).isFile()) return c;
+    } catch {
+      /* next */
+    }
+  }
+  return null;
+}
+
+function pgBinDir(): string {
+  const want = process.env.CITUS_LAB_PG_BIN;
+  if (want) {
+    if (!existsSync(join(want, 'postgres'))) throw new UserError(`CITUS_LAB_PG_BIN=${want} has no postgres binary`);
+    return want;
+  }
+  const dflt = '/usr/lib/postgresql/15/bin';
+  if (existsSync(join(dflt, 'postgres'))) return dflt;
+  let versions: string[] = [];
+  try {
+    versions = readdirSync('/usr/lib/postgresql').filter((v) => /^\d+$/.test(v) && existsSync(join('/usr/lib/postgresql', v, 'bin', 'postgres')));
+  } catch {
+    /* none */
+  }
+  const best = versions.sort((a, b) => Number(b) - Number(a))[0];
+  if (!best) throw new UserError('PostgreSQL server binaries not found in /usr/lib/postgresql/*/bin (apt-get install postgresql-15, or set CITUS_LAB_PG_BIN)');
+  return join('/usr/lib/postgresql', best, 'bin');
+}
+
+/** Is real Citus installed for these binaries? (citus.control in the extension directory) */
+export async function citusInstalled(binDir: string): Promise<{ installed: boolean; controlFile: string }> {
+  let sharedir = '/usr/share/postgresql/15';
+  try {
+    const r = await execa(join(binDir, 'pg_config'), ['--sharedir'], { timeout: 10000 });
+    sharedir = r.stdout.trim();
+  } catch {
+    /* keep the default */
+  }
+  const controlFile = join(sharedir, 'extension', 'citus.control');
+  return { installed: existsSync(controlFile), controlFile };
+}
+
+/** Every ancestor of `dir` must let `runAs` through (PostgreSQL runs as that user). */
+function checkTraversable(dir: string, runAs: RunAs): void {
+  for (let d = dirname(dir); ; d = dirname(d)) {
+    const st = statSync(d);
+    const bit = st.uid === runAs.uid ? 0o100 : st.gid === runAs.gid ? 0o010 : 0o001;
+    if ((st.mode & bit) === 0) {
+      throw new UserError(`${d} is not accessible to user ${runAs.user} (PostgreSQL runs as ${runAs.user} when the lab runs as root): choose a --dir under /tmp`);
+    }
+    if (d === '/') break;
+  }
+}
+
+/** Creates the lab dir, or clears the leftovers of a stopped lab in it; refuses a running lab. */
+function prepareDir(dir: string): void {
+  let old: LabState | null = null;
+  try {
+    old = readLabState(dir);
+  } catch {
+    old = null; // a damaged lab.json of a dead lab: cleared below
+  }
+  const running = findLabProcesses(dir);
+  const oldAlive = old ? labProcessesAlive(old) : false;
+  if (running.length > 0 || oldAlive) {
+    const main = running.filter((p) => p.comm === 'patroni' || p.comm === 'etcd').length;
+    throw new UserError(`a lab is already running in ${dir} (${main || running.length} etcd/Patroni processes); stop it first: citus-controller lab down --dir ${dir}`);
+  }
+  if (existsSync(dir)) {
+    if (!statSync(dir).isDirectory()) throw new UserError(`--dir ${dir} exists and is not a directory`);
+    const entries = readdirSync(dir);
+    const foreign = entries.filter((e) => !(e === STATE_FILE || e.startsWith(`${STATE_FILE}.tmp-`) || e === 'citus-controller.yml' || e === 'etcd' || MEMBER_DIR.test(e)));
+    if (foreign.length > 0) {
+      throw new UserError(`--dir ${dir} is not empty and is not a lab dir (it holds ${foreign.slice(0, 3).join(', ')}${foreign.length > 3 ? ', ...' : ''}): choose another --dir`);
+    }
+    for (const e of entries) rmSync(join(dir, e), { recursive: true, force: true });
+  }
+  try {
+    mkdirSync(dir, { recursive: true, mode: 0o755 });
+    chmodSync(dir, 0o755);
+  } catch (err) {
+    throw new UserError(`cannot create the lab dir ${dir}: ${(err as NodeJS.ErrnoException).code ?? errorMessage(err)}`);
+  }
+}
+
+function chownTree(path: string, runAs: RunAs | null): void {
+  if (!runAs) return;
+  chownSync(path, runAs.uid, runAs.gid);
+  if (statSync(path).isDirectory()) for (const e of readdirSync(path)) chownTree(join(path, e), runAs);
+}
+
+const secret = () => randomBytes(18).toString('base64url');
+
+/** Fails as soon as etcd or a Patroni process of the lab has exited. */
+function deathWatch(state: LabState): { promise: Promise<never>; stop: () => void } {
+  let timer: NodeJS.Timeout | undefined;
+  let stopped = false;
+  const promise = new Promise<never>((_, reject) => {
+    const tick = () => {
+      if (stopped) return;
+      if (state.etcd.pid > 0 && !isAlive(state.etcd.pid)) {
+        reject(new UserError(`etcd exited during lab up (log ${state.etcd.logFile}: ${redact(state, tailFile(state.etcd.logFile, 1))})`));
+        return;
+      }
+      for (const m of state.groups.flatMap((g) => g.members)) {
+        if (m.patroniPid > 0 && !isAlive(m.patroniPid)) {
+          reject(new UserError(`Patroni of ${m.name} exited during lab up (log ${m.logFile}: ${redact(state, tailFile(m.logFile, 1))})`));
+          return;
+        }
+      }
+      timer = setTimeout(tick, 300);
+    };
+    timer = setTimeout(tick, 300);
+  });
+  promise.catch(() => undefined);
+  return {
+    promise,
+    stop: () => {
+      stopped = true;
+      if (timer) clearTimeout(timer);
+    },
+  };
+}
+
+function elapsed(t0: number): string {
+  return `${((Date.now() - t0) / 1000).toFixed(1)}s`;
+}
+
+/** Retries a Citus metadata call while a node is `out of sync` (SQLSTATE 55000) for up to 30 s. */
+async function retryOutOfSync<T>(what: string, fn: () => Promise<T>): Promise<T> {
+  const t0 = Date.now();
+  for (;;) {
+    try {
+      return await fn();
+    } catch (err) {
+      const e = err as { code?: string; message?: string };
+      if (e.code === '55000' && /out of sync/.test(e.message ?? '') && Date.now() - t0 < 30000) {
+        await sleep(500);
+        continue;
+      }
+      throw new UserError(`${what} failed: ${errorMessage(err)}`);
+    }
+  }
+}
+
+/** The controller config for this lab, in the seed's shape (standalone file). */
+export function controllerConfigDoc(state: LabState, cnPrimary: LabMember, workerPrimaries: Map<string, LabMember>): Record<string, unknown> {
+  return {
+    scope: 'cn',
+    namespace: `/${state.namespace}/`,
+    name: cnPrimary.name,
+    etcd3: { hosts: [`${state.etcd.host}:${state.etcd.clientPort}`] },
+    postgresql: {
+      connect_address: `${cnPrimary.host}:${cnPrimary.pgPort}`,
+      authentication: { superuser: { username: state.superuser.username, password: state.superuser.password } },
+    },
+    citus: {
+      loop_wait: 10,
+      databases: state.databases,
+      workers: state.groups
+        .filter((g) => g.groupid > 0)
+        .map((g) => ({
+          groupid: g.groupid,
+          scope: g.scope,
+          nodes: [...g.members].sort((a, b) => (a.name === workerPrimaries.get(g.scope)?.name ? -1 : b.name === workerPrimaries.get(g.scope)?.name ? 1 : 0)).map((m) => `${m.host}:${m.pgPort}`),
+        })),
+    },
+  };
+}
+
+/**
+ * Starts a lab in `opts.dir` and returns its state (also in `<dir>/lab.json`). Throws a
+ * UserError (one line) when a lab already runs there or something does not come up in time;
+ * then the processes it started are stopped again (unless keepOnFailure), logs are kept.
+ */
+export async function labUp(opts: LabUpOptions): Promise<LabState> {
+  const t0 = Date.now();
+  const progress = opts.onProgress ?? (() => undefined);
+  const { workers, replicas, databases } = validateUpOptions(opts);
+  const dir = resolveLabDir(opts.dir);
+  const timeoutMs = opts.timeoutMs ?? 120000;
+  const deadline = t0 + timeoutMs;
+  const left = () => Math.max(1000, deadline - Date.now());
+
+  const binDir = pgBinDir();
+  const patroniBin = findExecutable(patroniBinary());
+  if (!patroniBin) throw new UserError(`${patroniBinary()} not found in PATH (apt-get install patroni, or set CITUS_LAB_PATRONI)`);
+  const etcdBin = findExecutable(process.env.CITUS_LAB_ETCD ?? 'etcd');
+  if (!etcdBin) throw new UserError('etcd not found in PATH (apt-get install etcd-server, or set CITUS_LAB_ETCD)');
+  const runAs = resolveRunAs();
+
+  prepareDir(dir);
+  if (runAs) checkTraversable(dir, runAs);
+  const citus = await citusInstalled(binDir);
+
+  const memberCount = (workers + 1) * (1 + replicas);
+  const ports = await pickFreePorts(2 + memberCount * 2);
+  const nextPort = () => {
+    const p = ports.shift();
+    if (p === undefined) throw new Error('port pool exhausted');
+    return p;
+  };
+
+  const etcdDir = join(dir, 'etcd');
+  const groups: LabGroup[] = [];
+  const etcdClient = nextPort();
+  const etcdPeer = nextPort();
+  for (let g = 0; g <= workers; g++) {
+    const scope = g === 0 ? 'cn' : `wk${g}`;
+    const members: LabMember[] = [];
+    for (let i = 1; i <= 1 + replicas; i++) {
+      const name = `${scope}-${i}`;
+      const mdir = join(dir, name);
+      members.push({
+        name,
+        scope,
+        groupid: g,
+        host: LOOPBACK,
+        pgPort: nextPort(),
+        restPort: nextPort(),
+        dataDir: join(mdir, 'data'),
+        patroniConfigFile: join(mdir, 'patroni.yml'),
+        logFile: join(mdir, 'patroni.log'),
+        patroniPid: 0,
+      });
+    }
+    groups.push({ scope, groupid: g, members });
+  }
+
+  const state: LabState = {
+    version: 1,
+    dir,
+    namespace: 'service',
+    etcd: { host: LOOPBACK, clientPort: etcdClient, peerPort: etcdPeer, pid: 0, dataDir: etcdDir, logFile: join(etcdDir, 'etcd.log') },
+    superuser: { username: 'postgres', password: secret() },
+    replication: { username: 'replicator', password: secret() },
+    databases,
+    groups,
+    citus: citus.installed ? { mode: 'real', version: null } : { mode: 'emulated', version: null },
+    controllerConfigFile: join(dir, 'citus-controller.yml'),
+    startedAt: new Date().toISOString(),
+    phase: 'starting',
+    runAs: runAs ? { user: runAs.user, uid: runAs.uid, gid: runAs.gid } : null,
+    pgBinDir: binDir,
+    dcsTimings: { ...LAB_DCS_TIMINGS },
+    sampleTable: null,
+  };
+
+  // files: member dirs, patroni.yml, the password file for Citus's node connections
+  mkdirSync(etcdDir, { recursive: true, mode: 0o700 });
+  for (const m of groups.flatMap((g) => g.members)) {
+    const mdir = dirname(m.dataDir);
+    mkdirSync(mdir, { recursive: true, mode: 0o700 });
+    const socketDir = `${mdir}/.s.PGSQL.${m.pgPort}`.length <= 100 ? mdir : '';
+    writePatroniConfig({ state, member: m, pgBinDir: binDir, realCitus: citus.installed, socketDir }, runAs);
+    writeFileSync(join(mdir, 'citus.pgpass'), citusPgpass(state), { mode: 0o600 });
+  }
+  chownTree(etcdDir, runAs);
+  for (const m of groups.flatMap((g) => g.members)) chownTree(dirname(m.dataDir), runAs);
+  saveLabState(state);
+
+  const watch = deathWatch(state);
+  try {
+    // etcd
+    state.etcd.pid = startEtcd({ etcdBin, dataDir: etcdDir, logFile: state.etcd.logFile, clientPort: etcdClient, peerPort: etcdPeer, runAs, cwd: etcdDir });
+    saveLabState(state);
+    progress(`starting etcd on ${LOOPBACK}:${etcdClient} (pid ${state.etcd.pid})`);
+    await Promise.race([waitEtcd(state, left()), watch.promise]);
+    progress(`etcd healthy (${elapsed(t0)})`);
+
+    // Patroni: the first member of each group bootstraps it; the others start once it holds the
+    // initialize key (so `<scope>-1` becomes the first leader), then clone from it.
+    const startOne = (m: LabMember) => {
+      m.patroniPid = startPatroni({ patroniBin, member: m, memberDir: dirname(m.dataDir), runAs });
+      saveLabState(state);
+    };
+    for (const g of groups) startOne(g.members[0]!);
+    progress(`started Patroni for ${groups.map((g) => g.members[0]!.name).join(', ')}`);
+    await Promise.race([
+      Promise.all(
+        groups.map(async (g) => {
+          await waitKey(state, scopeKey(state, g.scope, 'initialize'), left(), g.members[0]!);
+          for (const m of g.members.slice(1)) startOne(m);
+        }),
+      ),
+      watch.promise,
+    ]);
+    if (replicas > 0) progress(`started Patroni for the replicas (${elapsed(t0)})`);
+
+    // wait for a running primary per group
+    const primaries = new Map<string, LabMember>();
+    await Promise.race([
+      Promise.all(
+        groups.map(async (g) => {
+          const r = await waitForLeader(state, g.scope, { timeoutMs: left(), onProgress: progress }).catch((err: unknown) => {
+            throw failWithLog(state, g.members[0]!, `no running primary in ${g.scope}`, err, progress);
+          });
+          primaries.set(g.scope, r.leader);
+          progress(`${g.scope} leader ${r.leader.name} is a running primary (${elapsed(t0)})`);
+        }),
+      ),
+      watch.promise,
+    ]);
+
+    // Citus on each group's primary (meanwhile the replicas clone), then registration on the CN
+    const citusWork = setupCitus(state, primaries, progress, t0);
+    const replicaWork = Promise.all(
+      groups.flatMap((g) =>
+        g.members
+          .filter((m) => m.name !== primaries.get(g.scope)?.name)
+          .map(async (m) => {
+            await waitForReplica(state, m, { timeoutMs: left(), onProgress: progress }).catch((err: unknown) => {
+              throw failWithLog(state, m, `${m.name} is not a streaming replica`, err, progress);
+            });
+            progress(`${m.name} streams from ${primaries.get(g.scope)?.name} (${elapsed(t0)})`);
+          }),
+      ),
+    );
+    replicaWork.catch(() => undefined);
+    const mode = await Promise.race([citusWork, watch.promise]);
+    await Promise.race([replicaWork, watch.promise]);
+    watch.stop();
+
+    // the leaders must not have moved meanwhile (pg_dist_node names them)
+    for (const g of groups) {
+      const r = await memberRole(primaries.get(g.scope)!);
+      if (r.role !== 'primary') throw new UserError(`${primaries.get(g.scope)!.name} stopped being the ${g.scope} primary during lab up (log ${primaries.get(g.scope)!.logFile})`);
+    }
+
+    state.citus = mode;
+    const cn = primaries.get('cn')!;
+    const doc = controllerConfigDoc(state, cn, primaries);
+    writeFileSync(
+      state.controllerConfigFile,
+      `# citus-controller config for the lab in ${dir} (written by lab up; holds the lab's superuser password)\n` + yaml.dump(doc, { lineWidth: 200 }),
+      { mode: 0o600 },
+    );
+    try {
+      loadConfig(state.controllerConfigFile);
+    } catch (err) {
+      throw new UserError(`the generated ${state.controllerConfigFile} is rejected by the config loader: ${err instanceof ConfigError ? err.message : errorMessage(err)}`);
+    }
+    state.phase = 'ready';
+    state.upMs = Date.now() - t0;
+    saveLabState(state);
+    progress(`lab up in ${elapsed(t0)} (${citusLabel(mode)})`);
+    return state;
+  } catch (err) {
+    watch.stop();
+    state.phase = 'failed';
+    saveLabState(state);
+    if (!opts.keepOnFailure) {
+      progress('lab up failed: stopping the processes it started (logs are kept)');
+      await stopLabProcesses(state).catch(() => undefined);
+    }
+    if (err instanceof UserError) throw err;
+    throw new UserError(`lab up failed: ${redact(state, errorMessage(err))}`);
+  }
+}
+
+async function waitEtcd(state: LabState, timeoutMs: number): Promise<void> {
+  const t0 = Date.now();
+  while (!(await etcdHealthy(state.etcd.clientPort))) {
+    if (Date.now() - t0 > timeoutMs) {
+      throw new UserError(`etcd did not become healthy on ${LOOPBACK}:${state.etcd.clientPort} (log ${state.etcd.logFile}: ${tailFile(state.etcd.logFile, 1)})`);
+    }
+    await sleep(100);
+  }
+}
+
+async function waitKey(state: LabState, key: string, timeoutMs: number, member: LabMember): Promise<void> {
+  const t0 = Date.now();
+  for (;;) {
+    const v = await etcdGet(state.etcd.clientPort, key).catch(() => null);
+    if (v !== null) return;
+    if (Date.now() - t0 > timeoutMs) {
+      throw new UserError(`${member.name} did not start bootstrapping ${member.scope} (no ${key} in etcd; log ${member.logFile}: ${redact(state, tailFile(member.logFile, 1))})`);
+    }
+    await sleep(100);
+  }
+}
+
+/** A one-line UserError naming the member and its last log line; the tail goes to progress. */
+let tailShownFor: LabState | null = null;
+function failWithLog(state: LabState, member: LabMember, what: string, err: unknown, progress: (l: string) => void): UserError {
+  const tail = redact(state, tailFile(member.logFile, 12));
+  // several waits fail at the same deadline: show one log tail, the first
+  if (tail && tailShownFor !== state) {
+    tailShownFor = state;
+    progress(`last lines of ${member.logFile}:`);
+    for (const line of tail.split('\n')) progress(`  | ${line}`);
+  }
+  const last = tail.split('\n').pop() ?? '';
+  return new UserError(`lab up: ${what}: ${errorMessage(err)}${last ? ` (log ${member.logFile}: ${last.trim()})` : ''}`);
+}
+
+async function setupCitus(state: LabState, primaries: Map<string, LabMember>, progress: (l: string) => void, t0: number): Promise<CitusMode> {
+  // databases and the Citus extension (or its emulation) on every group's primary
+  const modes = await Promise.all(
+    state.groups.map(async (g) => {
+      const p = primaries.get(g.scope)!;
+      const admin = await pgConnect(state, p, 'postgres');
+      try {
+        for (const db of state.databases) {
+          const r = await admin.query('SELECT 1 FROM pg_catalog.pg_database WHERE datname = $1', [db]);
+          if (r.rowCount === 0) await admin.query(`CREATE DATABASE ${admin.escapeIdentifier(db)}`);
+        }
+      } finally {
+        await admin.end().catch(() => undefined);
+      }
+      const out: CitusMode[] = [];
+      for (const db of state.databases) {
+        const c = await pgConnect(state, p, db);
+        try {
+          out.push(await ensureCitus(c));
+        } catch (err) {
+          throw new UserError(`Citus setup on ${p.name} (database ${db}) failed: ${errorMessage(err)}`);
+        } finally {
+          await c.end().catch(() => undefined);
+        }
+      }
+      return out;
+    }),
+  );
+  const all = modes.flat();
+  const mode = all[0] ?? { mode: 'emulated', version: null };
+  if (all.some((m) => m.mode !== mode.mode)) throw new UserError('Citus setup: some members have real Citus and some do not');
+  progress(`Citus on every primary: ${citusLabel(mode)} (${elapsed(t0)})`);
+
+  // register the cluster on the coordinator primary, in every database
+  const cn = primaries.get('cn')!;
+  const workerGroups = state.groups.filter((g) => g.groupid > 0);
+  for (const db of state.databases) {
+    const c = await pgConnect(state, cn, db);
+    try {
+      await retryOutOfSync(`citus_set_coordinator_host on ${cn.name}`, () => c.query('SELECT citus_set_coordinator_host($1, $2)', [cn.host, cn.pgPort]));
+      for (const g of workerGroups) {
+        const p = primaries.get(g.scope)!;
+        await retryOutOfSync(`citus_add_node(${p.host}:${p.pgPort}, group ${g.groupid}) on ${cn.name}`, () =>
+          c.query('SELECT citus_add_node($1, $2, $3)', [p.host, p.pgPort, g.groupid]),
+        );
+      }
+      // explicit group ids do not advance the sequence (as in Citus): keep a later
+      // citus_add_node(..., groupid => -1) from drawing a group id that is taken
+      await c.query("SELECT pg_catalog.setval('pg_catalog.pg_dist_groupid_seq', (SELECT max(groupid) FROM pg_catalog.pg_dist_node))");
+    } finally {
+      await c.end().catch(() => undefined);
+    }
+    if (mode.mode === 'emulated') {
+      // real Citus sets a worker's local group when it activates the node; the emulation cannot
+      for (const g of workerGroups) {
+        const w = await pgConnect(state, primaries.get(g.scope)!, db);
+        try {
+          await w.query('UPDATE pg_catalog.pg_dist_local_group SET groupid = $1', [g.groupid]);
+        } finally {
+          await w.end().catch(() => undefined);
+        }
+      }
+    }
+    const rows = await readDistNodes(state, cn, db);
+    verifyDistNodes(rows, cn, workerGroups.map((g) => ({ groupid: g.groupid, primary: primaries.get(g.scope)! })), db);
+  }
+  progress(`pg_dist_node: coordinator + ${workerGroups.length} worker group(s) registered (${elapsed(t0)})`);
+
+  // the sample table
+  state.sampleTable = SAMPLE_TABLE;
+  for (const db of state.databases) {
+    const c = await pgConnect(state, cn, db);
+    try {
+      await c.query(`CREATE TABLE IF NOT EXISTS ${SAMPLE_TABLE} (id bigint PRIMARY KEY, payload text NOT NULL DEFAULT '')`);
+      if (mode.mode === 'real' && workerGroups.length > 0) {
+        const d = await c.query('SELECT 1 FROM pg_dist_partition WHERE logicalrelid = $1::regclass', [SAMPLE_TABLE]);
+        if (d.rowCount === 0) {
+          await c.query('SET citus.shard_count TO 8');
+          await retryOutOfSync(`create_distributed_table(${SAMPLE_TABLE})`, () => c.query('SELECT create_distributed_table($1, $2)', [SAMPLE_TABLE, 'id']));
+        }
+      }
+      await c.query(`INSERT INTO ${SAMPLE_TABLE} (id, payload) SELECT g, 'row ' || g FROM generate_series(1, 100) g ON CONFLICT (id) DO NOTHING`);
+    } finally {
+      await c.end().catch(() => undefined);
+    }
+  }
+  progress(
+    mode.mode === 'real' && workerGroups.length > 0
+      ? `sample table ${SAMPLE_TABLE}: distributed by id over the workers`
+      : `sample table ${SAMPLE_TABLE}: a plain table on the coordinator (${mode.mode === 'real' ? 'no worker to distribute it over' : 'the emulation cannot distribute tables'})`,
+  );
+  return mode;
+}
+
+function verifyDistNodes(rows: DistNodeRow[], cn: LabMember, workers: Array<{ groupid: number; primary: LabMember }>, db: string): void {
+  const want = [{ groupid: 0, primary: cn }, ...workers];
+  for (const w of want) {
+    const row = rows.find((r) => r.groupid === w.groupid && r.noderole === 'primary');
+    if (!row || row.nodename !== w.primary.host || row.nodeport !== w.primary.pgPort) {
+      throw new UserError(
+        `pg_dist_node in ${db} on ${cn.name}: group ${w.groupid} should have primary ${w.primary.host}:${w.primary.pgPort}, has ${row ? `${row.nodename}:${row.nodeport}` : 'no primary row'}`,
+      );
+    }
+  }
+}
+
+/** Is any process of this lab alive (by recorded pid or by /proc scan)? */
+export function labProcessesAlive(state: LabState): boolean {
+  if (isAliveWith(state.etcd.pid, state.dir)) return true;
+  if (state.groups.some((g) => g.members.some((m) => isAliveWith(m.patroniPid, m.patroniConfigFile)))) return true;
+  return findLabProcesses(state.dir).length > 0;
+}
