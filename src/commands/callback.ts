@@ -1,0 +1,137 @@
+/**
+ * `citus-controller callback [--config FILE] <action> <role> <scope>`: what hooks/patroni-callback
+ * runs for Patroni's on_start / on_stop / on_restart / on_reload / on_role_change.
+ *
+ * - coordinator node (`<scope>` = the config's scope): citus.use_secondary_nodes for the role,
+ *   then terminate the client sessions that carry the old value;
+ * - any node with citus.vip: bind it (+ gratuitous ARP) on a primary, release it otherwise;
+ * - nudge the local watch daemon (best effort, 300 ms cap).
+ *
+ * Patroni runs callbacks fire-and-forget and SIGKILLs one still running when the next starts: every
+ * step is convergent, and a watchdog ends the process with one clear line before 2 s. Output: one
+ * syslog-style line per step on stderr: `citus-controller-callback[PID]: <action> <role> <scope>: ...`.
+ * Exit codes: 0 done, 1 a step failed or timed out, 2 bad arguments or config.
+ *
+ * Startup time matters: pg and execa are imported only by the steps that need them.
+ */
+import type { Command } from 'commander';
+import { loadConfig, type ControllerConfig } from '../config.js';
+import { errorMessage, UserError } from '../errors.js';
+import { CallbackArgsError, parseCallbackArgs, planCallback, type CallbackArgs } from '../roles/callback-plan.js';
+import { convergeNode, type StepOutcome } from '../roles/converge.js';
+import { nudgeSocketPath, runtimeDir, sendNudge } from '../nudge.js';
+
+/** Overall limit, measured from process start (ms): the watchdog exits 1 with one line. */
+export const CALLBACK_DEADLINE_MS = 1750;
+const CONNECT_TIMEOUT_MS = 1000;
+const STATEMENT_TIMEOUT_MS = 500;
+const NUDGE_TIMEOUT_MS = 300;
+
+export interface CallbackCommandOptions {
+  config?: string;
+}
+
+/** Runs one callback; resolves to the exit code. Writes its lines to `out` (stderr). */
+export async function runCallback(
+  positional: string[],
+  opts: CallbackCommandOptions,
+  out: (line: string) => void = (line) => process.stderr.write(`${line}\n`),
+): Promise<number> {
+  const say = (text: string) => out(`citus-controller-callback[${process.pid}]: ${text}`);
+
+  let args: CallbackArgs;
+  try {
+    args = parseCallbackArgs(positional);
+  } catch (err) {
+    say(err instanceof CallbackArgsError ? err.message : errorMessage(err));
+    return 2;
+  }
+  const head = `${args.action} ${args.rawRole} ${args.scope}:`;
+
+  // watchdog: whatever hangs, one clear line and exit 1 before Patroni's next callback kills us
+  const deadlineMs = CALLBACK_DEADLINE_MS;
+  const running = new Map<string, string>();
+  const watchdog = setTimeout(
+    () => {
+      const what = [...running.values()].join(', ') || 'starting';
+      say(`${head} FAILED: timed out after ${(deadlineMs / 1000).toFixed(2)} s (still waiting for: ${what})`);
+      process.exit(1);
+    },
+    Math.max(0, deadlineMs - performance.now()),
+  );
+  watchdog.unref();
+
+  try {
+    const file = opts.config ?? process.env.CITUS_CONTROLLER_CONFIG;
+    if (file === undefined || file === '') {
+      say(`${head} no config file: pass --config <file> or set CITUS_CONTROLLER_CONFIG`);
+      return 2;
+    }
+    let cfg: ControllerConfig;
+    try {
+      cfg = loadConfig(file);
+    } catch (err) {
+      say(`${head} ${err instanceof UserError ? err.message : `config error: ${file}: ${errorMessage(err)}`}`);
+      return 2;
+    }
+
+    const plan = planCallback(args, cfg);
+    const failpointSpec = process.env.CITUS_CONTROLLER_FAILPOINT; // test-only fault injection
+    const outcomes: StepOutcome[] = await convergeNode(plan, cfg, {
+      log: {
+        info: () => undefined,
+        warn: (obj, msg) => say(`${head} warning: ${msg} ${JSON.stringify(obj)}`),
+      },
+      journalDir: runtimeDir(cfg.scope),
+      // ~1 s, but always ending before the watchdog so the line names the host:port that did not answer
+      connectTimeoutMs: Math.max(100, Math.min(CONNECT_TIMEOUT_MS, cfg.citus.connectTimeoutMs, deadlineMs - performance.now() - 350)),
+      statementTimeoutMs: STATEMENT_TIMEOUT_MS,
+      reloadWaitMs: 500,
+      applicationName: 'citus-controller-callback',
+      arp: 'always',
+      vip: { timeoutMs: 1000, count: 3, intervalMs: 100 },
+      onProgress: (step, what) => (what === null ? running.delete(step) : running.set(step, what)),
+      ...(failpointSpec
+        ? {
+            failpoint: (name: string) => {
+              if (failpointSpec === `use_secondary_nodes:${name}`) process.kill(process.pid, 'SIGKILL');
+            },
+          }
+        : {}),
+    });
+
+    if (outcomes.length === 0) {
+      const why =
+        plan.kind === 'coordinator'
+          ? 'on_stop: use_secondary_nodes unchanged, no vip configured'
+          : `not the coordinator scope (${cfg.scope}): no use_secondary_nodes; no vip configured`;
+      say(`${head} nothing to do (${why})`);
+    }
+    for (const o of outcomes) say(`${head} ${o.ok ? '' : 'FAILED '}${o.line}`);
+
+    running.set('nudge', 'daemon nudge');
+    const nudge = await sendNudge(nudgeSocketPath(cfg.scope), `callback ${args.action} ${args.rawRole} ${args.scope}`, NUDGE_TIMEOUT_MS);
+    running.delete('nudge');
+    say(`${head} ${nudge.delivered ? nudge.detail : `daemon not nudged: ${nudge.detail}`}`);
+
+    return outcomes.every((o) => o.ok) ? 0 : 1;
+  } finally {
+    clearTimeout(watchdog);
+  }
+}
+
+export function registerCallbackCommand(program: Command): void {
+  program
+    .command('callback')
+    .description(
+      'Patroni callback (hooks/patroni-callback): <action> <role> <scope>; sets use_secondary_nodes on coordinator nodes, binds/releases the VIP, nudges the daemon',
+    )
+    .option('-c, --config <file>', 'config file (patroni.yml with a citus: section, or citus-controller.yml); default $CITUS_CONTROLLER_CONFIG')
+    .argument('[args...]', 'appended by Patroni: action (on_start|on_stop|on_restart|on_reload|on_role_change), role, scope')
+    .action(async (positional: string[], opts: CallbackCommandOptions) => {
+      const code = await runCallback(positional, opts);
+      process.exitCode = code;
+      // anything left open (a socket in teardown) must not keep the hook alive
+      setTimeout(() => process.exit(code), 200).unref();
+    });
+}

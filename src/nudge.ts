@@ -1,0 +1,264 @@
+/**
+ * "Reconcile now" nudges from the Patroni callback (and anything else local) to the `watch` daemon.
+ *
+ * Transport: a unix STREAM socket (Node has no unix datagram sockets). The sender connects, writes
+ * one JSON line `{"v":1,"reason":"...","pid":N}` and waits for `ok\n`; the listener answers and
+ * closes. Best effort on the sending side: no daemon, a stale socket file or a daemon that does not
+ * answer within the cap (300 ms) all end in `{ delivered: false }`, never in an exception.
+ *
+ * Socket path (the same rule on both sides, see nudgeSocketPath):
+ *   1. $CITUS_CONTROLLER_SOCKET
+ *   2. /run/citus-controller/<scope>.sock when /run/citus-controller exists (systemd creates it:
+ *      RuntimeDirectory=citus-controller in systemd/citus-controller.service)
+ *   3. $XDG_RUNTIME_DIR/citus-controller/<scope>.sock
+ *   4. /tmp/citus-controller-<uid>/<scope>.sock
+ * The directory of the socket is also the controller's runtime state directory (runtimeDir).
+ */
+import { chmodSync, chownSync, lstatSync, mkdirSync, readFileSync, statSync, unlinkSync } from 'node:fs';
+import { createConnection, createServer, type Server, type Socket } from 'node:net';
+import { dirname, join } from 'node:path';
+
+export const RUN_DIR = '/run/citus-controller';
+const MAX_MESSAGE = 4096;
+
+export interface Nudge {
+  reason: string;
+  /** pid of the sender (0 when it did not say). */
+  pid: number;
+  receivedAt: number;
+}
+
+export interface NudgeResult {
+  delivered: boolean;
+  /** One line: `daemon nudged (path)`, `no daemon listening on path`, ... */
+  detail: string;
+}
+
+function isDir(path: string): boolean {
+  try {
+    return statSync(path).isDirectory();
+  } catch {
+    return false;
+  }
+}
+
+/** Where the daemon of coordinator scope `scope` listens (see the module comment). */
+export function nudgeSocketPath(scope: string, env: NodeJS.ProcessEnv = process.env): string {
+  const explicit = env.CITUS_CONTROLLER_SOCKET;
+  if (explicit !== undefined && explicit !== '') return explicit;
+  const file = `${scope}.sock`;
+  if (isDir(RUN_DIR)) return join(RUN_DIR, file);
+  const xdg = env.XDG_RUNTIME_DIR;
+  if (xdg !== undefined && xdg !== '' && isDir(xdg)) return join(xdg, 'citus-controller', file);
+  return join('/tmp', `citus-controller-${process.getuid?.() ?? 0}`, file);
+}
+
+/** The controller's runtime state directory: the socket's directory. */
+export function runtimeDir(scope: string, env: NodeJS.ProcessEnv = process.env): string {
+  return dirname(nudgeSocketPath(scope, env));
+}
+
+/** Creates the runtime directory when it is one of ours (fallback locations), mode 0700. */
+export function ensureRuntimeDir(dir: string): void {
+  if (isDir(dir)) return;
+  mkdirSync(dir, { recursive: true, mode: 0o700 });
+}
+
+/** Tells the daemon listening on `path` to reconcile now. Never throws, never waits past timeoutMs. */
+export function sendNudge(path: string, reason: string, timeoutMs = 300): Promise<NudgeResult> {
+  return new Promise<NudgeResult>((resolve) => {
+    let done = false;
+    let sock: Socket | undefined;
+    const finish = (r: NudgeResult) => {
+      if (done) return;
+      done = true;
+      clearTimeout(timer);
+      sock?.destroy();
+      resolve(r);
+    };
+    const timer = setTimeout(
+      () => finish({ delivered: false, detail: `daemon did not answer on ${path} within ${timeoutMs} ms` }),
+      Math.max(1, timeoutMs),
+    );
+    timer.unref();
+    try {
+      sock = createConnection({ path });
+    } catch (err) {
+      finish({ delivered: false, detail: `cannot reach the daemon on ${path}: ${(err as Error).message}` });
+      return;
+    }
+    let answer = '';
+    sock.setEncoding('utf8');
+    sock.on('connect', () => {
+      sock?.write(`${JSON.stringify({ v: 1, reason: reason.slice(0, 1000), pid: process.pid })}\n`);
+    });
+    sock.on('data', (chunk: string) => {
+      answer += chunk;
+      if (answer.includes('\n')) {
+        const line = answer.slice(0, answer.indexOf('\n')).trim();
+        finish(line === 'ok' ? { delivered: true, detail: `daemon nudged (${path})` } : { delivered: false, detail: `daemon on ${path} answered ${JSON.stringify(line.slice(0, 80))}` });
+      }
+    });
+    sock.on('error', (err: NodeJS.ErrnoException) => {
+      const code = err.code ?? '';
+      if (code === 'ENOENT') finish({ delivered: false, detail: `no daemon listening (${path} does not exist)` });
+      else if (code === 'ECONNREFUSED') finish({ delivered: false, detail: `no daemon listening on ${path} (stale socket)` });
+      else finish({ delivered: false, detail: `cannot reach the daemon on ${path}: ${code || err.message}` });
+    });
+    sock.on('close', () => finish({ delivered: false, detail: `daemon on ${path} closed the connection without answering` }));
+  });
+}
+
+export interface ListenOptions {
+  /** Mode of the socket file (default 0o660: owner and group may nudge). */
+  mode?: number;
+  /**
+   * Group of the socket file. Default when running as root: the `postgres` group (the callback
+   * runs as postgres under patroni.service). Otherwise the file keeps the daemon user's group.
+   */
+  gid?: number;
+  /** Called when a connection misbehaves (bad message); default: ignored. */
+  onError?: (err: Error) => void;
+}
+
+export interface NudgeListener {
+  path: string;
+  close(): Promise<void>;
+}
+
+function groupId(name: string): number | undefined {
+  try {
+    for (const line of readFileSync('/etc/group', 'utf8').split('\n')) {
+      const [n, , gid] = line.split(':');
+      if (n === name && gid !== undefined && /^\d+$/.test(gid)) return Number(gid);
+    }
+  } catch {
+    // no /etc/group
+  }
+  return undefined;
+}
+
+/** Probes an existing socket file: true when something accepts connections on it. */
+function socketIsLive(path: string): Promise<boolean> {
+  return new Promise((resolve) => {
+    const s = createConnection({ path });
+    const t = setTimeout(() => {
+      s.destroy();
+      resolve(true); // accepted but silent, or slow: someone is there, do not steal the path
+    }, 300);
+    s.on('connect', () => {
+      clearTimeout(t);
+      s.destroy();
+      resolve(true);
+    });
+    s.on('error', () => {
+      clearTimeout(t);
+      resolve(false);
+    });
+  });
+}
+
+/**
+ * Listens for nudges on `path` (for the watch daemon). Creates the directory when missing, removes
+ * a STALE socket file left by a killed daemon (refuses when another process still listens on it, or
+ * when the path is not a socket), and makes the socket writable for the postgres user's callback.
+ * `onNudge` is called once per message; debounce in the caller.
+ */
+export async function listenForNudges(path: string, onNudge: (n: Nudge) => void, opts: ListenOptions = {}): Promise<NudgeListener> {
+  const dir = dirname(path);
+  if (!isDir(dir)) mkdirSync(dir, { recursive: true, mode: 0o755 });
+  let st: ReturnType<typeof lstatSync> | undefined;
+  try {
+    st = lstatSync(path);
+  } catch {
+    st = undefined;
+  }
+  if (st) {
+    if (!st.isSocket()) throw new Error(`nudge socket ${path} exists and is not a socket: remove it or set CITUS_CONTROLLER_SOCKET`);
+    if (await socketIsLive(path)) throw new Error(`another process is already listening on ${path} (is citus-controller watch running twice?)`);
+    unlinkSync(path);
+  }
+
+  const sockets = new Set<Socket>();
+  const server: Server = createServer((sock) => {
+    sockets.add(sock);
+    sock.setEncoding('utf8');
+    sock.setTimeout(2000, () => sock.destroy());
+    let buf = '';
+    sock.on('data', (chunk: string) => {
+      buf += chunk;
+      if (buf.length > MAX_MESSAGE) {
+        opts.onError?.(new Error('nudge message too long'));
+        sock.destroy();
+        return;
+      }
+      let i: number;
+      while ((i = buf.indexOf('\n')) >= 0) {
+        const line = buf.slice(0, i);
+        buf = buf.slice(i + 1);
+        let reason = 'nudge';
+        let pid = 0;
+        try {
+          const m = JSON.parse(line) as { reason?: unknown; pid?: unknown };
+          if (typeof m.reason === 'string') reason = m.reason;
+          if (typeof m.pid === 'number' && Number.isInteger(m.pid)) pid = m.pid;
+        } catch {
+          opts.onError?.(new Error('unparseable nudge message'));
+          sock.end('error\n');
+          return;
+        }
+        sock.end('ok\n');
+        try {
+          onNudge({ reason, pid, receivedAt: Date.now() });
+        } catch (err) {
+          opts.onError?.(err as Error);
+        }
+      }
+    });
+    sock.on('error', () => sock.destroy());
+    sock.on('close', () => sockets.delete(sock));
+  });
+  server.on('error', (err) => opts.onError?.(err));
+
+  await new Promise<void>((resolve, reject) => {
+    const onErr = (err: Error) => reject(new Error(`cannot listen on ${path}: ${err.message}`));
+    server.once('error', onErr);
+    server.listen(path, () => {
+      server.off('error', onErr);
+      resolve();
+    });
+  });
+  chmodSync(path, opts.mode ?? 0o660);
+  const gid = opts.gid ?? (process.getuid?.() === 0 ? groupId('postgres') : undefined);
+  if (gid !== undefined) {
+    try {
+      chownSync(path, -1, gid);
+    } catch {
+      // not allowed: the mode still lets the owner in
+    }
+  }
+  let ino = 0;
+  try {
+    ino = statSync(path).ino;
+  } catch {
+    // raced with a remover
+  }
+
+  return {
+    path,
+    close: () =>
+      new Promise<void>((resolve) => {
+        for (const s of sockets) s.destroy();
+        server.close(() => {
+          // remove the file only if it is still ours (a new daemon may have taken the path)
+          try {
+            const now = lstatSync(path);
+            if (now.isSocket() && now.ino === ino) unlinkSync(path);
+          } catch {
+            // already gone
+          }
+          resolve();
+        });
+      }),
+  };
+}

@@ -1,0 +1,151 @@
+/**
+ * Makes the local node match a CallbackPlan: use_secondary_nodes (coordinator nodes) and the
+ * read/write VIP. Shared by the Patroni callback (one run per callback) and the watch daemon (one
+ * run per pass: planForLocalRole + convergeNode, so drift is repaired even when a callback was
+ * SIGKILLed or never ran). Each step reports one line; steps never throw.
+ */
+import { formatHostPort, type ControllerConfig } from '../config.js';
+import { planCallback, type CallbackPlan, type NodeRole } from './callback-plan.js';
+import {
+  connectionOptions,
+  connectLocal,
+  ensureUseSecondaryNodes,
+  UseSecondaryNodesError,
+  type EnsureResult,
+  type MiniLogger,
+} from './use-secondary-nodes.js';
+import { bind, gratuitousArp, unbind, vipText, type GarpOptions } from '../vip/manager.js';
+
+export interface StepOutcome {
+  step: 'use_secondary_nodes' | 'vip';
+  ok: boolean;
+  /** One line, e.g. `use_secondary_nodes always -> never on 10.0.0.1:5432, terminated 3 client sessions`. */
+  line: string;
+  result?: EnsureResult;
+}
+
+export interface ConvergeOptions {
+  log: MiniLogger;
+  /** Crash journal directory for use_secondary_nodes (see use-secondary-nodes.ts). */
+  journalDir?: string;
+  connectTimeoutMs?: number;
+  statementTimeoutMs?: number;
+  reloadWaitMs?: number;
+  /** application_name of the sessions (must start with `citus-controller`). */
+  applicationName?: string;
+  /** Gratuitous ARP after binding: `always` (callback on a primary) or only when just bound. */
+  arp?: 'always' | 'onChange';
+  vip?: GarpOptions;
+  /** Reports what is running, for a watchdog message (`connect 10.0.0.1:5432`, `ip addr add`). */
+  onProgress?: (step: StepOutcome['step'], what: string | null) => void;
+  failpoint?: (name: string) => void;
+}
+
+/** The daemon's per-pass plan: the same desired state as an `on_reload <role> <cn scope>` callback. */
+export function planForLocalRole(role: NodeRole, cfg: Pick<ControllerConfig, 'scope' | 'citus'>): CallbackPlan {
+  return planCallback({ action: 'on_reload', rawRole: role, role, scope: cfg.scope }, cfg);
+}
+
+const sessions = (n: number) => `terminated ${n} client session${n === 1 ? '' : 's'}`;
+
+export function describeEnsure(r: EnsureResult, where: string): string {
+  if (r.resumed && r.previous === r.value) {
+    return `use_secondary_nodes ${r.value} on ${where}: finished an interrupted change, ${sessions(r.terminated)}`;
+  }
+  if (r.previous !== r.value) {
+    return `use_secondary_nodes ${r.previous ?? '(unset)'} -> ${r.value} on ${where}, ${sessions(r.terminated)}`;
+  }
+  if (r.alteredSystem) {
+    return `use_secondary_nodes already ${r.value} for new sessions on ${where}; corrected the pending ALTER SYSTEM value, ${sessions(0)}`;
+  }
+  return `use_secondary_nodes already right (${r.value}) on ${where}, ${sessions(0)}`;
+}
+
+async function gucStep(plan: CallbackPlan, cfg: ControllerConfig, o: ConvergeOptions): Promise<StepOutcome> {
+  const value = plan.useSecondaryNodes;
+  if (!value) throw new Error('no use_secondary_nodes in the plan');
+  const where = formatHostPort(cfg.postgresql.connectAddress);
+  o.onProgress?.('use_secondary_nodes', `connect ${where}`);
+  let client;
+  try {
+    client = await connectLocal(
+      connectionOptions(cfg, {
+        ...(o.connectTimeoutMs !== undefined ? { connectTimeoutMs: o.connectTimeoutMs } : {}),
+        ...(o.statementTimeoutMs !== undefined ? { statementTimeoutMs: o.statementTimeoutMs, lockTimeoutMs: o.statementTimeoutMs } : {}),
+        applicationName: o.applicationName ?? 'citus-controller',
+      }),
+    );
+  } catch (err) {
+    const e = err as UseSecondaryNodesError;
+    // A demoted primary's PostgreSQL is normally stopped: nothing to set now; the following
+    // `on_role_change replica` / `on_start replica` (or the daemon) sets it.
+    if (plan.args.role === 'demoted' && (e.code === 'ECONNREFUSED' || e.code === 'ENOENT' || e.code === '57P03')) {
+      return { step: 'use_secondary_nodes', ok: true, line: `use_secondary_nodes: PostgreSQL at ${where} is not running (demoted); left for its next start` };
+    }
+    return { step: 'use_secondary_nodes', ok: false, line: `use_secondary_nodes ${value}: ${e.message}` };
+  }
+  try {
+    o.onProgress?.('use_secondary_nodes', `set ${value} on ${where}`);
+    const r = await ensureUseSecondaryNodes(client, value, cfg, o.log, {
+      clientIsFresh: true,
+      connect: () =>
+        connectLocal(
+          connectionOptions(cfg, {
+            ...(o.connectTimeoutMs !== undefined ? { connectTimeoutMs: o.connectTimeoutMs } : {}),
+            ...(o.statementTimeoutMs !== undefined ? { statementTimeoutMs: o.statementTimeoutMs } : {}),
+            applicationName: o.applicationName ?? 'citus-controller',
+          }),
+        ),
+      ...(o.journalDir !== undefined ? { journalDir: o.journalDir } : {}),
+      ...(o.reloadWaitMs !== undefined ? { reloadWaitMs: o.reloadWaitMs } : {}),
+      ...(o.failpoint ? { failpoint: o.failpoint } : {}),
+    });
+    return { step: 'use_secondary_nodes', ok: true, line: describeEnsure(r, where), result: r };
+  } catch (err) {
+    return { step: 'use_secondary_nodes', ok: false, line: `use_secondary_nodes ${value}: ${(err as Error).message}` };
+  } finally {
+    await client.end().catch(() => undefined);
+    o.onProgress?.('use_secondary_nodes', null);
+  }
+}
+
+async function vipStep(plan: CallbackPlan, cfg: ControllerConfig, o: ConvergeOptions): Promise<StepOutcome> {
+  const vip = cfg.citus.vip;
+  if (!vip || !plan.vip) throw new Error('no vip in the plan');
+  const v = `vip ${vipText(vip)}`;
+  if (plan.vip === 'keep') return { step: 'vip', ok: true, line: `${v} left as is on ${vip.interface} (keep_on_stop)` };
+  try {
+    if (plan.vip === 'unbind') {
+      o.onProgress?.('vip', `ip addr del ${vipText(vip)} dev ${vip.interface}`);
+      const { changed } = await unbind(vip, o.vip);
+      return { step: 'vip', ok: true, line: changed ? `${v} released from ${vip.interface}` : `${v} not bound on ${vip.interface} (nothing to release)` };
+    }
+    o.onProgress?.('vip', `ip addr add ${vipText(vip)} dev ${vip.interface}`);
+    const { changed } = await bind(vip, o.vip);
+    const bound = changed ? `${v} bound on ${vip.interface}` : `${v} already bound on ${vip.interface}`;
+    const arp = o.arp ?? 'always';
+    if (!plan.gratuitousArp || (arp === 'onChange' && !changed)) return { step: 'vip', ok: true, line: bound };
+    o.onProgress?.('vip', `arping -U ${vip.address} on ${vip.interface}`);
+    try {
+      const g = await gratuitousArp(vip, o.vip);
+      return { step: 'vip', ok: true, line: g.skipped ? `${bound} (${g.skipped})` : `${bound}, gratuitous ARP sent x${g.sent}` };
+    } catch (err) {
+      return { step: 'vip', ok: false, line: `${bound}, but ${(err as Error).message}` };
+    }
+  } catch (err) {
+    return { step: 'vip', ok: false, line: (err as Error).message };
+  } finally {
+    o.onProgress?.('vip', null);
+  }
+}
+
+/**
+ * Runs the plan's steps concurrently (the VIP of a demoted node is released without waiting for
+ * PostgreSQL). Returns one outcome per step; an empty list means there was nothing to do.
+ */
+export async function convergeNode(plan: CallbackPlan, cfg: ControllerConfig, o: ConvergeOptions): Promise<StepOutcome[]> {
+  const steps: Promise<StepOutcome>[] = [];
+  if (plan.useSecondaryNodes) steps.push(gucStep(plan, cfg, o));
+  if (plan.vip) steps.push(vipStep(plan, cfg, o));
+  return Promise.all(steps);
+}

@@ -1,0 +1,268 @@
+/**
+ * Read/write virtual IP on the local node: `ip addr` and `arping` through execa (argv arrays, time
+ * limits, LC_ALL=C for stable messages). Every step is idempotent and checks with an EXACT match of
+ * `address/prefix` on the interface (vip-manager's lesson: 192.0.2.10/24 is not 192.0.2.10/32).
+ *
+ * Needs CAP_NET_ADMIN (ip addr add/del) and CAP_NET_RAW (arping): see
+ * systemd/patroni.service.d/citus-controller-vip.conf.
+ */
+import { accessSync, constants } from 'node:fs';
+import { delimiter, join } from 'node:path';
+import type { VipConfig } from '../config.js';
+
+export type VipSpec = Pick<VipConfig, 'address' | 'prefix' | 'interface'>;
+
+export interface VipOptions {
+  /** Limit for each `ip` run (ms, default 1000). */
+  timeoutMs?: number;
+  /** Path of `ip` (default: found on PATH, then /usr/sbin, /sbin). */
+  ipBin?: string;
+  /** Path of `arping` (default: found on PATH, then /usr/sbin, /sbin). */
+  arpingBin?: string;
+}
+
+export interface GarpOptions extends VipOptions {
+  /** Announcements to send (default 3). */
+  count?: number;
+  /** Interval between them (ms, default 150). */
+  intervalMs?: number;
+}
+
+/** A VIP step failed: `message` is one line naming the address and the interface. */
+export class VipError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'VipError';
+  }
+}
+
+export const vipText = (vip: VipSpec): string => `${vip.address}/${vip.prefix}`;
+
+const isV6 = (address: string): boolean => address.includes(':');
+
+/** Canonical text of an IP address (IPv6 compressed, lower case) for exact comparisons. */
+export function canonicalAddress(address: string): string {
+  if (!isV6(address)) return address;
+  try {
+    return new URL(`http://[${address}]/`).hostname.replace(/^\[|\]$/g, '');
+  } catch {
+    return address.toLowerCase();
+  }
+}
+
+const SBIN_DIRS = ['/usr/sbin', '/sbin', '/usr/bin', '/bin'];
+const binCache = new Map<string, string>();
+
+/** Patroni's environment may lack /usr/sbin on PATH: look there too. */
+export function findBinary(name: string, env: NodeJS.ProcessEnv = process.env): string {
+  const cached = binCache.get(name);
+  if (cached) return cached;
+  const dirs = [...(env.PATH ?? '').split(delimiter).filter((d) => d !== ''), ...SBIN_DIRS];
+  for (const dir of dirs) {
+    const p = join(dir, name);
+    try {
+      accessSync(p, constants.X_OK);
+      binCache.set(name, p);
+      return p;
+    } catch {
+      // next
+    }
+  }
+  return name;
+}
+
+interface RunResult {
+  exitCode: number | undefined;
+  stdout: string;
+  stderr: string;
+  failed: boolean;
+  timedOut: boolean;
+  /** Spawn error (ENOENT, EACCES, ...). */
+  code?: string;
+}
+
+async function run(bin: string, args: string[], timeoutMs: number): Promise<RunResult> {
+  const { execa } = await import('execa');
+  const r = await execa(bin, args, {
+    reject: false,
+    timeout: timeoutMs,
+    stdin: 'ignore',
+    env: { LC_ALL: 'C', LANG: 'C' },
+    stripFinalNewline: true,
+  });
+  const code = (r as unknown as { code?: unknown }).code;
+  return {
+    exitCode: r.exitCode,
+    stdout: typeof r.stdout === 'string' ? r.stdout : '',
+    stderr: typeof r.stderr === 'string' ? r.stderr : '',
+    failed: r.failed,
+    timedOut: r.timedOut,
+    ...(typeof code === 'string' ? { code } : {}),
+  };
+}
+
+function firstLine(text: string): string {
+  return (
+    text
+      .split('\n')
+      .map((l) => l.trim())
+      .find((l) => l !== '') ?? ''
+  );
+}
+
+function describeFailure(what: string, bin: string, r: RunResult, timeoutMs: number): string {
+  if (r.timedOut) return `${what}: ${bin} did not finish within ${timeoutMs} ms`;
+  if (r.code === 'ENOENT') return `${what}: ${bin} not found (install iproute2 / arping)`;
+  if (r.code) return `${what}: cannot run ${bin} (${r.code})`;
+  const why = firstLine(r.stderr) || firstLine(r.stdout) || `exit code ${String(r.exitCode)}`;
+  const hint = /not permitted|permission denied|CAP_NET/i.test(why)
+    ? ' (needs CAP_NET_ADMIN/CAP_NET_RAW: see systemd/patroni.service.d/citus-controller-vip.conf)'
+    : '';
+  return `${what}: ${why.replace(/^RTNETLINK answers:\s*/, '')}${hint}`;
+}
+
+const missingDevice = (r: RunResult): boolean => /does not exist|Cannot find device|No such device/i.test(r.stderr);
+
+/** Addresses (`addr/prefix`, canonical) on an interface; null when the interface does not exist. */
+export async function listAddresses(iface: string, opts: VipOptions = {}): Promise<string[] | null> {
+  const timeoutMs = opts.timeoutMs ?? 1000;
+  const bin = opts.ipBin ?? findBinary('ip');
+  const r = await run(bin, ['-o', 'addr', 'show', 'dev', iface], timeoutMs);
+  if (r.failed) {
+    if (missingDevice(r)) return null;
+    throw new VipError(describeFailure(`cannot list the addresses of ${iface}`, bin, r, timeoutMs));
+  }
+  const out: string[] = [];
+  for (const line of r.stdout.split('\n')) {
+    const tokens = line.trim().split(/\s+/);
+    const i = tokens.findIndex((t) => t === 'inet' || t === 'inet6');
+    const tok = i >= 0 ? tokens[i + 1] : undefined;
+    if (!tok || !tok.includes('/')) continue;
+    const [addr, prefix] = tok.split('/') as [string, string];
+    out.push(`${canonicalAddress(addr)}/${prefix}`);
+  }
+  return out;
+}
+
+/** True when exactly `address/prefix` is on the interface. */
+export async function hasAddress(vip: VipSpec, opts: VipOptions = {}): Promise<boolean> {
+  const list = await listAddresses(vip.interface, opts);
+  return list !== null && list.includes(`${canonicalAddress(vip.address)}/${vip.prefix}`);
+}
+
+/** Adds the address unless it is there already. `changed` says whether this call added it. */
+export async function bind(vip: VipSpec, opts: VipOptions = {}): Promise<{ changed: boolean }> {
+  const timeoutMs = opts.timeoutMs ?? 1000;
+  const list = await listAddresses(vip.interface, opts);
+  if (list === null) throw new VipError(`cannot bind ${vipText(vip)}: interface ${vip.interface} does not exist`);
+  if (list.includes(`${canonicalAddress(vip.address)}/${vip.prefix}`)) return { changed: false };
+  const bin = opts.ipBin ?? findBinary('ip');
+  // IPv6: skip duplicate address detection, or the address stays "tentative" (unusable) for ~1 s
+  const args = ['addr', 'add', vipText(vip), 'dev', vip.interface, ...(isV6(vip.address) ? ['nodad'] : [])];
+  const r = await run(bin, args, timeoutMs);
+  if (r.failed) {
+    // a concurrent run (or a SIGKILLed earlier one) added it in between: that is success
+    if (/File exists|already assigned/i.test(r.stderr) && (await hasAddress(vip, opts))) return { changed: false };
+    throw new VipError(describeFailure(`cannot bind ${vipText(vip)} on ${vip.interface}`, bin, r, timeoutMs));
+  }
+  return { changed: true };
+}
+
+/** Removes the address if present (a missing interface means it is not bound). */
+export async function unbind(vip: VipSpec, opts: VipOptions = {}): Promise<{ changed: boolean }> {
+  const timeoutMs = opts.timeoutMs ?? 1000;
+  const list = await listAddresses(vip.interface, opts);
+  if (list === null || !list.includes(`${canonicalAddress(vip.address)}/${vip.prefix}`)) return { changed: false };
+  const bin = opts.ipBin ?? findBinary('ip');
+  const r = await run(bin, ['addr', 'del', vipText(vip), 'dev', vip.interface], timeoutMs);
+  if (r.failed) {
+    if (/Cannot assign requested address|does not exist/i.test(r.stderr) && !(await hasAddress(vip, opts))) return { changed: false };
+    throw new VipError(describeFailure(`cannot unbind ${vipText(vip)} from ${vip.interface}`, bin, r, timeoutMs));
+  }
+  return { changed: true };
+}
+
+type ArpingFlavour = 'habets' | 'iputils';
+let flavourCache: Promise<ArpingFlavour> | undefined;
+
+/** Debian's `arping` package is Thomas Habets' arping; `iputils-arping` has other flags. */
+async function arpingFlavour(bin: string): Promise<ArpingFlavour> {
+  flavourCache ??= run(bin, ['-V'], 1000).then((r) => (/iputils/i.test(`${r.stdout}\n${r.stderr}`) ? 'iputils' : 'habets'));
+  return flavourCache;
+}
+
+/**
+ * Unsolicited (gratuitous) ARP announcements for an IPv4 VIP so neighbours update their caches
+ * at once. Sends `count` packets `intervalMs` apart; returns how many were sent. IPv6 (it needs
+ * unsolicited neighbour advertisements) is skipped: `{ sent: 0, skipped }`.
+ */
+export async function gratuitousArp(vip: VipSpec, opts: GarpOptions = {}): Promise<{ sent: number; skipped?: string }> {
+  if (isV6(vip.address)) return { sent: 0, skipped: 'IPv6 address: no gratuitous ARP' };
+  const count = Math.max(1, opts.count ?? 3);
+  const intervalMs = Math.max(10, opts.intervalMs ?? 150);
+  const timeoutMs = opts.timeoutMs ?? count * intervalMs + 700;
+  const bin = opts.arpingBin ?? findBinary('arping');
+  const flavour = await arpingFlavour(bin);
+  const seconds = (intervalMs / 1000).toFixed(3);
+  const what = `gratuitous ARP for ${vip.address} on ${vip.interface}`;
+  if (flavour === 'iputils') {
+    // iputils: -U unsolicited, -i interval (iputils >= 20211215); older ones lack -i and wait 1 s
+    // between packets, so they send a single announcement instead
+    let r = await run(bin, ['-U', '-c', String(count), '-i', seconds, '-I', vip.interface, vip.address], timeoutMs);
+    if (r.failed && /invalid option|usage/i.test(r.stderr)) r = await run(bin, ['-U', '-c', '1', '-I', vip.interface, vip.address], timeoutMs);
+    if (r.failed) throw new VipError(describeFailure(what, bin, r, timeoutMs));
+    const m = /Sent (\d+) probe/i.exec(r.stdout);
+    return { sent: m ? Number(m[1]) : count };
+  }
+  // Habets (Debian's `arping`): -U unsolicited, -S source = the VIP, -W interval. It exits 1 when
+  // nobody answers, which is normal for announcements: success is "N packets transmitted", N > 0.
+  const r = await run(bin, ['-U', '-c', String(count), '-W', seconds, '-i', vip.interface, '-S', vip.address, vip.address], timeoutMs);
+  const m = /(\d+) packets transmitted/.exec(r.stdout);
+  const sent = m ? Number(m[1]) : 0;
+  if (sent > 0 && !r.timedOut) return { sent };
+  throw new VipError(describeFailure(what, bin, { ...r, failed: true }, timeoutMs));
+}
+
+export interface EnsureVipResult {
+  intent: 'bind' | 'unbind';
+  changed: boolean;
+  /** Gratuitous ARP packets sent (bind only). */
+  arpSent?: number;
+  arpSkipped?: string;
+}
+
+/**
+ * One convergent step: bind (+ gratuitous ARP when `arp` is `always`, or `onChange` and it was
+ * just added) or unbind. The callback uses `arp: 'always'` on a primary, the daemon `onChange`.
+ */
+export async function ensureVip(
+  vip: VipSpec,
+  intent: 'bind' | 'unbind',
+  opts: GarpOptions & { arp?: 'always' | 'onChange' | 'never' } = {},
+): Promise<EnsureVipResult> {
+  if (intent === 'unbind') {
+    const { changed } = await unbind(vip, opts);
+    return { intent, changed };
+  }
+  const { changed } = await bind(vip, opts);
+  const arp = opts.arp ?? 'onChange';
+  if (arp === 'always' || (arp === 'onChange' && changed)) {
+    const g = await gratuitousArp(vip, opts);
+    return { intent, changed, arpSent: g.sent, ...(g.skipped ? { arpSkipped: g.skipped } : {}) };
+  }
+  return { intent, changed };
+}
+
+/**
+ * For the watch daemon's SIGTERM handler: give the address up unless `keep_on_stop` (same rule as
+ * the on_stop callback). Never throws; returns a one-line outcome.
+ */
+export async function releaseVip(vip: VipConfig, opts: VipOptions = {}): Promise<string> {
+  if (vip.keepOnStop) return `vip ${vipText(vip)} kept on ${vip.interface} (keep_on_stop)`;
+  try {
+    const { changed } = await unbind(vip, opts);
+    return changed ? `vip ${vipText(vip)} released from ${vip.interface}` : `vip ${vipText(vip)} was not bound on ${vip.interface}`;
+  } catch (err) {
+    return err instanceof Error ? err.message : String(err);
+  }
+}
