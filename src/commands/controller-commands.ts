@@ -1,0 +1,176 @@
+/**
+ * `watch`, `reconcile` and `status`: the same pass (src/controller.ts), run in a loop, once with
+ * apply, or once without.
+ */
+import { Option, type Command } from 'commander';
+import { formatHostPort, loadConfig, type ControllerConfig, type HostPort } from '../config.js';
+import { UserError } from '../errors.js';
+import { createLogger, type Logger } from '../log.js';
+import { Controller, type PassOutcome } from '../controller.js';
+import { describeAction } from '../citus/apply.js';
+import type { Finding } from '../citus/types.js';
+import { Daemon } from '../daemon.js';
+import { runningPrimary } from '../topology/types.js';
+
+interface CommonOpts {
+  config: string;
+  source?: 'etcd' | 'rest' | 'probe';
+  json?: boolean;
+  logLevel?: string;
+}
+
+const sourceOption = () => new Option('--source <kind>', 'topology source (default: from the config)').choices(['etcd', 'rest', 'probe']);
+const logLevelOption = (def: string) => new Option('--log-level <level>', 'log level on stderr').choices(['debug', 'info', 'warn', 'error', 'silent']).default(def);
+
+const fmt = (hp: HostPort | null): string => (hp ? formatHostPort(hp) : '-');
+
+/** Fixed-width text table. */
+export function table(header: string[], rows: string[][]): string {
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => (r[i] ?? '').length)));
+  const line = (cells: string[]) =>
+    cells
+      .map((c, i) => (i === cells.length - 1 ? c : c.padEnd(widths[i] ?? 0)))
+      .join('  ')
+      .trimEnd();
+  return [line(header), ...rows.map(line)].join('\n');
+}
+
+/** Exit code of a pass: 0 in sync (or everything applied), 1 drift left, 2 cannot tell (stale, unreadable, refused). */
+export function exitCodeOf(o: PassOutcome, applied: boolean): number {
+  if (o.refusal || !o.topology.fresh || o.readErrors.length > 0) return 2;
+  const drift = o.plan.findings.some((f) => f.verdict === 'ambiguous' || f.verdict === 'unregistered' || f.verdict === 'stale');
+  if (drift) return 1;
+  if (!applied) return o.plan.actions.length > 0 ? 1 : 0;
+  const a = o.applied;
+  if (!a) return o.plan.actions.length > 0 ? 1 : 0;
+  return a.failed.length > 0 || a.skipped.length > 0 || a.notPrimary ? 1 : 0;
+}
+
+function leaderOf(o: PassOutcome, groupid: number): { name: string; state: string } {
+  const g = o.topology.groups.find((x) => x.groupid === groupid);
+  if (!g) return { name: '-', state: 'not in topology' };
+  const rp = runningPrimary(g, o.topology.source);
+  if (rp.ok) return { name: rp.member.name, state: `${rp.member.role}/${rp.member.state}` };
+  const leader = g.leader ? g.members.find((m) => m.name === g.leader) : undefined;
+  return { name: g.leader ?? '-', state: leader ? `${leader.rawRole}/${leader.state}` : 'none' };
+}
+
+function verdictText(f: Finding): string {
+  return f.verdict === 'ok' ? 'ok' : `${f.verdict}: ${f.reason}`;
+}
+
+function findingRows(o: PassOutcome): string[][] {
+  return o.plan.findings.map((f) => {
+    const l = leaderOf(o, f.groupid);
+    return [f.database, String(f.groupid), fmt(f.current), l.name, l.state, verdictText(f)];
+  });
+}
+
+function header(o: PassOutcome): string {
+  const fresh = o.topology.fresh ? 'fresh' : `STALE: ${o.topology.staleReason ?? 'unknown'}`;
+  return `source: ${o.sourceDescription} (${fresh})`;
+}
+
+function jsonOf(o: PassOutcome, exitCode: number): Record<string, unknown> {
+  return {
+    source: { kind: o.topology.source, description: o.sourceDescription, fresh: o.topology.fresh, staleReason: o.topology.staleReason ?? null },
+    findings: o.plan.findings.map((f) => ({ ...f, current: f.current && fmt(f.current), desired: f.desired && fmt(f.desired), leader: leaderOf(o, f.groupid) })),
+    actions: o.plan.actions.map((a) => ({ ...a, description: describeAction(a) })),
+    applied: o.applied ?? null,
+    readErrors: o.readErrors,
+    refusal: o.refusal ?? null,
+    exitCode,
+  };
+}
+
+async function onePass(cfg: ControllerConfig, opts: CommonOpts, log: Logger, apply: boolean): Promise<PassOutcome> {
+  const controller = new Controller(cfg, { log, ...(opts.source ? { source: opts.source } : {}) });
+  try {
+    await controller.start();
+    const o = await controller.pass({ apply, refresh: true });
+    if (o.readErrors.length === cfg.citus.databases.length) {
+      throw new UserError(`cannot read pg_dist_node on ${formatHostPort(cfg.postgresql.connectAddress)}: ${o.readErrors[0]?.error ?? 'unknown error'}`, 2);
+    }
+    return o;
+  } finally {
+    await controller.close();
+  }
+}
+
+function printFindings(o: PassOutcome): void {
+  process.stdout.write(`${table(['database', 'group', 'pg_dist_node', 'patroni leader', 'leader state', 'verdict'], findingRows(o))}\n`);
+  for (const e of o.readErrors) process.stdout.write(`database ${e.database}: cannot read pg_dist_node: ${e.error}\n`);
+  if (o.refusal) process.stdout.write(`REFUSED: ${o.refusal}\n`);
+}
+
+export function registerControllerCommands(program: Command): void {
+  program
+    .command('watch')
+    .description('the daemon for both coordinator nodes: keep pg_dist_node following Patroni (writes only while its CN is the primary)')
+    .requiredOption('-c, --config <file>', 'patroni.yml with a citus: section, or citus-controller.yml')
+    .addOption(sourceOption())
+    .addOption(logLevelOption('info'))
+    .option('--socket <path>', 'nudge socket for the Patroni callback (default: /run/citus-controller/<scope>.sock)')
+    .action(async (opts: CommonOpts & { socket?: string }) => {
+      const cfg = loadConfig(opts.config);
+      const log = createLogger({ level: opts.logLevel ?? 'info', name: 'citus-controller' });
+      const daemon = new Daemon(cfg, { log, ...(opts.source ? { source: opts.source } : {}), ...(opts.socket ? { socketPath: opts.socket } : {}) });
+      const onSignal = (sig: string) => void daemon.stop(sig);
+      process.once('SIGTERM', () => onSignal('SIGTERM'));
+      process.once('SIGINT', () => onSignal('SIGINT'));
+      await daemon.run();
+    });
+
+  program
+    .command('reconcile')
+    .description('one pass by hand: print the plan and apply it (exit 0 in sync or applied, 1 drift left, 2 config/connectivity error)')
+    .requiredOption('-c, --config <file>', 'patroni.yml with a citus: section, or citus-controller.yml')
+    .option('--dry-run', 'print the plan, change nothing (exit 1 when something would change)')
+    .option('--json', 'machine-readable output')
+    .addOption(sourceOption())
+    .addOption(logLevelOption('warn'))
+    .action(async (opts: CommonOpts & { dryRun?: boolean }) => {
+      const cfg = loadConfig(opts.config);
+      const log = createLogger({ level: opts.logLevel ?? 'warn' });
+      const apply = !opts.dryRun;
+      const o = await onePass(cfg, opts, log, apply);
+      const code = exitCodeOf(o, apply);
+      if (opts.json) {
+        process.stdout.write(`${JSON.stringify({ dryRun: !apply, ...jsonOf(o, code) }, null, 2)}\n`);
+      } else {
+        process.stdout.write(`${header(o)}\n\n`);
+        printFindings(o);
+        const n = o.plan.actions.length;
+        process.stdout.write(`\nplan: ${n === 0 ? 'nothing to do' : `${n} action(s)${apply ? '' : ' (dry run: not applied)'}`}\n`);
+        for (const a of o.plan.actions) process.stdout.write(`  ${describeAction(a)}\n`);
+        const r = o.applied;
+        if (r) {
+          if (r.notPrimary) process.stdout.write(`not applied: ${r.notPrimary}\n`);
+          for (const a of r.applied) process.stdout.write(`applied: ${a.database} group ${a.groupid}: ${fmt('from' in a ? a.from : null)} -> ${fmt(a.to)} in ${a.latencyMs.toFixed(1)} ms\n`);
+          for (const f of r.failed) process.stdout.write(`FAILED: ${describeAction(f.action)}: ${f.error}\n`);
+          for (const s of r.skipped) process.stdout.write(`skipped ${s.database}: ${s.reason}\n`);
+        }
+      }
+      process.exitCode = code;
+    });
+
+  program
+    .command('status')
+    .description('per group and database: pg_dist_node address, Patroni leader and its state, verdict (exit 0 all ok, 1 drift, 2 cannot tell)')
+    .requiredOption('-c, --config <file>', 'patroni.yml with a citus: section, or citus-controller.yml')
+    .option('--json', 'machine-readable output')
+    .addOption(sourceOption())
+    .addOption(logLevelOption('warn'))
+    .action(async (opts: CommonOpts) => {
+      const cfg = loadConfig(opts.config);
+      const log = createLogger({ level: opts.logLevel ?? 'warn' });
+      const o = await onePass(cfg, opts, log, false);
+      const code = exitCodeOf(o, false);
+      if (opts.json) process.stdout.write(`${JSON.stringify(jsonOf(o, code), null, 2)}\n`);
+      else {
+        process.stdout.write(`${header(o)}\n\n`);
+        printFindings(o);
+      }
+      process.exitCode = code;
+    });
+}
