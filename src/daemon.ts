@@ -10,8 +10,9 @@ import { formatHostPort } from './config.js';
 import { errorMessage } from './errors.js';
 import type { Logger } from './log.js';
 import { Controller, type PassOutcome } from './controller.js';
-import { describeAction } from './citus/apply.js';
+import type { WriterState } from './citus/apply.js';
 import { listenForNudges, nudgeSocketPath, type NudgeListener } from './nudge.js';
+import { LocalNodeKeeper } from './roles/local-node.js';
 
 export interface DaemonOptions {
   log: Logger;
@@ -40,6 +41,8 @@ export class Daemon {
   private lastMode = '';
   private lastFindings = '';
   private passes = 0;
+  /** Re-checks this node's use_secondary_nodes and VIP after every pass (roles/local-node.ts). */
+  private readonly keeper: LocalNodeKeeper;
   private done!: () => void;
   private readonly finished = new Promise<void>((resolve) => {
     this.done = resolve;
@@ -51,6 +54,7 @@ export class Daemon {
   ) {
     this.log = opts.log;
     this.controller = new Controller(cfg, { log: opts.log, applicationName: 'citus-controller watch', ...(opts.source ? { source: opts.source } : {}) });
+    this.keeper = new LocalNodeKeeper(cfg, { log: opts.log, retry: () => this.trigger('self-check retry') });
   }
 
   /** Starts everything; resolves when the daemon has stopped (after stop()). */
@@ -61,7 +65,7 @@ export class Daemon {
     );
     this.controller.source.onChange(() => this.trigger('topology changed'));
     await this.controller.start();
-    const socket = this.opts.socketPath ?? nudgeSocketPath(this.cfg.scope);
+    const socket = this.opts.socketPath ?? nudgeSocketPath(this.cfg.scope, process.env, this.cfg.citus.socket);
     try {
       this.nudges = await listenForNudges(socket, (n) => this.trigger(`nudge: ${n.reason}`));
       this.log.info({ socket }, 'listening for nudges from the Patroni callback');
@@ -82,6 +86,7 @@ export class Daemon {
     clearInterval(this.timer);
     clearTimeout(this.retryTimer);
     await this.running;
+    await this.stopKeeper();
     await this.nudges?.close().catch(() => undefined);
     await this.controller.close();
     this.log.info({ passes: this.passes }, 'stopped');
@@ -122,13 +127,29 @@ export class Daemon {
       this.scheduleRetry();
       return;
     }
-    this.report(outcome, reason);
+    // nothing to write: still say (once) whether this controller is the writer, and hold the lock
+    const writer = outcome.applied ? null : await this.controller.applier.checkWriter();
+    this.report(outcome, reason, writer);
+    this.checkOwnNode(outcome);
+    const a = outcome.applied;
+    // retry soon only what this controller is meant to fix: not while another one is the writer
     const transient =
-      outcome.readErrors.length > 0 ||
-      (outcome.applied?.failed.some((f) => f.retryNextPass) ?? false) ||
-      (outcome.applied?.skipped.length ?? 0) > 0;
-    if (transient && !outcome.applied?.notPrimary) this.scheduleRetry();
+      outcome.readErrors.length > 0 || (a !== undefined && !a.notPrimary && a.lockHeld && (a.failed.some((f) => f.retryNextPass) || a.skipped.length > 0));
+    if (transient) this.scheduleRetry();
     else this.retryDelay = RETRY_MIN_MS;
+  }
+
+  /**
+   * Self-healing of this node (not of pg_dist_node): use_secondary_nodes for its role and the r/w
+   * VIP held exactly while it is the CN primary. Runs next to the passes, never delaying them.
+   */
+  private checkOwnNode(outcome: PassOutcome): void {
+    this.keeper.offer(outcome);
+  }
+
+  /** SIGTERM path: waits for the node check in flight, then releases the VIP unless vip.keep_on_stop. */
+  private async stopKeeper(): Promise<void> {
+    await this.keeper.stop().catch((err: unknown) => this.log.warn(`on stop: ${errorMessage(err)}`));
   }
 
   private scheduleRetry(): void {
@@ -141,7 +162,7 @@ export class Daemon {
     }, delay);
   }
 
-  private report(o: PassOutcome, reason: string): void {
+  private report(o: PassOutcome, reason: string, writer: WriterState | null): void {
     const a = o.applied;
     let mode: string;
     if (o.refusal) mode = `refusing to write: ${o.refusal}`;
@@ -149,12 +170,11 @@ export class Daemon {
     else if (o.readErrors.length === this.cfg.citus.databases.length) mode = `cannot read pg_dist_node: ${o.readErrors[0]?.error ?? ''}`;
     else if (a?.notPrimary) mode = `watching only: ${a.notPrimary}`;
     else if (a && !a.lockHeld) mode = `watching only: ${a.skipped[0]?.reason ?? 'writer lock not held'}`;
+    else if (writer && !writer.writer) mode = `watching only: ${writer.reason}`;
     else mode = 'ready';
     this.reportMode(mode, mode === 'ready' || mode.startsWith('watching only') ? 'info' : 'warn');
-
-    for (const f of a?.failed ?? []) {
-      this.log.warn({ code: f.code, retry: f.retryNextPass, trigger: reason }, `not applied: ${describeAction(f.action)}: ${f.error}`);
-    }
+    // failed actions were logged by the applier already (one warning per batch)
+    if (a && a.failed.length > 0) this.log.debug({ trigger: reason, failed: a.failed.length }, 'pass left failed actions');
     const findings = o.plan.findings
       .filter((f) => f.verdict !== 'ok' && f.verdict !== 'drift' && f.verdict !== 'unmanaged')
       .map((f) => `${f.database} group ${f.groupid}: ${f.verdict}: ${f.reason}`)

@@ -68,7 +68,7 @@ function findingRows(o: PassOutcome): string[][] {
 
 function header(o: PassOutcome): string {
   const fresh = o.topology.fresh ? 'fresh' : `STALE: ${o.topology.staleReason ?? 'unknown'}`;
-  return `source: ${o.sourceDescription} (${fresh})`;
+  return `source: ${o.topology.source}: ${o.sourceDescription} (${fresh})`;
 }
 
 function jsonOf(o: PassOutcome, exitCode: number): Record<string, unknown> {
