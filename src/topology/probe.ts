@@ -1,0 +1,179 @@
+/**
+ * Probe source (the seed's mode): `SELECT pg_is_in_recovery()` on every configured node, all in
+ * parallel, every `citus.loop_wait` seconds. A NEW pg.Client per probe (domain-facts "pg"), its
+ * `error` handler attached, `connectionTimeoutMillis` = citus.connect_timeout, a server-side
+ * statement_timeout and a client-side query_timeout (the connection is thrown away anyway).
+ * Credentials: postgresql.authentication.superuser; without a password node-postgres reads
+ * PGPASSWORD / ~/.pgpass itself. Passwords are never logged.
+ *
+ * Nodes: group 0 = postgresql.connect_address + citus.coordinator_nodes; workers = their `nodes`.
+ * No leader concept: leader = undefined, member name = `host:port`, role primary/replica, state
+ * running/unreachable. An unreachable node is data (state unreachable), not staleness; only when
+ * NOT ONE node answers is the read a failure (stale view): that is the controller's own network
+ * or credentials, not a failover.
+ */
+import pg from 'pg';
+import { ConfigError, errorMessage, maskSecrets } from '../errors.js';
+import { formatHostPort, type ControllerConfig, type HostPort } from '../config.js';
+import type { Logger } from '../log.js';
+import type { TopologyReader } from './source.js';
+import type { GroupView, MemberView } from './types.js';
+
+export interface ProbeGroupRef {
+  groupid: number;
+  scope: string | null;
+  nodes: HostPort[];
+}
+
+/** Nodes to probe per group; throws ConfigError for a worker group without nodes. */
+export function probeNodesOf(cfg: ControllerConfig): ProbeGroupRef[] {
+  const seen = new Set<string>();
+  const cn = [cfg.postgresql.connectAddress, ...(cfg.citus.coordinatorNodes ?? [])].filter((hp) => {
+    const k = formatHostPort(hp);
+    if (seen.has(k)) return false;
+    seen.add(k);
+    return true;
+  });
+  const out: ProbeGroupRef[] = [{ groupid: 0, scope: cfg.scope, nodes: cn }];
+  cfg.citus.workers.forEach((w, i) => {
+    if (w.nodes.length === 0) {
+      throw new ConfigError(`citus.workers[${i}].nodes`, 'missing: the probe source needs the PostgreSQL addresses of the group (nodes: [host:port])');
+    }
+    out.push({ groupid: w.groupid, scope: w.scope ?? null, nodes: w.nodes });
+  });
+  return out;
+}
+
+export interface ProbeResult {
+  ok: boolean;
+  inRecovery: boolean;
+  /** WAL position in bytes (current on a primary, replayed on a replica), null if unknown. */
+  lsn: number | null;
+  error?: string;
+  /** SQLSTATE of the failure, if the server sent one (28P01: bad password, ...). */
+  code?: string;
+}
+
+export interface ProbeReaderOptions {
+  /** Poll interval (ms). Default citus.loop_wait * 1000. */
+  periodMs?: number;
+}
+
+const PROBE_SQL =
+  'SELECT pg_catalog.pg_is_in_recovery() AS in_recovery, ' +
+  'pg_catalog.pg_wal_lsn_diff(CASE WHEN pg_catalog.pg_is_in_recovery() THEN pg_catalog.pg_last_wal_replay_lsn() ' +
+  "ELSE pg_catalog.pg_current_wal_lsn() END, '0/0')::text AS lsn";
+
+export class ProbeReader implements TopologyReader {
+  readonly kind = 'probe' as const;
+  readonly target = 'PostgreSQL nodes';
+  readonly periodMs: number;
+  private readonly groups: ProbeGroupRef[];
+  private readonly authWarned = new Set<string>();
+  private readonly open = new Set<pg.Client>();
+  private closed = false;
+
+  constructor(
+    private readonly cfg: ControllerConfig,
+    private readonly log: Logger,
+    opts: ProbeReaderOptions = {},
+  ) {
+    this.groups = probeNodesOf(cfg);
+    this.periodMs = opts.periodMs ?? cfg.citus.loopWait * 1000;
+  }
+
+  describe(): string {
+    const g = this.groups.map((x) => `${x.groupid}:${x.nodes.map(formatHostPort).join(',')}`).join(' ');
+    return `pg_is_in_recovery() probes every ${this.periodMs / 1000}s on ${g}`;
+  }
+
+  /** One probe on a fresh connection. Never throws. */
+  async probe(node: HostPort): Promise<ProbeResult> {
+    const su = this.cfg.postgresql.superuser;
+    const timeout = this.cfg.citus.connectTimeoutMs;
+    const client = new pg.Client({
+      host: node.host,
+      port: node.port,
+      user: su.username,
+      ...(su.password !== undefined ? { password: su.password } : {}),
+      database: this.cfg.citus.databases[0] ?? 'postgres',
+      connectionTimeoutMillis: timeout,
+      statement_timeout: timeout,
+      query_timeout: timeout + 1000,
+      application_name: 'citus-controller probe',
+    });
+    client.on('error', () => undefined);
+    this.open.add(client);
+    try {
+      await client.connect();
+      const res = await client.query<{ in_recovery: boolean; lsn: string | null }>(PROBE_SQL);
+      const row = res.rows[0];
+      if (!row) return { ok: false, inRecovery: false, lsn: null, error: 'probe returned no row' };
+      const lsn = row.lsn === null ? null : Number(row.lsn);
+      return { ok: true, inRecovery: row.in_recovery === true, lsn: lsn !== null && Number.isFinite(lsn) ? lsn : null };
+    } catch (err) {
+      const e = err as { code?: unknown };
+      return {
+        ok: false,
+        inRecovery: false,
+        lsn: null,
+        error: maskSecrets(errorMessage(err)),
+        ...(typeof e.code === 'string' ? { code: e.code } : {}),
+      };
+    } finally {
+      this.open.delete(client);
+      await client.end().catch(() => undefined);
+    }
+  }
+
+  async read(): Promise<GroupView[]> {
+    const all = await Promise.all(this.groups.map(async (g) => ({ g, results: await Promise.all(g.nodes.map((n) => this.probe(n))) })));
+    if (this.closed) throw new Error('closed');
+    let answered = 0;
+    let firstError: string | null = null;
+    const groups: GroupView[] = all.map(({ g, results }) => {
+      const problems: string[] = [];
+      const members: MemberView[] = g.nodes.map((node, i) => {
+        const r = results[i] ?? { ok: false, inRecovery: false, lsn: null, error: 'not probed' };
+        const name = formatHostPort(node);
+        if (r.ok) answered++;
+        else {
+          firstError ??= `${name}: ${r.error ?? 'failed'}`;
+          problems.push(`node ${name} unreachable: ${r.error ?? 'failed'}`);
+          if ((r.code === '28P01' || r.code === '28000') && !this.authWarned.has(name)) {
+            this.authWarned.add(name);
+            this.log.warn({ source: 'probe', node: name, user: this.cfg.postgresql.superuser.username }, `probe of ${name} rejected: ${r.error ?? ''}`);
+          }
+        }
+        if (r.ok) this.authWarned.delete(name);
+        return {
+          name,
+          host: node.host,
+          port: node.port,
+          role: r.ok ? (r.inRecovery ? 'replica' : 'primary') : 'unknown',
+          rawRole: r.ok ? (r.inRecovery ? 'replica' : 'primary') : '',
+          state: r.ok ? 'running' : 'unreachable',
+          timeline: null,
+          lagBytes: null,
+          tags: {},
+        };
+      });
+      // Lag of each replica behind the group's one primary, when there is exactly one.
+      const primaries = members.flatMap((m, i) => (m.role === 'primary' ? [results[i]?.lsn ?? null] : []));
+      const primaryLsn = primaries.length === 1 ? (primaries[0] ?? null) : null;
+      members.forEach((m, i) => {
+        const lsn = results[i]?.lsn ?? null;
+        if (m.role === 'primary') m.lagBytes = 0;
+        else if (m.role === 'replica' && lsn !== null && primaryLsn !== null) m.lagBytes = Math.max(0, primaryLsn - lsn);
+      });
+      return { groupid: g.groupid, scope: g.scope, leader: undefined, members, problems };
+    });
+    if (answered === 0) throw new Error(`no node answered (${firstError ?? 'no nodes'})`);
+    return groups;
+  }
+
+  async close(): Promise<void> {
+    this.closed = true;
+    await Promise.all([...this.open].map((c) => c.end().catch(() => undefined)));
+  }
+}
