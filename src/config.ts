@@ -19,6 +19,8 @@ export interface WorkerGroupConfig {
   scope?: string;
   /** Nodes of this group (host:port of PostgreSQL); used by the probe source. */
   nodes: HostPort[];
+  /** Patroni REST API addresses of this group's members (REST source); default: each node's host with citus.rest_port. */
+  rest?: HostPort[];
 }
 
 export interface DcsConfig {
@@ -58,6 +60,23 @@ export interface CitusConfig {
   vip?: VipConfig;
   /** Sessions never terminated after a use_secondary_nodes flip. */
   terminateExclude: { users: string[]; applicationNames: string[] };
+  /** Patroni REST API port used where only a host is known (REST source). Default 8008. */
+  restPort?: number;
+  /** Seconds between polls of the Patroni REST source. Default 1. */
+  restInterval?: number;
+  /** PostgreSQL addresses of the coordinator group's nodes besides postgresql.connect_address (probe / REST sources). */
+  coordinatorNodes?: HostPort[];
+  /** Patroni REST API addresses of the coordinator group's members (REST source). */
+  coordinatorRest?: HostPort[];
+  /** DCS sources: confirm a leader whose member key says `promoted` through its own REST /patroni. Default true. */
+  confirmPromotion?: boolean;
+  /**
+   * Nudge socket of this node's watch daemon (absolute path): where `watch` listens and where the
+   * Patroni callback nudges it; its directory is also the runtime state directory. Unset: the
+   * default rule of nudgeSocketPath() (/run/citus-controller/<scope>.sock, ...).
+   * $CITUS_CONTROLLER_SOCKET and `watch --socket` take precedence.
+   */
+  socket?: string;
 }
 
 export interface ControllerConfig {
@@ -198,6 +217,7 @@ const workerSchema = z
       .min(1, { error: 'worker group ids start at 1 (group 0 is the coordinator)' }),
     scope: scopeName.optional(),
     nodes: z.array(hostPort(5432), { error: 'expected a list of host:port' }).optional(),
+    rest: z.array(hostPort(8008), { error: 'expected a list of host:port (Patroni REST API addresses)' }).optional(),
   })
   .strict();
 
@@ -228,7 +248,22 @@ const citusSchema = z
     connect_timeout: positive('connect_timeout (ms)').optional(),
     resync_interval: positive('resync_interval (seconds)').optional(),
     read_from_secondaries: z.boolean({ error: 'expected true or false' }).optional(),
+    rest_port: z
+      .number({ error: 'expected rest_port (a port number)' })
+      .int({ error: 'rest_port must be a whole number' })
+      .min(1, { error: 'rest_port must be 1-65535' })
+      .max(65535, { error: 'rest_port must be 1-65535' })
+      .optional(),
+    rest_interval: positive('rest_interval (seconds)').optional(),
+    coordinator_nodes: z.array(hostPort(5432), { error: 'expected a list of host:port' }).optional(),
+    coordinator_rest: z.array(hostPort(8008), { error: 'expected a list of host:port (Patroni REST API addresses)' }).optional(),
+    confirm_promotion: z.boolean({ error: 'expected true or false' }).optional(),
     vip: vipSchema.optional(),
+    socket: z
+      .string({ error: 'expected an absolute path (string)' })
+      .refine((v) => v.startsWith('/'), { error: 'must be an absolute path' })
+      .refine((v) => !v.includes('\0'), { error: 'must not contain NUL' })
+      .optional(),
     terminate_exclude: z
       .object({
         users: z.array(z.string()).optional(),
@@ -386,6 +421,7 @@ export function configFromObject(doc: unknown, file: string): ControllerConfig {
         groupid: w.groupid,
         ...(w.scope !== undefined ? { scope: w.scope } : {}),
         nodes: w.nodes ?? [],
+        ...(w.rest !== undefined ? { rest: w.rest } : {}),
       })),
       ...(citus.source !== undefined ? { source: citus.source } : {}),
       registerNewGroups: citus.register_new_groups ?? false,
@@ -410,6 +446,12 @@ export function configFromObject(doc: unknown, file: string): ControllerConfig {
         users: citus.terminate_exclude?.users ?? [],
         applicationNames: citus.terminate_exclude?.application_names ?? [],
       },
+      restPort: citus.rest_port ?? 8008,
+      restInterval: citus.rest_interval ?? 1,
+      coordinatorNodes: citus.coordinator_nodes ?? [],
+      ...(citus.coordinator_rest !== undefined ? { coordinatorRest: citus.coordinator_rest } : {}),
+      confirmPromotion: citus.confirm_promotion ?? true,
+      ...(citus.socket !== undefined ? { socket: citus.socket } : {}),
     },
   };
 }
