@@ -68,7 +68,7 @@ export interface CitusConfig {
   coordinatorNodes?: HostPort[];
   /** Patroni REST API addresses of the coordinator group's members (REST source). */
   coordinatorRest?: HostPort[];
-  /** DCS sources: confirm a leader whose member key says `promoted` through its own REST /patroni. Default true. */
+  /** DCS sources: confirm a leader whose member key does not say primary yet by asking it (pg_is_in_recovery()); see topology/promotion.ts. Default true. */
   confirmPromotion?: boolean;
   /**
    * Nudge socket of this node's watch daemon (absolute path): where `watch` listens and where the

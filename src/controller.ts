@@ -58,7 +58,8 @@ export class Controller {
     this.log = opts.log;
     const source = chooseSource(cfg, { log: opts.log, ...(opts.source ? { force: opts.source } : {}) });
     // DCS member keys lag promotion by a Patroni loop: confirm new leaders directly (promotion.ts)
-    this.source = source.kind === 'etcd' || source.kind === 'etcd2' ? new PromotionConfirmer(source, cfg, opts.log) : source;
+    const dcs = source.kind === 'etcd' || source.kind === 'etcd2';
+    this.source = dcs && cfg.citus.confirmPromotion !== false ? new PromotionConfirmer(source, cfg, opts.log) : source;
     this.applier = new Applier(cfg, { logger: opts.log, ...(opts.applicationName ? { applicationName: opts.applicationName } : {}) });
   }
 

@@ -20,7 +20,6 @@ import { formatHostPort, scopePrefix, type ControllerConfig } from '../config.js
 import { errorMessage } from '../errors.js';
 import type { Logger } from '../log.js';
 import { flattenV2Node, parseScopeKeys, type DcsKv } from './patroni-layout.js';
-import { PromotionConfirmer } from './patroni-rest.js';
 import type { ReaderHooks, TopologyReader } from './source.js';
 import type { GroupView } from './types.js';
 
@@ -84,7 +83,6 @@ export class EtcdV3Reader implements TopologyReader {
   /** Scopes whose v3 prefix was empty at the last read (warned once per emptiness). */
   private readonly emptyWarned = new Set<string>();
   private readonly timers = new Set<NodeJS.Timeout>();
-  private readonly confirmer: PromotionConfirmer | null;
 
   constructor(
     private readonly cfg: ControllerConfig,
@@ -115,7 +113,6 @@ export class EtcdV3Reader implements TopologyReader {
       ...(dcs.username !== undefined ? { auth: { username: dcs.username, password: dcs.password ?? '' } } : {}),
     };
     this.client = new Etcd3(options);
-    this.confirmer = cfg.citus.confirmPromotion === false ? null : new PromotionConfirmer(log, () => this.hooks?.changed());
   }
 
   describe(): string {
@@ -203,7 +200,6 @@ export class EtcdV3Reader implements TopologyReader {
       );
     }
     this.citusKey = citusKey;
-    await this.confirmer?.apply(groups);
     return groups;
   }
 
@@ -220,7 +216,6 @@ export class EtcdV3Reader implements TopologyReader {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    this.confirmer?.close();
     for (const t of this.timers) clearTimeout(t);
     this.timers.clear();
     const cancels = [...this.watchers.values()].map((w) =>

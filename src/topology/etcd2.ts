@@ -19,7 +19,6 @@ import { errorMessage } from '../errors.js';
 import type { Logger } from '../log.js';
 import { basicAuth, describeScopes, scopesOf, type ScopeRef } from './etcd.js';
 import { flattenV2Node, parseScopeKeys } from './patroni-layout.js';
-import { PromotionConfirmer } from './patroni-rest.js';
 import type { ReaderHooks, TopologyReader } from './source.js';
 import type { GroupView } from './types.js';
 
@@ -57,7 +56,6 @@ export class EtcdV2Reader implements TopologyReader {
   private readonly loops: Promise<void>[] = [];
   private citusKey: string | null = null;
   private hooks: ReaderHooks | null = null;
-  private readonly confirmer: PromotionConfirmer | null;
 
   constructor(
     private readonly cfg: ControllerConfig,
@@ -75,7 +73,6 @@ export class EtcdV2Reader implements TopologyReader {
     this.readTimeoutMs = opts.readTimeoutMs ?? cfg.citus.connectTimeoutMs;
     this.pollRenewMs = opts.pollRenewMs ?? 50000;
     this.watchBackoffMaxMs = opts.watchBackoffMaxMs ?? 2000;
-    this.confirmer = cfg.citus.confirmPromotion === false ? null : new PromotionConfirmer(log, () => this.hooks?.changed());
   }
 
   describe(): string {
@@ -140,7 +137,6 @@ export class EtcdV2Reader implements TopologyReader {
       );
     }
     this.citusKey = citusKey;
-    await this.confirmer?.apply(groups);
     return groups;
   }
 
@@ -220,7 +216,6 @@ export class EtcdV2Reader implements TopologyReader {
   async close(): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    this.confirmer?.close();
     this.closing.abort();
     await Promise.all(this.loops);
   }
