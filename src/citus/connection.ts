@@ -14,6 +14,7 @@
  *   and user, never the password.
  */
 import pg from 'pg';
+import { pgPassword } from '../pgpass.js';
 import { formatHostPort } from '../config.js';
 import type { ControllerConfig } from '../config.js';
 import { UserError, errorMessage, maskSecrets } from '../errors.js';
@@ -83,8 +84,8 @@ export function coordinatorClientConfig(cfg: CoordinatorConnectConfig, database:
     port: connectAddress.port,
     database,
     user: superuser.username,
-    // undefined: node-postgres falls back to PGPASSWORD, then to the pgpass file
-    password: superuser.password,
+    // config, else PGPASSWORD, else PGPASSFILE / ~/.pgpass, as libpq does (src/pgpass.ts)
+    password: pgPassword(cfg, { host: connectAddress.host, port: connectAddress.port, database }),
     connectionTimeoutMillis: c.connectTimeoutMs,
     application_name: applicationName,
     keepAlive: true,
@@ -125,7 +126,7 @@ function describeConnectError(err: unknown, cfg: CoordinatorConnectConfig, datab
       break;
   }
   if (/timeout|timed out/i.test(msg)) return `no answer within ${cfg.citus.connectTimeoutMs} ms (citus.connect_timeout)`;
-  if (/client password must be a string|password must be a string/i.test(msg)) {
+  if (/client password must be a (non-empty )?string|password must be a string/i.test(msg)) {
     return 'the server asks for a password and none is configured (postgresql.authentication.superuser.password, PGPASSWORD or PGPASSFILE)';
   }
   return msg;

@@ -14,6 +14,7 @@
  *
  * pg is imported lazily (type-only import here) so the callback starts fast.
  */
+import { pgPassword } from '../pgpass.js';
 import { mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import type { Client, ClientConfig } from 'pg';
@@ -104,7 +105,7 @@ export function connectionOptions(cfg: Pick<ControllerConfig, 'postgresql' | 'ci
     host,
     port,
     user: cfg.postgresql.superuser.username,
-    ...(cfg.postgresql.superuser.password !== undefined ? { password: cfg.postgresql.superuser.password } : {}),
+    password: pgPassword(cfg, { host, port, database: cfg.citus.databases[0] ?? 'postgres' }),
     database: cfg.citus.databases[0] ?? 'postgres',
     application_name: t.applicationName ?? OWN_APPLICATION_NAME,
     connectionTimeoutMillis: t.connectTimeoutMs ?? cfg.citus.connectTimeoutMs,

@@ -3,7 +3,7 @@
  * parallel, every `citus.loop_wait` seconds. A NEW pg.Client per probe (domain-facts "pg"), its
  * `error` handler attached, `connectionTimeoutMillis` = citus.connect_timeout, a server-side
  * statement_timeout and a client-side query_timeout (the connection is thrown away anyway).
- * Credentials: postgresql.authentication.superuser; without a password node-postgres reads
+ * Credentials: postgresql.authentication.superuser; without a password, src/pgpass.ts reads
  * PGPASSWORD / ~/.pgpass itself. Passwords are never logged.
  *
  * Nodes: group 0 = postgresql.connect_address + citus.coordinator_nodes; workers = their `nodes`.
@@ -13,6 +13,7 @@
  * or credentials, not a failover.
  */
 import pg from 'pg';
+import { pgPassword } from '../pgpass.js';
 import { ConfigError, errorMessage, maskSecrets } from '../errors.js';
 import { formatHostPort, type ControllerConfig, type HostPort } from '../config.js';
 import type { Logger } from '../log.js';
@@ -95,7 +96,7 @@ export class ProbeReader implements TopologyReader {
       host: node.host,
       port: node.port,
       user: su.username,
-      ...(su.password !== undefined ? { password: su.password } : {}),
+      password: pgPassword(this.cfg, { host: node.host, port: node.port, database: this.cfg.citus.databases[0] ?? 'postgres' }),
       database: this.cfg.citus.databases[0] ?? 'postgres',
       connectionTimeoutMillis: timeout,
       statement_timeout: timeout,

@@ -18,6 +18,7 @@
  */
 import pg from 'pg';
 import type { ControllerConfig } from '../config.js';
+import { pgPassword } from '../pgpass.js';
 import { errorMessage } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { TopologySourceHandle } from './source.js';
@@ -174,7 +175,7 @@ export class PromotionConfirmer implements TopologySourceHandle {
           host: p.host,
           port: p.port,
           user: this.cfg.postgresql.superuser.username,
-          ...(this.cfg.postgresql.superuser.password !== undefined ? { password: this.cfg.postgresql.superuser.password } : {}),
+          password: pgPassword(this.cfg, { host: p.host, port: p.port, database: this.cfg.citus.databases[0] ?? 'postgres' }),
           database: this.cfg.citus.databases[0],
           connectionTimeoutMillis: this.cfg.citus.connectTimeoutMs,
           application_name: 'citus-controller promotion probe',

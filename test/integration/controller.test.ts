@@ -167,6 +167,31 @@ describe('reconcile and status by hand', () => {
   });
 });
 
+describe('credentials', () => {
+  test('the password may come from PGPASSWORD or PGPASSFILE; without any, one line and exit 2, no password shown', async () => {
+    const doc = yaml.load(readFileSync(state.controllerConfigFile, 'utf8')) as { postgresql: { authentication: { superuser: Record<string, unknown> } } };
+    delete doc.postgresql.authentication.superuser.password;
+    const file = join(dir, 'no-password.yml');
+    writeFileSync(file, yaml.dump(doc));
+    const pgpass = join(dir, 'test.pgpass');
+    writeFileSync(pgpass, `127.0.0.1:*:*:${state.superuser.username}:${state.superuser.password}\n`, { mode: 0o600 });
+    const none = { PGPASSWORD: '', PGPASSFILE: join(dir, 'absent.pgpass'), HOME: dir };
+
+    const viaEnv = await runCli(['status', '-c', file], { env: { ...none, PGPASSWORD: state.superuser.password } });
+    assert.equal(viaEnv.exitCode, 0, viaEnv.stdout + viaEnv.stderr);
+    const viaFile = await runCli(['status', '-c', file], { env: { ...none, PGPASSFILE: pgpass } });
+    assert.equal(viaFile.exitCode, 0, viaFile.stdout + viaFile.stderr);
+    assert.match(viaFile.stdout, /postgres\s+1\s+127\.0\.0\.1:\d+\s+\S+\s+primary\/running\s+ok/);
+
+    const without = await runCli(['status', '-c', file], { env: none });
+    assert.equal(without.exitCode, 2, without.stdout);
+    const lines = without.stderr.trim().split('\n').filter((l) => !l.startsWith('{'));
+    assert.equal(lines.length, 1, without.stderr);
+    assert.match(lines[0] ?? '', /^citus-controller: cannot read pg_dist_node on 127\.0\.0\.1:\d+: /);
+    for (const r of [viaEnv, viaFile, without]) assert.doesNotMatch(r.stdout + r.stderr, new RegExp(state.superuser.password));
+  });
+});
+
 describe('watch on both coordinator nodes', () => {
   test('a worker switchover is followed in every database, well within 2 s of promotion', async () => {
     await startControllers(dir);
