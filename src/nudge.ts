@@ -6,12 +6,13 @@
  * closes. Best effort on the sending side: no daemon, a stale socket file or a daemon that does not
  * answer within the cap (300 ms) all end in `{ delivered: false }`, never in an exception.
  *
- * Socket path (the same rule on both sides, see nudgeSocketPath):
+ * Socket path (the same rule on both sides, see nudgeSocketPath; `watch --socket` comes first):
  *   1. $CITUS_CONTROLLER_SOCKET
- *   2. /run/citus-controller/<scope>.sock when /run/citus-controller exists (systemd creates it:
+ *   2. citus.socket in the config
+ *   3. /run/citus-controller/<scope>.sock when /run/citus-controller exists (systemd creates it:
  *      RuntimeDirectory=citus-controller in systemd/citus-controller.service)
- *   3. $XDG_RUNTIME_DIR/citus-controller/<scope>.sock
- *   4. /tmp/citus-controller-<uid>/<scope>.sock
+ *   4. $XDG_RUNTIME_DIR/citus-controller/<scope>.sock
+ *   5. /tmp/citus-controller-<uid>/<scope>.sock
  * The directory of the socket is also the controller's runtime state directory (runtimeDir).
  */
 import { chmodSync, chownSync, lstatSync, mkdirSync, readFileSync, statSync, unlinkSync } from 'node:fs';
@@ -42,10 +43,14 @@ function isDir(path: string): boolean {
   }
 }
 
-/** Where the daemon of coordinator scope `scope` listens (see the module comment). */
-export function nudgeSocketPath(scope: string, env: NodeJS.ProcessEnv = process.env): string {
+/**
+ * Where the daemon of coordinator scope `scope` listens (see the module comment). `configured`:
+ * the config's citus.socket.
+ */
+export function nudgeSocketPath(scope: string, env: NodeJS.ProcessEnv = process.env, configured?: string): string {
   const explicit = env.CITUS_CONTROLLER_SOCKET;
   if (explicit !== undefined && explicit !== '') return explicit;
+  if (configured !== undefined && configured !== '') return configured;
   const file = `${scope}.sock`;
   if (isDir(RUN_DIR)) return join(RUN_DIR, file);
   const xdg = env.XDG_RUNTIME_DIR;
@@ -54,8 +59,8 @@ export function nudgeSocketPath(scope: string, env: NodeJS.ProcessEnv = process.
 }
 
 /** The controller's runtime state directory: the socket's directory. */
-export function runtimeDir(scope: string, env: NodeJS.ProcessEnv = process.env): string {
-  return dirname(nudgeSocketPath(scope, env));
+export function runtimeDir(scope: string, env: NodeJS.ProcessEnv = process.env, configured?: string): string {
+  return dirname(nudgeSocketPath(scope, env, configured));
 }
 
 /** Creates the runtime directory when it is one of ours (fallback locations), mode 0700. */

@@ -82,7 +82,7 @@ export async function runCallback(
         info: () => undefined,
         warn: (obj, msg) => say(`${head} warning: ${msg} ${JSON.stringify(obj)}`),
       },
-      journalDir: runtimeDir(cfg.scope),
+      journalDir: runtimeDir(cfg.scope, process.env, cfg.citus.socket),
       // ~1 s, but always ending before the watchdog so the line names the host:port that did not answer
       connectTimeoutMs: Math.max(100, Math.min(CONNECT_TIMEOUT_MS, cfg.citus.connectTimeoutMs, deadlineMs - performance.now() - 350)),
       statementTimeoutMs: STATEMENT_TIMEOUT_MS,
@@ -110,7 +110,7 @@ export async function runCallback(
     for (const o of outcomes) say(`${head} ${o.ok ? '' : 'FAILED '}${o.line}`);
 
     running.set('nudge', 'daemon nudge');
-    const nudge = await sendNudge(nudgeSocketPath(cfg.scope), `callback ${args.action} ${args.rawRole} ${args.scope}`, NUDGE_TIMEOUT_MS);
+    const nudge = await sendNudge(nudgeSocketPath(cfg.scope, process.env, cfg.citus.socket), `callback ${args.action} ${args.rawRole} ${args.scope}`, NUDGE_TIMEOUT_MS);
     running.delete('nudge');
     say(`${head} ${nudge.delivered ? nudge.detail : `daemon not nudged: ${nudge.detail}`}`);
 

@@ -119,8 +119,9 @@ export function registerLabCommand(program: Command): void {
     .option('--databases <list>', 'comma-separated databases that carry Citus', 'postgres')
     .option('--timeout <seconds>', 'give up after this long', '120')
     .option('--keep-on-failure', 'leave the processes running when lab up fails (for debugging)')
+    .option('--callbacks', "wire hooks/patroni-callback as every member's Patroni callback, with its own config <dir>/<member>/citus-controller.yml (needs npm run build)")
     .option('--json', 'machine-readable output')
-    .action(async (o: { workers: string; replicas: string; dir?: string; databases: string; timeout: string; keepOnFailure?: boolean; json?: boolean }) => {
+    .action(async (o: { workers: string; replicas: string; dir?: string; databases: string; timeout: string; keepOnFailure?: boolean; callbacks?: boolean; json?: boolean }) => {
       const dir = resolveLabDir(o.dir);
       const state = await labUp({
         dir,
@@ -129,6 +130,7 @@ export function registerLabCommand(program: Command): void {
         databases: o.databases.split(','),
         timeoutMs: intOption('--timeout', o.timeout, 120) * 1000,
         keepOnFailure: o.keepOnFailure === true,
+        callbacks: o.callbacks === true,
         onProgress: (line) => err(line),
       });
       const members = state.groups.flatMap((g) => g.members);
@@ -156,6 +158,7 @@ export function registerLabCommand(program: Command): void {
       out('');
       out(`superuser: ${state.superuser.username} (password in ${state.controllerConfigFile})`);
       out(`controller config: ${state.controllerConfigFile}`);
+      if (state.callbacks) out(`patroni callbacks: ${state.callbacks.hook} --config ${state.dir}/<member>/citus-controller.yml (output in each member's patroni.log)`);
       for (const d of dist) {
         out('');
         out(`pg_dist_node in ${d.database} on ${cn.name}:`);

@@ -1,19 +1,18 @@
 /**
  * `watch` daemons as part of the lab: one per coordinator member, each with its own config
- * (connect_address = its local node, as on a real CN host), log file and nudge socket. Recorded
- * in lab.json so that `lab down` stops them with everything else.
+ * D/<member>/citus-controller.yml (connect_address = its local node, as on a real CN host; see
+ * member-config.ts), log file and nudge socket. Recorded in lab.json so that `lab down` stops them
+ * with everything else.
  */
-import { existsSync, openSync, readFileSync, writeFileSync, closeSync } from 'node:fs';
+import { existsSync, openSync, readFileSync, closeSync } from 'node:fs';
 import { spawn } from 'node:child_process';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import yaml from 'js-yaml';
-import { loadConfig } from '../config.js';
 import { UserError } from '../errors.js';
+import { memberSocket, writeMemberControllerConfig } from './member-config.js';
 import { isAliveWith, signal, sleep, waitForExit } from './proc.js';
 import { findGroup, loadLabState, saveLabState } from './state.js';
 import type { LabMember, LabState } from './types.js';
-import { controllerConfigDoc } from './up.js';
 
 export interface LabController {
   member: string;
@@ -34,17 +33,6 @@ export function controllerDirOf(state: LabState, member: LabMember): string {
   return join(state.dir, member.name);
 }
 
-/** The config a controller on `member`'s host would have: the lab's config with connect_address = member. */
-export function writeMemberControllerConfig(state: LabState, member: LabMember): string {
-  const base = yaml.load(readFileSync(state.controllerConfigFile, 'utf8')) as ReturnType<typeof controllerConfigDoc>;
-  const pgSection = base.postgresql as Record<string, unknown>;
-  const doc = { ...base, name: member.name, postgresql: { ...pgSection, connect_address: `${member.host}:${member.pgPort}` } };
-  const file = join(controllerDirOf(state, member), 'citus-controller.yml');
-  writeFileSync(file, `# citus-controller config for lab member ${member.name} (written by lab controller start)\n${yaml.dump(doc)}`, { mode: 0o600 });
-  loadConfig(file);
-  return file;
-}
-
 function labControllers(state: LabState): LabController[] {
   return (state as LabState & { controllers?: LabController[] }).controllers ?? [];
 }
@@ -53,20 +41,38 @@ function setControllers(state: LabState, list: LabController[]): void {
   (state as LabState & { controllers?: LabController[] }).controllers = list;
 }
 
+export interface StartControllersOptions {
+  members?: string[];
+  extraArgs?: string[];
+  timeoutMs?: number;
+  /**
+   * Changes the member's config document before it is (re)written, e.g. `citus.vip.keep_on_stop`.
+   * The file is the member's one config: its Patroni callback reads it too.
+   */
+  configure?: (doc: Record<string, unknown>, member: LabMember) => void;
+}
+
 /**
- * Starts `watch` for each coordinator member (or the named ones). Waits until each has read its
- * topology (its log says so). Returns the started controllers.
+ * Starts `watch` for each coordinator member (or the named ones), after (re)writing the member's
+ * config. The first live controller of a member listens on the member's citus.socket (where its
+ * Patroni callback nudges); a second one on the same member gets a socket of its own. Waits until
+ * each has read its topology (its log says so). Returns the started controllers.
  */
-export async function startControllers(dir: string, opts: { members?: string[]; extraArgs?: string[]; timeoutMs?: number } = {}): Promise<LabController[]> {
+export async function startControllers(dir: string, opts: StartControllersOptions = {}): Promise<LabController[]> {
   const state = loadLabState(dir);
   const cn = findGroup(state, 'cn');
   const members = opts.members ? opts.members.map((n) => cn.members.find((m) => m.name === n) ?? badMember(n, cn.members)) : cn.members;
   const running = labControllers(state).filter((c) => isAliveWith(c.pid, c.configFile));
   const started: LabController[] = [];
   for (const m of members) {
-    const configFile = writeMemberControllerConfig(state, m);
-    const logFile = join(controllerDirOf(state, m), `controller-${running.length + started.length + 1}.log`);
-    const socket = join(controllerDirOf(state, m), `controller-${running.length + started.length + 1}.sock`);
+    const configFile = writeMemberControllerConfig(state, m, { runAs: state.runAs ?? null, ...(opts.configure ? { edit: opts.configure } : {}) });
+    // a new number per start on this member: a restarted controller gets its own log
+    let n = running.length + started.length + 1;
+    while (existsSync(join(controllerDirOf(state, m), `controller-${n}.log`))) n += 1;
+    const logFile = join(controllerDirOf(state, m), `controller-${n}.log`);
+    const own = memberSocket(state, m);
+    const taken = [...running, ...started].some((c) => c.socket === own);
+    const socket = taken ? join(controllerDirOf(state, m), `controller-${n}.sock`) : own;
     const fd = openSync(logFile, 'a');
     const [cmd, ...args] = cliCommand();
     const child = spawn(cmd!, [...args, 'watch', '-c', configFile, '--socket', socket, ...(opts.extraArgs ?? [])], {

@@ -344,7 +344,7 @@ export async function startMember(state: LabState, member: LabMember): Promise<n
   // a killed postmaster's backends exit on their own once they notice; give them a moment
   const pm = postmasterPid(member.dataDir);
   if (pm) await waitForExit([pm], 5000);
-  const pid = startPatroni({ patroniBin: patroniBinary(), member, memberDir: dirname(member.dataDir), runAs: resolveRunAs() });
+  const pid = startPatroni({ patroniBin: patroniBinary(), member, memberDir: dirname(member.dataDir), runAs: resolveRunAs(), callbacks: state.callbacks ?? null });
   // re-read: another command may have changed the file since we loaded it
   const fresh = loadLabState(state.dir);
   for (const g of fresh.groups) for (const m of g.members) if (m.name === member.name) m.patroniPid = pid;

@@ -2,7 +2,8 @@
  * The local lab (etcd + Patroni + PostgreSQL, with real or emulated Citus) as a library: used by
  * `citus-controller lab ...`, by every integration test and by the benchmarks.
  */
-export type { LabGroup, LabMember, LabState, LabUpOptions } from './types.js';
+export type { LabCallbacks, LabGroup, LabMember, LabState, LabUpOptions, LabVip } from './types.js';
+export { HOOK_PATH, callbackCommand, memberConfigFile, memberSocket, memberControllerConfigDoc, writeMemberControllerConfig } from './member-config.js';
 export { labUp, validateUpOptions, citusInstalled, controllerConfigDoc, SAMPLE_TABLE } from './up.js';
 export { labDown, stopLabProcesses, labPorts, type DownReport, type StoppedProcess } from './down.js';
 export { labStatus, displayRole, type LabStatusReport, type GroupStatus, type MemberStatus } from './status.js';

@@ -6,7 +6,8 @@ import { CITUS_LAB_PG_PARAMETERS } from './citus.js';
 import { dirname, join } from 'node:path';
 import yaml from 'js-yaml';
 import { LOOPBACK, spawnDetached, type RunAs } from './proc.js';
-import type { LabMember, LabState } from './types.js';
+import type { LabCallbacks, LabMember, LabState } from './types.js';
+import { callbackEnv } from './member-config.js';
 
 /** Fast lab timings. Patroni wants ttl >= loop_wait + 2 * retry_timeout. */
 export const LAB_DCS_TIMINGS = { ttl: 10, loopWait: 1, retryTimeout: 4 } as const;
@@ -18,6 +19,8 @@ export interface PatroniConfigInput {
   realCitus: boolean;
   /** Directory for PostgreSQL's unix socket ('' = none). */
   socketDir: string;
+  /** Patroni callback command (on_start, on_stop, on_restart, on_role_change); Patroni appends `<action> <role> <scope>`. */
+  callbackCommand?: string;
 }
 
 /** PostgreSQL parameters every lab member runs with (also written to the DCS at bootstrap). */
@@ -42,7 +45,7 @@ export function labPgParameters(realCitus: boolean): Record<string, string | num
 }
 
 export function patroniConfig(input: PatroniConfigInput): Record<string, unknown> {
-  const { state, member, pgBinDir, realCitus, socketDir } = input;
+  const { state, member, pgBinDir, realCitus, socketDir, callbackCommand } = input;
   const params = labPgParameters(realCitus);
   const hba = [
     `host replication ${state.replication.username} ${LOOPBACK}/32 scram-sha-256`,
@@ -85,6 +88,10 @@ export function patroniConfig(input: PatroniConfigInput): Record<string, unknown
       parameters: { ...params, unix_socket_directories: socketDir },
       pg_hba: hba,
       basebackup: [{ checkpoint: 'fast' }],
+      // Patroni 3.0.2 splits each command with shlex.split() and appends <action> <role> <scope>
+      ...(callbackCommand
+        ? { callbacks: { on_start: callbackCommand, on_stop: callbackCommand, on_restart: callbackCommand, on_role_change: callbackCommand } }
+        : {}),
     },
     tags: { nofailover: false, noloadbalance: false, clonefrom: false, nosync: false },
   };
@@ -103,21 +110,31 @@ export function writePatroniConfig(input: PatroniConfigInput, runAs: RunAs | nul
 /**
  * Starts one member's Patroni, detached. PGPASSFILE points the postmaster (and so Citus's
  * node-to-node connections) at a password file holding the lab superuser's password.
+ *
+ * With callbacks whose VIPs need CAP_NET_ADMIN/CAP_NET_RAW (callbacks.capabilities, lab run as
+ * root): Patroni is started through `setpriv --reuid/--regid <user> --init-groups --inh-caps
+ * --ambient-caps --bounding-set +net_admin,+net_raw`, the equivalent of AmbientCapabilities= and
+ * CapabilityBoundingSet= in systemd/patroni.service.d/citus-controller-vip.conf: the unprivileged
+ * Patroni, its callbacks (and their `ip`/`arping`) and PostgreSQL hold exactly these two
+ * capabilities. setpriv execs Patroni, so the pid is Patroni's.
  */
-export function startPatroni(opts: { patroniBin: string; member: LabMember; memberDir: string; runAs: RunAs | null }): number {
-  return spawnDetached(opts.patroniBin, [opts.member.patroniConfigFile], {
-    logFile: opts.member.logFile,
-    cwd: opts.memberDir,
-    env: {
-      PATH: process.env.PATH ?? '/usr/bin:/bin',
-      LANG: 'C.UTF-8',
-      LC_ALL: 'C.UTF-8',
-      HOME: opts.memberDir,
-      PGPASSFILE: join(opts.memberDir, 'citus.pgpass'),
-      PYTHONUNBUFFERED: '1',
-    },
-    runAs: opts.runAs,
-  });
+export function startPatroni(opts: { patroniBin: string; member: LabMember; memberDir: string; runAs: RunAs | null; callbacks?: LabCallbacks | null }): number {
+  const env: NodeJS.ProcessEnv = {
+    PATH: process.env.PATH ?? '/usr/bin:/bin',
+    LANG: 'C.UTF-8',
+    LC_ALL: 'C.UTF-8',
+    HOME: opts.memberDir,
+    PGPASSFILE: join(opts.memberDir, 'citus.pgpass'),
+    PYTHONUNBUFFERED: '1',
+    ...(opts.callbacks ? callbackEnv(opts.callbacks) : {}),
+  };
+  const spawnOpts = { logFile: opts.member.logFile, cwd: opts.memberDir, env };
+  if (opts.callbacks?.capabilities && opts.runAs) {
+    const caps = '+net_admin,+net_raw';
+    const setpriv = ['--reuid', String(opts.runAs.uid), '--regid', String(opts.runAs.gid), '--init-groups', `--inh-caps=${caps}`, `--ambient-caps=${caps}`, `--bounding-set=-all,${caps}`, '--'];
+    return spawnDetached('setpriv', [...setpriv, opts.patroniBin, opts.member.patroniConfigFile], { ...spawnOpts, runAs: null });
+  }
+  return spawnDetached(opts.patroniBin, [opts.member.patroniConfigFile], { ...spawnOpts, runAs: opts.runAs });
 }
 
 /** The citus.pgpass line: any database and port on loopback, as the lab superuser. */

@@ -55,6 +55,35 @@ export interface LabState {
   /** How long `lab up` took (ms). */
   upMs?: number;
   stoppedAt?: string;
+  /**
+   * Patroni callbacks (lab up --callbacks): every member's patroni.yml runs `hook --config
+   * D/<member>/citus-controller.yml` on_start / on_stop / on_restart / on_role_change.
+   * Absent or null: no callbacks.
+   */
+  callbacks?: LabCallbacks | null;
+  /** What the per-member controller configs D/<member>/citus-controller.yml carry besides the lab's config. */
+  memberConfigs?: { resyncInterval?: number; vips?: Record<string, LabVip> };
+}
+
+export interface LabCallbacks {
+  /** Absolute path of hooks/patroni-callback. */
+  hook: string;
+  /** node binary the hook runs (CITUS_CONTROLLER_NODE in Patroni's environment). */
+  node: string;
+  /**
+   * Patroni (and so the callback, and PostgreSQL) runs with the ambient capabilities CAP_NET_ADMIN
+   * and CAP_NET_RAW (started through `setpriv`, as systemd/patroni.service.d does with
+   * AmbientCapabilities=): needed to bind VIPs as the unprivileged user.
+   */
+  capabilities: boolean;
+}
+
+/** A member's read/write VIP (citus.vip of its controller config). */
+export interface LabVip {
+  address: string;
+  prefix: number;
+  interface: string;
+  keepOnStop?: boolean;
 }
 
 export interface LabUpOptions {
@@ -68,4 +97,22 @@ export interface LabUpOptions {
   timeoutMs?: number;
   /** Leave the processes running when `lab up` fails (default: stop them, keep the logs). */
   keepOnFailure?: boolean;
+  /**
+   * Wire the repo's hooks/patroni-callback as every member's Patroni callback (`lab up
+   * --callbacks`). Needs the built CLI (dist/callback-cli.js, which the hook runs). Each member gets its own controller config
+   * D/<member>/citus-controller.yml (written before Patroni starts).
+   */
+  callbacks?: boolean;
+  /**
+   * Read/write VIPs in the per-member controller configs: `groups` maps a scope (`cn`, `wk1`, ...)
+   * to its address; every member of such a group gets `citus.vip` with that address on the
+   * interface `interfaceOf(member)` returns (the interfaces must exist; the lab never creates any).
+   */
+  vip?: {
+    groups: Record<string, { address: string; prefix?: number }>;
+    interfaceOf: (member: LabMember) => string;
+    keepOnStop?: boolean;
+  };
+  /** citus.resync_interval (seconds) in the per-member controller configs (default: the controller's, 30). */
+  controllerResyncInterval?: number;
 }

@@ -19,7 +19,10 @@ import { pgConnect, readDistNodes, type DistNodeRow } from './pg.js';
 import { LOOPBACK, findLabProcesses, isAlive, isAliveWith, pickFreePorts, resolveRunAs, sleep, tailFile, type RunAs } from './proc.js';
 import { STATE_FILE, readLabState, redact, resolveLabDir, saveLabState } from './state.js';
 import { stopLabProcesses } from './down.js';
-import type { LabGroup, LabMember, LabState, LabUpOptions } from './types.js';
+import { HOOK_PATH, callbackCommand, checkCallbackHook, controllerConfigDoc, writeMemberControllerConfig } from './member-config.js';
+import type { LabCallbacks, LabGroup, LabMember, LabState, LabUpOptions, LabVip } from './types.js';
+
+export { controllerConfigDoc };
 
 export const SAMPLE_TABLE = 'lab_sample';
 const DB_NAME = /^[a-z_][a-z0-9_]{0,62}$/;
@@ -187,29 +190,48 @@ async function retryOutOfSync<T>(what: string, fn: () => Promise<T>): Promise<T>
   }
 }
 
-/** The controller config for this lab, in the seed's shape (standalone file). */
-export function controllerConfigDoc(state: LabState, cnPrimary: LabMember, workerPrimaries: Map<string, LabMember>): Record<string, unknown> {
-  return {
-    scope: 'cn',
-    namespace: `/${state.namespace}/`,
-    name: cnPrimary.name,
-    etcd3: { hosts: [`${state.etcd.host}:${state.etcd.clientPort}`] },
-    postgresql: {
-      connect_address: `${cnPrimary.host}:${cnPrimary.pgPort}`,
-      authentication: { superuser: { username: state.superuser.username, password: state.superuser.password } },
-    },
-    citus: {
-      loop_wait: 10,
-      databases: state.databases,
-      workers: state.groups
-        .filter((g) => g.groupid > 0)
-        .map((g) => ({
-          groupid: g.groupid,
-          scope: g.scope,
-          nodes: [...g.members].sort((a, b) => (a.name === workerPrimaries.get(g.scope)?.name ? -1 : b.name === workerPrimaries.get(g.scope)?.name ? 1 : 0)).map((m) => `${m.host}:${m.pgPort}`),
-        })),
-    },
-  };
+/**
+ * lab up --callbacks: checks that Patroni will be able to run the hook (built CLI, permissions as
+ * the account Patroni runs as, setpriv for the VIP capabilities). null without callbacks.
+ */
+async function prepareCallbacks(opts: LabUpOptions, runAs: RunAs | null, progress: (l: string) => void): Promise<LabCallbacks | null> {
+  if (!opts.callbacks) return null;
+  const wantsVip = opts.vip !== undefined && Object.keys(opts.vip.groups).length > 0;
+  const capabilities = wantsVip && runAs !== null;
+  if (capabilities && !findExecutable('setpriv')) {
+    throw new UserError('lab up --callbacks with VIPs: setpriv (util-linux) not found: it starts Patroni with CAP_NET_ADMIN/CAP_NET_RAW as ambient capabilities');
+  }
+  if (wantsVip && !runAs) progress(`warning: not running as root: Patroni runs as this user without CAP_NET_ADMIN, so its callbacks cannot bind VIPs`);
+  const callbacks: LabCallbacks = { hook: HOOK_PATH, node: process.execPath, capabilities };
+  await checkCallbackHook(callbacks, runAs, { PATH: process.env.PATH ?? '/usr/bin:/bin', LANG: 'C.UTF-8', LC_ALL: 'C.UTF-8' });
+  progress(`callbacks: ${HOOK_PATH} on_start/on_stop/on_restart/on_role_change${capabilities ? ' (Patroni with ambient CAP_NET_ADMIN, CAP_NET_RAW)' : ''}`);
+  return callbacks;
+}
+
+/** The per-member controller config extras: VIPs (per member of the groups that have one) and resync_interval. */
+function memberConfigsOf(opts: LabUpOptions, groups: LabGroup[]): LabState['memberConfigs'] {
+  const out: NonNullable<LabState['memberConfigs']> = {};
+  if (opts.controllerResyncInterval !== undefined) {
+    if (!(opts.controllerResyncInterval > 0)) throw new UserError(`controllerResyncInterval must be > 0 seconds (got ${opts.controllerResyncInterval})`);
+    out.resyncInterval = opts.controllerResyncInterval;
+  }
+  if (opts.vip) {
+    const vips: Record<string, LabVip> = {};
+    for (const [scope, v] of Object.entries(opts.vip.groups)) {
+      const g = groups.find((x) => x.scope === scope);
+      if (!g) throw new UserError(`vip: no group with scope "${scope}" in this lab (scopes: ${groups.map((x) => x.scope).join(', ')})`);
+      for (const m of g.members) {
+        vips[m.name] = {
+          address: v.address,
+          prefix: v.prefix ?? (v.address.includes(':') ? 128 : 32),
+          interface: opts.vip.interfaceOf(m),
+          ...(opts.vip.keepOnStop !== undefined ? { keepOnStop: opts.vip.keepOnStop } : {}),
+        };
+      }
+    }
+    out.vips = vips;
+  }
+  return out;
 }
 
 /**
@@ -232,6 +254,7 @@ export async function labUp(opts: LabUpOptions): Promise<LabState> {
   const etcdBin = findExecutable(process.env.CITUS_LAB_ETCD ?? 'etcd');
   if (!etcdBin) throw new UserError('etcd not found in PATH (apt-get install etcd-server, or set CITUS_LAB_ETCD)');
   const runAs = resolveRunAs();
+  const callbacks = await prepareCallbacks(opts, runAs, progress);
 
   prepareDir(dir);
   if (runAs) checkTraversable(dir, runAs);
@@ -288,15 +311,22 @@ export async function labUp(opts: LabUpOptions): Promise<LabState> {
     pgBinDir: binDir,
     dcsTimings: { ...LAB_DCS_TIMINGS },
     sampleTable: null,
+    callbacks,
+    memberConfigs: memberConfigsOf(opts, groups),
   };
 
-  // files: member dirs, patroni.yml, the password file for Citus's node connections
+  // files: member dirs, the member's controller config (its callbacks read it from their first
+  // run on), patroni.yml, the password file for Citus's node connections
   mkdirSync(etcdDir, { recursive: true, mode: 0o700 });
   for (const m of groups.flatMap((g) => g.members)) {
     const mdir = dirname(m.dataDir);
     mkdirSync(mdir, { recursive: true, mode: 0o700 });
+    if (callbacks) writeMemberControllerConfig(state, m, { runAs });
     const socketDir = `${mdir}/.s.PGSQL.${m.pgPort}`.length <= 100 ? mdir : '';
-    writePatroniConfig({ state, member: m, pgBinDir: binDir, realCitus: citus.installed, socketDir }, runAs);
+    writePatroniConfig(
+      { state, member: m, pgBinDir: binDir, realCitus: citus.installed, socketDir, ...(callbacks ? { callbackCommand: callbackCommand(callbacks, state, m) } : {}) },
+      runAs,
+    );
     writeFileSync(join(mdir, 'citus.pgpass'), citusPgpass(state), { mode: 0o600 });
   }
   chownTree(etcdDir, runAs);
@@ -315,7 +345,7 @@ export async function labUp(opts: LabUpOptions): Promise<LabState> {
     // Patroni: the first member of each group bootstraps it; the others start once it holds the
     // initialize key (so `<scope>-1` becomes the first leader), then clone from it.
     const startOne = (m: LabMember) => {
-      m.patroniPid = startPatroni({ patroniBin, member: m, memberDir: dirname(m.dataDir), runAs });
+      m.patroniPid = startPatroni({ patroniBin, member: m, memberDir: dirname(m.dataDir), runAs, callbacks });
       saveLabState(state);
     };
     for (const g of groups) startOne(g.members[0]!);

@@ -19,6 +19,8 @@ import { bind, gratuitousArp, unbind, vipText, type GarpOptions } from '../vip/m
 export interface StepOutcome {
   step: 'use_secondary_nodes' | 'vip';
   ok: boolean;
+  /** The step changed the node (a value, a session termination, an address): a repair, for the daemon. */
+  changed: boolean;
   /** One line, e.g. `use_secondary_nodes always -> never on 10.0.0.1:5432, terminated 3 client sessions`. */
   line: string;
   result?: EnsureResult;
@@ -80,9 +82,9 @@ async function gucStep(plan: CallbackPlan, cfg: ControllerConfig, o: ConvergeOpt
     // A demoted primary's PostgreSQL is normally stopped: nothing to set now; the following
     // `on_role_change replica` / `on_start replica` (or the daemon) sets it.
     if (plan.args.role === 'demoted' && (e.code === 'ECONNREFUSED' || e.code === 'ENOENT' || e.code === '57P03')) {
-      return { step: 'use_secondary_nodes', ok: true, line: `use_secondary_nodes: PostgreSQL at ${where} is not running (demoted); left for its next start` };
+      return { step: 'use_secondary_nodes', ok: true, changed: false, line: `use_secondary_nodes: PostgreSQL at ${where} is not running (demoted); left for its next start` };
     }
-    return { step: 'use_secondary_nodes', ok: false, line: `use_secondary_nodes ${value}: ${e.message}` };
+    return { step: 'use_secondary_nodes', ok: false, changed: false, line: `use_secondary_nodes ${value}: ${e.message}` };
   }
   try {
     o.onProgress?.('use_secondary_nodes', `set ${value} on ${where}`);
@@ -100,9 +102,10 @@ async function gucStep(plan: CallbackPlan, cfg: ControllerConfig, o: ConvergeOpt
       ...(o.reloadWaitMs !== undefined ? { reloadWaitMs: o.reloadWaitMs } : {}),
       ...(o.failpoint ? { failpoint: o.failpoint } : {}),
     });
-    return { step: 'use_secondary_nodes', ok: true, line: describeEnsure(r, where), result: r };
+    const changed = r.changed || r.alteredSystem || r.resumed || r.terminated > 0;
+    return { step: 'use_secondary_nodes', ok: true, changed, line: describeEnsure(r, where), result: r };
   } catch (err) {
-    return { step: 'use_secondary_nodes', ok: false, line: `use_secondary_nodes ${value}: ${(err as Error).message}` };
+    return { step: 'use_secondary_nodes', ok: false, changed: false, line: `use_secondary_nodes ${value}: ${(err as Error).message}` };
   } finally {
     await client.end().catch(() => undefined);
     o.onProgress?.('use_secondary_nodes', null);
@@ -113,27 +116,27 @@ async function vipStep(plan: CallbackPlan, cfg: ControllerConfig, o: ConvergeOpt
   const vip = cfg.citus.vip;
   if (!vip || !plan.vip) throw new Error('no vip in the plan');
   const v = `vip ${vipText(vip)}`;
-  if (plan.vip === 'keep') return { step: 'vip', ok: true, line: `${v} left as is on ${vip.interface} (keep_on_stop)` };
+  if (plan.vip === 'keep') return { step: 'vip', ok: true, changed: false, line: `${v} left as is on ${vip.interface} (keep_on_stop)` };
   try {
     if (plan.vip === 'unbind') {
       o.onProgress?.('vip', `ip addr del ${vipText(vip)} dev ${vip.interface}`);
       const { changed } = await unbind(vip, o.vip);
-      return { step: 'vip', ok: true, line: changed ? `${v} released from ${vip.interface}` : `${v} not bound on ${vip.interface} (nothing to release)` };
+      return { step: 'vip', ok: true, changed, line: changed ? `${v} released from ${vip.interface}` : `${v} not bound on ${vip.interface} (nothing to release)` };
     }
     o.onProgress?.('vip', `ip addr add ${vipText(vip)} dev ${vip.interface}`);
     const { changed } = await bind(vip, o.vip);
     const bound = changed ? `${v} bound on ${vip.interface}` : `${v} already bound on ${vip.interface}`;
     const arp = o.arp ?? 'always';
-    if (!plan.gratuitousArp || (arp === 'onChange' && !changed)) return { step: 'vip', ok: true, line: bound };
+    if (!plan.gratuitousArp || (arp === 'onChange' && !changed)) return { step: 'vip', ok: true, changed, line: bound };
     o.onProgress?.('vip', `arping -U ${vip.address} on ${vip.interface}`);
     try {
       const g = await gratuitousArp(vip, o.vip);
-      return { step: 'vip', ok: true, line: g.skipped ? `${bound} (${g.skipped})` : `${bound}, gratuitous ARP sent x${g.sent}` };
+      return { step: 'vip', ok: true, changed, line: g.skipped ? `${bound} (${g.skipped})` : `${bound}, gratuitous ARP sent x${g.sent}` };
     } catch (err) {
-      return { step: 'vip', ok: false, line: `${bound}, but ${(err as Error).message}` };
+      return { step: 'vip', ok: false, changed, line: `${bound}, but ${(err as Error).message}` };
     }
   } catch (err) {
-    return { step: 'vip', ok: false, line: (err as Error).message };
+    return { step: 'vip', ok: false, changed: false, line: (err as Error).message };
   } finally {
     o.onProgress?.('vip', null);
   }

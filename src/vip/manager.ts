@@ -89,6 +89,10 @@ async function run(bin: string, args: string[], timeoutMs: number): Promise<RunR
     stdin: 'ignore',
     env: { LC_ALL: 'C', LANG: 'C' },
     stripFinalNewline: true,
+    // no signal-exit handlers: with them, a SIGTERM arriving while ip/arping runs re-raises itself
+    // once the process's own SIGTERM listener is gone (process.once), killing the watch daemon
+    // before it releases the VIP. The children are short-lived and bounded by `timeout`.
+    cleanup: false,
   });
   const code = (r as unknown as { code?: unknown }).code;
   return {
@@ -221,36 +225,6 @@ export async function gratuitousArp(vip: VipSpec, opts: GarpOptions = {}): Promi
   const sent = m ? Number(m[1]) : 0;
   if (sent > 0 && !r.timedOut) return { sent };
   throw new VipError(describeFailure(what, bin, { ...r, failed: true }, timeoutMs));
-}
-
-export interface EnsureVipResult {
-  intent: 'bind' | 'unbind';
-  changed: boolean;
-  /** Gratuitous ARP packets sent (bind only). */
-  arpSent?: number;
-  arpSkipped?: string;
-}
-
-/**
- * One convergent step: bind (+ gratuitous ARP when `arp` is `always`, or `onChange` and it was
- * just added) or unbind. The callback uses `arp: 'always'` on a primary, the daemon `onChange`.
- */
-export async function ensureVip(
-  vip: VipSpec,
-  intent: 'bind' | 'unbind',
-  opts: GarpOptions & { arp?: 'always' | 'onChange' | 'never' } = {},
-): Promise<EnsureVipResult> {
-  if (intent === 'unbind') {
-    const { changed } = await unbind(vip, opts);
-    return { intent, changed };
-  }
-  const { changed } = await bind(vip, opts);
-  const arp = opts.arp ?? 'onChange';
-  if (arp === 'always' || (arp === 'onChange' && changed)) {
-    const g = await gratuitousArp(vip, opts);
-    return { intent, changed, arpSent: g.sent, ...(g.skipped ? { arpSkipped: g.skipped } : {}) };
-  }
-  return { intent, changed };
 }
 
 /**

@@ -93,6 +93,15 @@ describe('config: the standalone citus-controller.yml', () => {
     assert.equal(cfg.citus.lockCooldownMs, 10000);
     assert.equal(cfg.citus.resyncInterval, 30);
     assert.equal(cfg.citus.readFromSecondaries, true);
+    assert.equal(cfg.citus.socket, undefined);
+  });
+
+  test('citus.socket: the nudge socket of this node', () => {
+    const file = join(tmp, 'socket.yml');
+    const doc = baseDoc();
+    (doc.citus as Record<string, unknown>).socket = '/run/lab/cn-1/controller.sock';
+    writeFileSync(file, yaml.dump(doc));
+    assert.equal(loadConfig(file).citus.socket, '/run/lab/cn-1/controller.sock');
   });
 
   test('etcd hosts as a comma-separated string, IPv6 and default port', () => {
@@ -182,6 +191,7 @@ const badCases: BadCase[] = [
   ['bad etcd host', (d) => (d.etcd3 = { hosts: ['127.0.0.1:2379', 'nope nope'] }), /^citus-controller: config error: etcd3\.hosts: "nope nope" has an invalid host name$/],
   ['bad vip address', (d) => (citus(d).vip = { address: '10.0.0.300', interface: 'eth0' }), /^citus-controller: config error: citus\.vip\.address: not an IP address$/],
   ['bad vip interface', (d) => (citus(d).vip = { address: '10.0.0.3', interface: 'eth0; reboot' }), /^citus-controller: config error: citus\.vip\.interface: not a valid interface name/],
+  ['relative citus.socket', (d) => (citus(d).socket = 'run/cn.sock'), /^citus-controller: config error: citus\.socket: must be an absolute path$/],
   ['bad namespace', (d) => (d.namespace = '///'), /^citus-controller: config error: namespace: must not be empty$/],
 ];
 

@@ -5,7 +5,7 @@ import { createConnection, createServer, type Server } from 'node:net';
 import { spawn } from 'node:child_process';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { listenForNudges, nudgeSocketPath, sendNudge, RUN_DIR, type Nudge } from '../../src/nudge.js';
+import { listenForNudges, nudgeSocketPath, runtimeDir, sendNudge, RUN_DIR, type Nudge } from '../../src/nudge.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'cc-nudge-'));
 after(() => rmSync(dir, { recursive: true, force: true }));
@@ -13,6 +13,11 @@ after(() => rmSync(dir, { recursive: true, force: true }));
 describe('nudgeSocketPath', () => {
   test('CITUS_CONTROLLER_SOCKET wins', () => {
     assert.equal(nudgeSocketPath('cn', { CITUS_CONTROLLER_SOCKET: '/x/y.sock', XDG_RUNTIME_DIR: dir }), '/x/y.sock');
+  });
+  test('citus.socket from the config comes next; its directory is the runtime dir', () => {
+    assert.equal(nudgeSocketPath('cn', { XDG_RUNTIME_DIR: dir }, '/lab/cn-1/controller.sock'), '/lab/cn-1/controller.sock');
+    assert.equal(nudgeSocketPath('cn', { CITUS_CONTROLLER_SOCKET: '/x/y.sock' }, '/lab/cn-1/controller.sock'), '/x/y.sock');
+    assert.equal(runtimeDir('cn', {}, '/lab/cn-1/controller.sock'), '/lab/cn-1');
   });
   test(`${RUN_DIR} when it exists, else XDG_RUNTIME_DIR, else /tmp/citus-controller-<uid>`, () => {
     const p = nudgeSocketPath('cn', { XDG_RUNTIME_DIR: dir });

@@ -1,0 +1,180 @@
+/**
+ * The watch daemon's re-check of its OWN coordinator node, once per pass: citus.use_secondary_nodes
+ * matches the node's role, and the read/write VIP (citus.vip) is held exactly while the node is
+ * the coordinator primary. It repairs drift (a Patroni callback SIGKILLed by the next one, one
+ * that never ran, a hand-made change) with the same plan and code as the callback
+ * (planForLocalRole + convergeNode), and logs each repair.
+ *
+ * The role comes from the pass's topology of group 0 (leader key + member role/state, see
+ * runningPrimary) and, for "primary", from the node itself (`pg_is_in_recovery()` must be false).
+ * When that is stale or ambiguous (no leader, leader not yet promoted, this node not found, the
+ * node disagrees with the topology) nothing is touched: neither the VIP nor the GUC, the last
+ * state stays, and the reason is logged once.
+ *
+ * Checks never block the daemon's passes (pg_dist_node first): they run one at a time next to
+ * them, each on the latest pass's view. stop() waits for the check in flight, then releases the
+ * VIP unless vip.keep_on_stop (SIGTERM).
+ */
+import { formatHostPort, type ControllerConfig } from '../config.js';
+import { errorMessage } from '../errors.js';
+import type { Logger } from '../log.js';
+import type { PassOutcome } from '../controller.js';
+import { runningPrimary, type MemberView, type Topology } from '../topology/types.js';
+import { releaseVip } from '../vip/manager.js';
+import { runtimeDir } from '../nudge.js';
+import { convergeNode, planForLocalRole } from './converge.js';
+import { connectionOptions, connectLocal, describePgError } from './use-secondary-nodes.js';
+
+export type LocalRole = { kind: 'primary' | 'replica'; why: string } | { kind: 'unknown'; why: string };
+
+/**
+ * This node's role from a topology, or why it cannot be told. Pure. This node is the group 0
+ * member named cfg.name or advertising cfg.postgresql.connect_address (exactly one must match).
+ * `primary`: the group's running primary is this node; `replica`: it is another member.
+ */
+export function localRoleFromTopology(topology: Topology, cfg: Pick<ControllerConfig, 'name' | 'postgresql'>): LocalRole {
+  if (!topology.fresh) return { kind: 'unknown', why: `the topology is stale (${topology.staleReason ?? 'unknown reason'})` };
+  const g0 = topology.groups.find((g) => g.groupid === 0);
+  if (!g0) return { kind: 'unknown', why: 'the topology has no coordinator group (group 0)' };
+  const ca = cfg.postgresql.connectAddress;
+  const isMe = (m: MemberView) => (cfg.name !== undefined && m.name === cfg.name) || (m.host === ca.host && m.port === ca.port);
+  const me = `${cfg.name !== undefined ? `member ${cfg.name} / ` : ''}${formatHostPort(ca)}`;
+  const mine = g0.members.filter(isMe);
+  if (mine.length === 0) return { kind: 'unknown', why: `this node (${me}) is not among the coordinator group's members` };
+  if (mine.length > 1) return { kind: 'unknown', why: `${mine.length} coordinator members match this node (${me}): ${mine.map((m) => m.name).join(', ')}` };
+  const rp = runningPrimary(g0, topology.source);
+  if (!rp.ok) return { kind: 'unknown', why: `the coordinator group has no running primary: ${rp.reason}` };
+  if (isMe(rp.member)) return { kind: 'primary', why: `this node (${rp.member.name}) is the coordinator's running primary` };
+  return { kind: 'replica', why: `the coordinator's running primary is ${rp.member.name}` };
+}
+
+export interface LocalNodeKeeperOptions {
+  log: Logger;
+  /** Asks the daemon for another pass (after a failed repair, with backoff). */
+  retry: () => void;
+  /** application_name of the keeper's sessions (must start with `citus-controller`). */
+  applicationName?: string;
+}
+
+const RETRY_MIN_MS = 1000;
+const RETRY_MAX_MS = 10000;
+
+export class LocalNodeKeeper {
+  private inFlight: Promise<void> | null = null;
+  private next: PassOutcome | null = null;
+  private stopped = false;
+  private retryTimer: NodeJS.Timeout | undefined;
+  private retryDelay = RETRY_MIN_MS;
+  /** Last logged verdict / failures, so each is logged once. */
+  private lastVerdict = '';
+  private lastFailures = '';
+
+  constructor(
+    private readonly cfg: ControllerConfig,
+    private readonly opts: LocalNodeKeeperOptions,
+  ) {}
+
+  /** Re-checks the node against this pass's view, now or right after the check in flight. */
+  offer(outcome: PassOutcome): void {
+    if (this.stopped) return;
+    this.next = outcome;
+    if (this.inFlight) return;
+    this.inFlight = this.drain().finally(() => {
+      this.inFlight = null;
+    });
+  }
+
+  /** Waits for the check in flight; then releases the VIP unless keep_on_stop. Returns the line logged. */
+  async stop(): Promise<string | null> {
+    this.stopped = true;
+    this.next = null;
+    clearTimeout(this.retryTimer);
+    await this.inFlight;
+    const vip = this.cfg.citus.vip;
+    if (!vip) return null;
+    const line = await releaseVip(vip, { timeoutMs: 1000 });
+    this.opts.log.info(`on stop: ${line}`);
+    return line;
+  }
+
+  private async drain(): Promise<void> {
+    while (this.next && !this.stopped) {
+      const o = this.next;
+      this.next = null;
+      try {
+        await this.check(o);
+      } catch (err) {
+        this.failed([`self-check failed: ${errorMessage(err)}`]);
+      }
+    }
+  }
+
+  private async check(o: PassOutcome): Promise<void> {
+    const log = this.opts.log;
+    let role = localRoleFromTopology(o.topology, this.cfg);
+    // not o.applied?.notPrimary: it also says "not the Citus coordinator" (pg_dist_node not yet
+    // pointing at this node), which says nothing about this node's role
+    if (role.kind === 'primary') {
+      const writable = await this.probeWritable();
+      if (writable !== true) role = { kind: 'unknown', why: `the topology says this node is the primary, but ${writable}` };
+    }
+    const verdict = role.kind === 'unknown' ? `unknown: ${role.why}` : role.kind;
+    if (verdict !== this.lastVerdict) {
+      this.lastVerdict = verdict;
+      if (role.kind === 'unknown') log.warn(`self-check: not touching use_secondary_nodes nor the VIP: ${role.why}`);
+      else log.info(`self-check: this node is a coordinator ${role.kind} (${role.why})`);
+    }
+    if (role.kind === 'unknown') return;
+
+    const outcomes = await convergeNode(planForLocalRole(role.kind, this.cfg), this.cfg, {
+      log: { info: (obj, msg) => log.info(obj, msg), warn: (obj, msg) => log.warn(obj, msg) },
+      journalDir: runtimeDir(this.cfg.scope, process.env, this.cfg.citus.socket),
+      connectTimeoutMs: this.cfg.citus.connectTimeoutMs,
+      statementTimeoutMs: this.cfg.citus.statementTimeoutMs,
+      applicationName: this.opts.applicationName ?? 'citus-controller watch',
+      arp: 'onChange',
+      vip: { timeoutMs: 1000, count: 3, intervalMs: 150 },
+    });
+    for (const s of outcomes) if (s.ok && s.changed) log.warn({ role: role.kind }, `self-check: repaired drift: ${s.line}`);
+    const failures = outcomes.filter((s) => !s.ok).map((s) => `self-check: cannot repair: ${s.line}`);
+    if (failures.length > 0) this.failed(failures);
+    else {
+      this.lastFailures = '';
+      this.retryDelay = RETRY_MIN_MS;
+    }
+  }
+
+  /** true when the local node accepts writes now, else why not (one phrase). */
+  private async probeWritable(): Promise<true | string> {
+    const where = formatHostPort(this.cfg.postgresql.connectAddress);
+    let client;
+    try {
+      client = await connectLocal(connectionOptions(this.cfg, { applicationName: this.opts.applicationName ?? 'citus-controller watch' }));
+    } catch (err) {
+      return `it does not answer (${errorMessage(err)})`;
+    }
+    try {
+      const r = await client.query<{ r: boolean }>('SELECT pg_catalog.pg_is_in_recovery() AS r');
+      return r.rows[0]?.r === false ? true : `${where} is in recovery`;
+    } catch (err) {
+      return `pg_is_in_recovery() failed on ${where}: ${describePgError(err)}`;
+    } finally {
+      await client.end().catch(() => undefined);
+    }
+  }
+
+  private failed(lines: string[]): void {
+    const text = lines.join('\n');
+    if (text !== this.lastFailures) {
+      this.lastFailures = text;
+      for (const l of lines) this.opts.log.warn(l);
+    }
+    if (this.stopped || this.retryTimer) return;
+    const delay = this.retryDelay;
+    this.retryDelay = Math.min(RETRY_MAX_MS, this.retryDelay * 2);
+    this.retryTimer = setTimeout(() => {
+      this.retryTimer = undefined;
+      if (!this.stopped) this.opts.retry();
+    }, delay);
+  }
+}

@@ -1,0 +1,326 @@
+/**
+ * The real hook as every lab member's Patroni callback (lab up with callbacks), and the watch
+ * daemon's self-healing of its own node, on a real lab (etcd + Patroni + PostgreSQL on 127.0.0.1):
+ * - a CN switchover flips use_secondary_nodes on both CN nodes, terminates the client sessions
+ *   that carried the old value and keeps Patroni's;
+ * - a worker switchover moves the worker group's VIP to the new leader's interface;
+ * - watch repairs drift of its node (VIP removed, use_secondary_nodes changed by hand) within one
+ *   resync interval, and releases the VIP on SIGTERM (unless keep_on_stop);
+ * - the hook run twice changes nothing the second time.
+ * VIPs are TEST-NET addresses on interfaces this test creates (a veth pair each: this kernel has
+ * no dummy driver) and deletes, whatever happens. Runs the BUILT hook: `npm run build` first.
+ */
+import assert from 'node:assert/strict';
+import { existsSync, readFileSync } from 'node:fs';
+import { after, before, describe, test } from 'node:test';
+import { execa } from 'execa';
+import type pg from 'pg';
+import {
+  HOOK_PATH,
+  labSwitchover,
+  loadLabState,
+  memberConfigFile,
+  memberRole,
+  pgConnect,
+  writeMemberControllerConfig,
+  type LabMember,
+  type LabState,
+} from '../../src/lab/index.js';
+import { startControllers, stopControllers, type LabController } from '../../src/lab/controllers.js';
+import { BUILT_CLI } from '../../src/lab/member-config.js';
+import { newLabDir, startLab, stopLab } from '../helpers/lab.js';
+import { scalar } from '../helpers/pg.js';
+import { sleep, waitFor } from '../helpers/wait.js';
+
+const CN_VIP = '192.0.2.20';
+const WK_VIP = '192.0.2.21';
+const RESYNC_S = 2;
+
+const dir = newLabDir('callbacks');
+/** member name -> the interface this test created for it */
+const ifaceOf = new Map<string, string>();
+const created: string[] = [];
+let state: LabState;
+
+async function makeInterface(name: string): Promise<void> {
+  // a dummy interface where the kernel has the driver, else a veth pair (both ends are ours)
+  const dummy = await execa('ip', ['link', 'add', name, 'type', 'dummy'], { reject: false });
+  if (dummy.failed) await execa('ip', ['link', 'add', name, 'type', 'veth', 'peer', 'name', `${name}p`]);
+  created.push(name);
+  await execa('ip', ['link', 'set', name, 'up']);
+}
+
+/** IPv4 addresses on an interface (`ip -o addr show dev X`). */
+async function addresses(iface: string): Promise<string[]> {
+  const r = await execa('ip', ['-o', '-4', 'addr', 'show', 'dev', iface]);
+  return r.stdout
+    .split('\n')
+    .map((l) => /\sinet\s+(\S+)/.exec(l)?.[1])
+    .filter((a): a is string => a !== undefined);
+}
+
+/** Which of the group's members' interfaces carry `vip` (as address/32). */
+async function vipHolders(scope: string, vip: string): Promise<string[]> {
+  const g = state.groups.find((x) => x.scope === scope)!;
+  const out: string[] = [];
+  for (const m of g.members) if ((await addresses(ifaceOf.get(m.name)!)).includes(`${vip}/32`)) out.push(m.name);
+  return out;
+}
+
+/** SHOW citus.use_secondary_nodes in a FRESH session. */
+const gucOf = async (m: LabMember): Promise<string | undefined> => scalar<string>(state, m, 'SHOW citus.use_secondary_nodes');
+
+async function alive(c: pg.Client): Promise<boolean> {
+  try {
+    await c.query('SELECT 1');
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+async function roles(scope: string): Promise<{ primary: LabMember; replica: LabMember }> {
+  const g = state.groups.find((x) => x.scope === scope)!;
+  const r = await Promise.all(g.members.map((m) => memberRole(m)));
+  const primary = g.members.find((_, i) => r[i]?.role === 'primary' && r[i]?.state === 'running');
+  const replica = g.members.find((_, i) => r[i]?.role === 'replica' && r[i]?.state === 'running');
+  assert.ok(primary && replica, `${scope}: expected a running primary and a running replica, got ${JSON.stringify(r)}`);
+  return { primary, replica };
+}
+
+interface LogLine {
+  level: string;
+  msg: string;
+  time: string;
+}
+function logLines(c: LabController): LogLine[] {
+  if (!existsSync(c.logFile)) return [];
+  return readFileSync(c.logFile, 'utf8')
+    .split('\n')
+    .filter((l) => l.startsWith('{'))
+    .map((l) => JSON.parse(l) as LogLine);
+}
+
+const timings: string[] = [];
+
+before(async () => {
+  assert.ok(existsSync(BUILT_CLI), `${BUILT_CLI} is missing: run \`npm run build\` first (Patroni runs the built hook)`);
+  const tag = String(process.pid % 100000);
+  for (const [i, m] of ['cn-1', 'cn-2', 'wk1-1', 'wk1-2'].entries()) {
+    const name = `cclb${tag}${i}`;
+    await makeInterface(name);
+    ifaceOf.set(m, name);
+  }
+  const t0 = Date.now();
+  state = await startLab({
+    dir,
+    workers: 1,
+    replicas: 1,
+    callbacks: true,
+    vip: { groups: { cn: { address: CN_VIP }, wk1: { address: WK_VIP } }, interfaceOf: (m) => ifaceOf.get(m.name)! },
+    controllerResyncInterval: RESYNC_S,
+  });
+  timings.push(`lab up ${Date.now() - t0} ms`);
+});
+
+after(async () => {
+  await stopLab(dir);
+  for (const name of created) await execa('ip', ['link', 'del', name], { reject: false });
+  process.stdout.write(`# ${timings.join('; ')}\n`);
+});
+
+describe('lab up --callbacks (real hook as Patroni callback)', { timeout: 240000 }, () => {
+  test("every member's patroni.yml runs the hook with its own config; callbacks set the initial state", async () => {
+    for (const m of state.groups.flatMap((g) => g.members)) {
+      const text = readFileSync(m.patroniConfigFile, 'utf8');
+      for (const action of ['on_start', 'on_stop', 'on_restart', 'on_role_change']) {
+        assert.ok(text.includes(`${action}: ${HOOK_PATH} --config ${memberConfigFile(state, m)}`), `${m.name}: ${action} callback in ${m.patroniConfigFile}`);
+      }
+    }
+    const cn = await roles('cn');
+    await waitFor(async () => (await gucOf(cn.primary)) === 'never' && (await gucOf(cn.replica)) === 'always', { timeoutMs: 15000, what: 'initial use_secondary_nodes' });
+    await waitFor(async () => (await vipHolders('cn', CN_VIP)).join() === cn.primary.name, { timeoutMs: 15000, what: `${CN_VIP} on ${cn.primary.name} only` });
+    const wk = await roles('wk1');
+    await waitFor(async () => (await vipHolders('wk1', WK_VIP)).join() === wk.primary.name, { timeoutMs: 15000, what: `${WK_VIP} on ${wk.primary.name} only` });
+  });
+
+  test("worker switchover: the group's VIP ends on the new leader's interface only", async () => {
+    const { primary: oldPrimary, replica: newPrimary } = await roles('wk1');
+    assert.deepEqual(await vipHolders('wk1', WK_VIP), [oldPrimary.name]);
+    const t0 = Date.now();
+    await labSwitchover(dir, 'wk1', newPrimary.name);
+    await waitFor(async () => (await vipHolders('wk1', WK_VIP)).join() === newPrimary.name, { timeoutMs: 5000, what: `${WK_VIP} on ${newPrimary.name} only` });
+    timings.push(`wk1 switchover + VIP move ${Date.now() - t0} ms`);
+    assert.deepEqual(await addresses(ifaceOf.get(oldPrimary.name)!), [], `nothing left on ${ifaceOf.get(oldPrimary.name)}`);
+    assert.deepEqual(await addresses(ifaceOf.get(newPrimary.name)!), [`${WK_VIP}/32`]);
+  });
+
+  describe('watch on both CN members (resync_interval 2 s)', () => {
+    let controllers: LabController[] = [];
+    let cn: { primary: LabMember; replica: LabMember };
+    const controllerOf = (m: LabMember) => controllers.find((c) => c.member === m.name)!;
+
+    before(async () => {
+      cn = await roles('cn');
+      controllers = await startControllers(dir);
+      for (const c of controllers) {
+        await waitFor(() => logLines(c).some((l) => /^self-check: this node is a coordinator (primary|replica)/.test(l.msg)), {
+          timeoutMs: 15000,
+          what: `${c.member}'s first self-check`,
+        });
+      }
+    });
+
+    test('CN switchover: the new primary says never within 3 s of writable, the new replica always within 3 s of accepting connections; old sessions terminated, Patroni kept', async (t) => {
+      const oldPrimary = cn.primary;
+      const newPrimary = cn.replica;
+      // a client session on the node that will flip always -> never, and Patroni's own session there
+      const client = await pgConnect(state, newPrimary, undefined, { applicationName: 'webapp' });
+      const patroniPids = async () =>
+        (await scalar<number[]>(state, newPrimary, "SELECT array_agg(pid ORDER BY pid) FROM pg_stat_activity WHERE application_name = 'Patroni'")) ?? [];
+      const patroniBefore = await patroniPids();
+      assert.equal(patroniBefore.length, 1, `one Patroni session on ${newPrimary.name}: ${JSON.stringify(patroniBefore)}`);
+      const hookRuns = () => readFileSync(newPrimary.logFile, 'utf8').match(/citus-controller-callback\[\d+\]: on_role_change master cn: .*/g) ?? [];
+      const hookRunsBefore = hookRuns().length;
+      try {
+        const seen: { writable?: number; never?: number; oldDown?: number; oldUp?: number; always?: number } = {};
+        let done = false;
+        const t0 = Date.now();
+        const poll = (async () => {
+          while (!done && Date.now() - t0 < 60000 && (seen.never === undefined || seen.always === undefined)) {
+            const now = Date.now();
+            try {
+              if (seen.writable === undefined) {
+                if ((await scalar<boolean>(state, newPrimary, 'SELECT pg_is_in_recovery()')) === false) seen.writable = now;
+              }
+              if (seen.writable !== undefined && seen.never === undefined && (await gucOf(newPrimary)) === 'never') seen.never = Date.now();
+            } catch {
+              // promotion under way
+            }
+            try {
+              const v = await gucOf(oldPrimary);
+              if (seen.oldDown !== undefined) {
+                seen.oldUp ??= now;
+                if (v === 'always') seen.always ??= Date.now();
+              }
+            } catch {
+              seen.oldDown ??= now; // the old primary restarts as a replica
+            }
+            await sleep(25);
+          }
+        })();
+        const sw = await labSwitchover(dir, 'cn', newPrimary.name);
+        assert.equal(sw.to, newPrimary.name);
+        cn = { primary: newPrimary, replica: oldPrimary };
+        await Promise.race([poll, sleep(15000)]);
+        done = true;
+        await poll;
+        const { writable, never, oldUp, always } = seen;
+        assert.ok(writable !== undefined, `${newPrimary.name} never became writable`);
+        assert.ok(never !== undefined, `use_secondary_nodes did not become never on ${newPrimary.name}`);
+        assert.ok(oldUp !== undefined && always !== undefined, `use_secondary_nodes did not become always on ${oldPrimary.name}: ${JSON.stringify(seen)}`);
+        timings.push(
+          `CN switchover: ${newPrimary.name} writable after ${writable - t0} ms, never ${never - writable} ms later; ` +
+            `${oldPrimary.name} accepted connections again ${oldUp - writable} ms after that, always ${always - oldUp} ms after accepting (${always - writable} ms after writable)`,
+        );
+        assert.ok(never - writable <= 3000, `never on ${newPrimary.name} ${never - writable} ms after it became writable (limit 3000)`);
+        assert.ok(always - oldUp <= 3000, `always on ${oldPrimary.name} ${always - oldUp} ms after it accepted connections again (limit 3000)`);
+        assert.equal(await alive(client), false, `the client session opened on ${newPrimary.name} before the flip is terminated`);
+        assert.deepEqual(await patroniPids(), patroniBefore, "Patroni's own session survives (same backend pid)");
+        const runs = hookRuns().slice(hookRunsBefore);
+        assert.ok(runs.length > 0, `Patroni ran the hook for on_role_change master cn on ${newPrimary.name}`);
+        t.diagnostic(`hook on ${newPrimary.name}: ${runs.join(' | ')}`);
+        const repairs = [oldPrimary, newPrimary].flatMap((m) => logLines(controllerOf(m)).filter((l) => Date.parse(l.time) >= t0 && /repaired drift/.test(l.msg)).map((l) => `${m.name}: ${l.msg}`));
+        t.diagnostic(`daemon repairs during the switchover: ${repairs.length ? repairs.join(' | ') : 'none (the callbacks did it all)'}`);
+      } finally {
+        await client.end().catch(() => undefined);
+      }
+      // the CN VIP followed the leader
+      await waitFor(async () => (await vipHolders('cn', CN_VIP)).join() === newPrimary.name, { timeoutMs: 5000, what: `${CN_VIP} on ${newPrimary.name} only` });
+    });
+
+    test('drift repair: a removed VIP and hand-set use_secondary_nodes are restored within one resync interval', async () => {
+      const iface = ifaceOf.get(cn.primary.name)!;
+      assert.deepEqual(await addresses(iface), [`${CN_VIP}/32`]);
+      const t0 = Date.now();
+      await execa('ip', ['addr', 'del', `${CN_VIP}/32`, 'dev', iface]);
+      for (const [m, wrong] of [
+        [cn.primary, 'always'],
+        [cn.replica, 'never'],
+      ] as const) {
+        const c = await pgConnect(state, m);
+        try {
+          await c.query(`ALTER SYSTEM SET citus.use_secondary_nodes = '${wrong}'`);
+          await c.query('SELECT pg_reload_conf()');
+        } finally {
+          await c.end();
+        }
+      }
+      const handMs = Date.now() - t0;
+      const limitMs = RESYNC_S * 1000 + 3000;
+      await waitFor(
+        async () =>
+          (await addresses(iface)).includes(`${CN_VIP}/32`) && (await gucOf(cn.primary)) === 'never' && (await gucOf(cn.replica)) === 'always',
+        { timeoutMs: limitMs + 5000, intervalMs: 50, what: 'the daemons to repair the drift' },
+      );
+      const repairMs = Date.now() - t0;
+      timings.push(`drift repaired ${repairMs} ms after the hand changes began (${handMs} ms to make them)`);
+      assert.ok(repairMs <= limitMs, `repaired after ${repairMs} ms (limit: resync ${RESYNC_S} s + 3 s)`);
+      const since = (c: LabController) => logLines(c).filter((l) => Date.parse(l.time) >= t0 - 50);
+      await waitFor(() => since(controllerOf(cn.primary)).filter((l) => /^self-check: repaired drift/.test(l.msg)).length >= 2, {
+        timeoutMs: 3000,
+        what: 'the repair lines in the primary daemon log',
+      });
+      const p = since(controllerOf(cn.primary)).map((l) => l.msg);
+      assert.ok(p.some((m) => m === `self-check: repaired drift: use_secondary_nodes always -> never on ${cn.primary.host}:${cn.primary.pgPort}, terminated 0 client sessions`), p.join('\n'));
+      assert.ok(p.some((m) => m.startsWith(`self-check: repaired drift: vip ${CN_VIP}/32 bound on ${iface}`)), p.join('\n'));
+      const r = since(controllerOf(cn.replica)).map((l) => l.msg);
+      assert.ok(r.some((m) => m.startsWith(`self-check: repaired drift: use_secondary_nodes never -> always on ${cn.replica.host}:${cn.replica.pgPort}`)), r.join('\n'));
+      // each repair once: the passes after it find everything right
+      await sleep(RESYNC_S * 1000 + 500);
+      assert.equal(since(controllerOf(cn.primary)).filter((l) => /^self-check: repaired drift/.test(l.msg)).length, 2);
+      assert.equal(await vipHolders('cn', CN_VIP).then((h) => h.join()), cn.primary.name, 'the replica daemon never binds it');
+    });
+
+    test('SIGTERM of the daemon on the CN primary releases the VIP; with keep_on_stop it stays', async () => {
+      const iface = ifaceOf.get(cn.primary.name)!;
+      const [stopped] = await stopControllers(dir, { members: [cn.primary.name] });
+      assert.ok(stopped, 'the primary daemon was running');
+      assert.deepEqual(await addresses(iface), [], 'released on SIGTERM');
+      assert.ok(logLines(stopped).some((l) => l.msg === `on stop: vip ${CN_VIP}/32 released from ${iface}`));
+
+      const [keeper] = await startControllers(dir, {
+        members: [cn.primary.name],
+        configure: (doc) => {
+          ((doc.citus as Record<string, unknown>).vip as Record<string, unknown>).keep_on_stop = true;
+        },
+      });
+      assert.ok(keeper);
+      await waitFor(async () => (await addresses(iface)).includes(`${CN_VIP}/32`), { timeoutMs: 10000, what: 'the restarted daemon to bind the VIP again' });
+      await stopControllers(dir, { members: [cn.primary.name] });
+      assert.deepEqual(await addresses(iface), [`${CN_VIP}/32`], 'kept on SIGTERM with keep_on_stop');
+      assert.ok(logLines(keeper).some((l) => l.msg === `on stop: vip ${CN_VIP}/32 kept on ${iface} (keep_on_stop)`));
+      writeMemberControllerConfig(loadLabState(dir), cn.primary, { runAs: state.runAs ?? null });
+    });
+  });
+
+  test('the hook run twice: the second run changes nothing', async () => {
+    const { primary } = await roles('cn');
+    const client = await pgConnect(state, primary, undefined, { applicationName: 'webapp' });
+    try {
+      const run = async () => {
+        const r = await execa(HOOK_PATH, ['--config', memberConfigFile(state, primary), 'on_role_change', 'master', 'cn'], { reject: false, timeout: 15000 });
+        assert.equal(r.exitCode, 0, String(r.stderr));
+        return String(r.stderr);
+      };
+      await run();
+      const second = await run();
+      assert.match(second, /on_role_change master cn: use_secondary_nodes already right \(never\) on .*, terminated 0 client sessions/);
+      assert.match(second, new RegExp(`on_role_change master cn: vip ${CN_VIP.replace(/\./g, '\\.')}/32 already bound on ${ifaceOf.get(primary.name)}`));
+      assert.equal(await alive(client), true, 'a client session survives both runs');
+      assert.deepEqual(await vipHolders('cn', CN_VIP), [primary.name]);
+    } finally {
+      await client.end().catch(() => undefined);
+    }
+  });
+});
