@@ -11,7 +11,7 @@ import { Applier, type ApplyResult, type DetectedAt } from './citus/apply.js';
 import { plan } from './citus/plan.js';
 import type { DistNodeRow, Plan, Policy } from './citus/types.js';
 import { chooseSource, type TopologySourceHandle } from './topology/source.js';
-import { PromotionConfirmer } from './topology/promotion.js';
+import { withPromotionConfirmation } from './topology/promotion.js';
 import type { Topology } from './topology/types.js';
 
 export interface PassOutcome {
@@ -58,8 +58,7 @@ export class Controller {
     this.log = opts.log;
     const source = chooseSource(cfg, { log: opts.log, ...(opts.source ? { force: opts.source } : {}) });
     // DCS member keys lag promotion by a Patroni loop: confirm new leaders directly (promotion.ts)
-    const dcs = source.kind === 'etcd' || source.kind === 'etcd2';
-    this.source = dcs && cfg.citus.confirmPromotion !== false ? new PromotionConfirmer(source, cfg, opts.log) : source;
+    this.source = withPromotionConfirmation(source, cfg, opts.log);
     this.applier = new Applier(cfg, { logger: opts.log, ...(opts.applicationName ? { applicationName: opts.applicationName } : {}) });
   }
 

@@ -245,3 +245,13 @@ export class PromotionConfirmer implements TopologySourceHandle {
     }
   }
 }
+
+/**
+ * A source as the controller uses it: the DCS sources (etcd, etcd2) wrapped in a
+ * PromotionConfirmer unless `citus.confirm_promotion: false`; REST (whose /patroni role already
+ * comes from pg_is_in_recovery()) and probes as they are.
+ */
+export function withPromotionConfirmation(source: TopologySourceHandle, cfg: ControllerConfig, log: Logger): TopologySourceHandle {
+  const dcs = source.kind === 'etcd' || source.kind === 'etcd2';
+  return dcs && cfg.citus.confirmPromotion !== false ? new PromotionConfirmer(source, cfg, log) : source;
+}

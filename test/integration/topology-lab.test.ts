@@ -18,6 +18,7 @@ import { configFromObject, type ControllerConfig } from '../../src/config.js';
 import { labDown, labSwitchover, labUp, type LabState } from '../../src/lab/index.js';
 import { chooseSource, ReadLoop, type TopologySourceHandle } from '../../src/topology/source.js';
 import { ProbeReader } from '../../src/topology/probe.js';
+import { withPromotionConfirmation } from '../../src/topology/promotion.js';
 import { runningPrimary, type Topology } from '../../src/topology/types.js';
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
@@ -101,7 +102,7 @@ describe('topology sources on the lab (etcd + Patroni + PostgreSQL)', { timeout:
     for (const kind of ['etcd', 'rest', 'probe'] as const) {
       const c = captureLog();
       logs[kind] = c.lines;
-      handles[kind] = chooseSource(cfg, { force: kind, log: c.log });
+      handles[kind] = withPromotionConfirmation(chooseSource(cfg, { force: kind, log: c.log }), cfg, c.log);
       await handles[kind].start();
     }
     assert.equal(handles.etcd.kind, 'etcd');
@@ -162,8 +163,8 @@ describe('topology sources on the lab (etcd + Patroni + PostgreSQL)', { timeout:
     );
     console.log(`# etcd source trace: ${trace.join(' | ')}`);
     assert.ok(seen.etcd !== undefined && seen.rest !== undefined && seen.probe !== undefined, JSON.stringify(seen));
-    // Patroni 3.0.2 leaves the new leader's key at role `promoted` until its next HA loop; the etcd
-    // source confirms the promotion through the member's /patroni instead of waiting for that.
+    // Patroni 3.0.2 leaves the new leader's key at role `promoted` until its next HA loop; the
+    // controller's etcd source (with PromotionConfirmer) asks the new leader instead of waiting.
     assert.ok(seen.etcd < r.dcsMs - 300, `etcd source saw the new primary at ${seen.etcd} ms, the member key said master at ${r.dcsMs} ms`);
     for (const k of ['etcd', 'rest', 'probe']) assert.equal((logs[k] ?? []).filter((l) => l.level >= 50).length, 0, `${k}: ${JSON.stringify(logs[k]?.filter((l) => l.level >= 50))}`);
   });
