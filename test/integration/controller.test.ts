@@ -406,9 +406,11 @@ describe("probe mode with the seed's patroni.yml", () => {
       );
       writeFileSync(log, out);
     } finally {
-      child.kill('SIGTERM');
-      await new Promise((r) => child.once('exit', r));
+      if (child.exitCode === null) child.kill('SIGTERM');
     }
+    const code = child.exitCode ?? (await new Promise<number | null>((r) => child.once('exit', (c) => r(c))));
+    assert.equal(code, 0, 'watch exits 0 on SIGTERM');
+    assert.match(out, /"msg":"stopped"/);
     assert.doesNotMatch(out, new RegExp(state.superuser.password), 'the password never appears in the log');
   });
 });
