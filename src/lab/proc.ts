@@ -210,8 +210,8 @@ export function spawnDetached(
 // ---------------------------------------------------------------------------------------------
 // ports
 
-/** TCP ports in LISTEN state on any address (IPv4 and IPv6), from /proc/net/tcp{,6}. */
-export function listeningPorts(): Set<number> {
+/** Local TCP ports from /proc/net/tcp{,6} (IPv4 and IPv6): only those in LISTEN state, or all. */
+function tcpPorts(listenOnly: boolean): Set<number> {
   const out = new Set<number>();
   for (const file of ['/proc/net/tcp', '/proc/net/tcp6']) {
     let text = '';
@@ -222,7 +222,7 @@ export function listeningPorts(): Set<number> {
     }
     for (const line of text.split('\n').slice(1)) {
       const f = line.trim().split(/\s+/);
-      if (f.length < 4 || f[3] !== '0A') continue;
+      if (listenOnly && (f.length < 4 || f[3] !== '0A')) continue;
       const port = parseInt((f[1] ?? '').split(':')[1] ?? '', 16);
       if (Number.isFinite(port)) out.add(port);
     }
@@ -230,23 +230,14 @@ export function listeningPorts(): Set<number> {
   return out;
 }
 
+/** TCP ports in LISTEN state on any address. */
+export function listeningPorts(): Set<number> {
+  return tcpPorts(true);
+}
+
 /** Every local port currently used by any TCP socket (any state). */
 function usedPorts(): Set<number> {
-  const out = new Set<number>();
-  for (const file of ['/proc/net/tcp', '/proc/net/tcp6']) {
-    let text = '';
-    try {
-      text = readFileSync(file, 'utf8');
-    } catch {
-      continue;
-    }
-    for (const line of text.split('\n').slice(1)) {
-      const f = line.trim().split(/\s+/);
-      const port = parseInt((f[1] ?? '').split(':')[1] ?? '', 16);
-      if (Number.isFinite(port)) out.add(port);
-    }
-  }
-  return out;
+  return tcpPorts(false);
 }
 
 function canListen(port: number): Promise<boolean> {
