@@ -37,6 +37,8 @@ export class Daemon {
   private nudges: NudgeListener | null = null;
   /** When the change the next pass acts on was first noticed (ms epoch). */
   private firstSeen: number | null = null;
+  /** The topology's changedAt that the last pass started from (each change's time is used once). */
+  private lastChangedAt: number | undefined;
   /** Last reported mode / findings, so each change is logged once. */
   private lastMode = '';
   private lastFindings = '';
@@ -116,7 +118,11 @@ export class Daemon {
   }
 
   private async onePass(reason: string): Promise<void> {
-    const detectedAt = this.firstSeen ?? Date.now();
+    // the source's own time of the change (first watch event of the burst, before the re-read), if new and earlier
+    const changedAt = this.controller.source.snapshot().changedAt;
+    const fresh = changedAt !== undefined && changedAt !== this.lastChangedAt ? changedAt : Infinity;
+    this.lastChangedAt = changedAt;
+    const detectedAt = Math.min(this.firstSeen ?? Date.now(), fresh);
     this.firstSeen = null;
     this.passes += 1;
     let outcome: PassOutcome;

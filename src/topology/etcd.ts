@@ -1,25 +1,31 @@
 /**
  * Patroni keys in etcd's v3 keyspace (Patroni `etcd3:` section), through the `etcd3` npm client.
  *
- * The hot path: one prefix watcher per configured scope (`/<ns>/<scope>/`, all on the client's
- * one gRPC watch stream); every put/delete only says "re-read". Reads are one range request per
- * scope, all in parallel, with a short deadline.
+ * The hot path: ONE prefix watcher on the namespace (`/<ns>/`); each put/delete names a scope
+ * (`/<ns>/<scope>/...`): a managed scope is handed to the loop as "re-read this scope", keys of
+ * other scopes are ignored. A full read is ONE range request over `/<ns>/` (keys of unmanaged
+ * scopes are dropped while parsing); the partial re-read after an event is one range request per
+ * touched scope (a burst touching many scopes reads the namespace once instead).
  *
  * etcd3 1.1.2 traps handled here (domain-facts "etcd3 (npm) client"):
- * - every Watcher gets an `error` listener BEFORE it can emit (an unhandled EventEmitter `error`
+ * - the Watcher gets an `error` listener BEFORE it can emit (an unhandled EventEmitter `error`
  *   kills the daemon); after a watch error (e.g. compaction) the watcher is re-created and the
- *   loop re-reads. (The Etcd3 client itself is not an EventEmitter: its errors are rejections.)
+ *   loop re-reads everything. (The Etcd3 client itself is not an EventEmitter: its errors are
+ *   rejections.)
  * - watch events can be lost across reconnects: `connected` after `disconnected` forces a full
- *   re-read; plus the periodic resync (citus.resync_interval).
+ *   re-read; the first `connected` too (changes between the first read and the attach); plus the
+ *   periodic resync (citus.resync_interval), always a full read.
  * - gRPC keepalive on; the client's own fault handling (3 retries + a 5 s circuit breaker per
  *   host, 30 s max watch backoff) is replaced: one attempt per read (the loop retries with its own
  *   backoff), watch reconnects back off 100 ms -> 2 s.
+ * - the one namespace range grows with the cluster (a few hundred bytes per key, ~7 keys per
+ *   group with 3 members): gRPC's default 4 MB receive limit is raised to 256 MB.
  */
 import { Etcd3, type IOptions, type Watcher } from 'etcd3';
 import { formatHostPort, scopePrefix, type ControllerConfig } from '../config.js';
 import { errorMessage } from '../errors.js';
 import type { Logger } from '../log.js';
-import { flattenV2Node, parseScopeKeys, type DcsKv } from './patroni-layout.js';
+import { flattenV2Node, parseScopeKeys, scopeOfKey, type DcsKv } from './patroni-layout.js';
 import type { ReaderHooks, TopologyReader } from './source.js';
 import type { GroupView } from './types.js';
 
@@ -55,6 +61,35 @@ export function scopesOf(cfg: ControllerConfig): ScopeRef[] {
   return out;
 }
 
+/** `/<namespace>/`: the prefix of every scope, what the one watcher / full read covers. */
+export function namespacePrefix(cfg: Pick<ControllerConfig, 'namespace'>): string {
+  return `/${cfg.namespace}/`;
+}
+
+/** Managed scopes by name (a scope listed twice maps to both groups). */
+export function scopeIndex(scopes: readonly ScopeRef[]): Map<string, ScopeRef[]> {
+  const m = new Map<string, ScopeRef[]>();
+  for (const s of scopes) {
+    const list = m.get(s.scope) ?? [];
+    list.push(s);
+    m.set(s.scope, list);
+  }
+  return m;
+}
+
+/** Key/values of the managed scopes among `kvs`, by scope (keys of other scopes dropped). */
+export function bucketByScope(kvs: Iterable<DcsKv>, nsPrefix: string, managed: ReadonlyMap<string, unknown> | ReadonlySet<string>): Map<string, DcsKv[]> {
+  const out = new Map<string, DcsKv[]>();
+  for (const kv of kvs) {
+    const scope = scopeOfKey(kv.key, nsPrefix);
+    if (scope === null || !managed.has(scope)) continue;
+    const list = out.get(scope);
+    if (list) list.push(kv);
+    else out.set(scope, [kv]);
+  }
+  return out;
+}
+
 /** "/service/{cn,wk1,wk2}" */
 export function describeScopes(cfg: ControllerConfig, scopes: readonly ScopeRef[]): string {
   const names = scopes.map((s) => s.scope);
@@ -66,23 +101,46 @@ export interface EtcdV3ReaderOptions {
   readTimeoutMs?: number;
   /** Cap of the watch reconnect backoff (ms). Default 2000. */
   watchBackoffMaxMs?: number;
+  /** A partial re-read of more scopes than this reads the whole namespace in one range instead. Default 16. */
+  partialRangeMax?: number;
 }
+
+/** Requests this reader sent (tests, benchmarks). */
+export interface EtcdV3ReaderStats {
+  /** Range requests over the whole namespace. */
+  namespaceRanges: number;
+  /** Range requests over one scope. */
+  scopeRanges: number;
+  /** Watchers created (the first one, then one per watch error). */
+  watchersCreated: number;
+  /** Watch events seen, and those ignored (not a managed scope). */
+  events: number;
+  eventsIgnored: number;
+}
+
+const decoder = new TextDecoder();
 
 export class EtcdV3Reader implements TopologyReader {
   readonly kind = 'etcd' as const;
   readonly target: string;
   readonly periodMs: number;
   private readonly scopes: ScopeRef[];
+  private readonly byScope: Map<string, ScopeRef[]>;
+  private readonly nsPrefix: string;
   private readonly client: Etcd3;
-  private readonly watchers = new Map<string, Watcher>();
+  private watcher: Watcher | null = null;
   private readonly readTimeoutMs: number;
+  private readonly partialRangeMax: number;
   private readonly hostsText: string;
   private hooks: ReaderHooks | null = null;
   private closed = false;
   private citusKey: string | null = null;
+  /** Per scope: the first key showing Patroni's own Citus layout at its last read. */
+  private readonly citusKeys = new Map<string, string>();
   /** Scopes whose v3 prefix was empty at the last read (warned once per emptiness). */
   private readonly emptyWarned = new Set<string>();
   private readonly timers = new Set<NodeJS.Timeout>();
+  private readonly counters: EtcdV3ReaderStats = { namespaceRanges: 0, scopeRanges: 0, watchersCreated: 0, events: 0, eventsIgnored: 0 };
 
   constructor(
     private readonly cfg: ControllerConfig,
@@ -92,10 +150,13 @@ export class EtcdV3Reader implements TopologyReader {
     const dcs = cfg.dcs;
     if (!dcs) throw new Error('EtcdV3Reader needs cfg.dcs');
     this.scopes = scopesOf(cfg);
+    this.byScope = scopeIndex(this.scopes);
+    this.nsPrefix = namespacePrefix(cfg);
     this.hostsText = dcs.hosts.map(formatHostPort).join(',');
     this.target = `etcd ${this.hostsText}`;
     this.periodMs = cfg.citus.resyncInterval * 1000;
     this.readTimeoutMs = opts.readTimeoutMs ?? cfg.citus.connectTimeoutMs;
+    this.partialRangeMax = opts.partialRangeMax ?? 16;
     const timeout = this.readTimeoutMs;
     const options: IOptions = {
       hosts: dcs.hosts.map((h) => `${dcs.protocol}://${formatHostPort(h)}`),
@@ -103,6 +164,7 @@ export class EtcdV3Reader implements TopologyReader {
         'grpc.keepalive_time_ms': 10000,
         'grpc.keepalive_timeout_ms': 5000,
         'grpc.keepalive_permit_without_calls': 1,
+        'grpc.max_receive_message_length': 256 * 1024 * 1024,
       },
       defaultCallOptions: (ctx) => (ctx.isStream ? {} : { deadline: Date.now() + timeout }),
       faultHandling: {
@@ -123,33 +185,51 @@ export class EtcdV3Reader implements TopologyReader {
     return this.citusKey;
   }
 
-  start(hooks: ReaderHooks): void {
-    this.hooks = hooks;
-    for (const s of this.scopes) this.watch(s);
+  /** Requests sent and events seen so far (a copy). */
+  stats(): EtcdV3ReaderStats {
+    return { ...this.counters };
   }
 
-  private watch(s: ScopeRef): void {
+  start(hooks: ReaderHooks): void {
+    this.hooks = hooks;
+    this.watch();
+  }
+
+  /** A watch event's key -> "re-read its scope" (managed scopes only). */
+  private onEvent(hooks: ReaderHooks, key: Uint8Array | string): void {
+    this.counters.events++;
+    const scope = scopeOfKey(typeof key === 'string' ? key : decoder.decode(key), this.nsPrefix);
+    if (scope === null || !this.byScope.has(scope)) {
+      this.counters.eventsIgnored++;
+      return;
+    }
+    hooks.changed([scope]);
+  }
+
+  private watch(): void {
     if (this.closed || !this.hooks) return;
     const hooks = this.hooks;
-    const w = this.client.watch().prefix(s.prefix).watcher();
+    const prefix = this.nsPrefix;
+    const w = this.client.watch().prefix(prefix).watcher();
+    this.counters.watchersCreated++;
     let lost = false;
     // Listeners first, before anything can emit.
     w.on('error', (err: unknown) => {
-      this.log.warn({ source: 'etcd', scope: s.scope, err: errorMessage(err) }, `etcd watch on ${s.prefix} failed; re-creating it and re-reading`);
-      if (this.watchers.get(s.scope) === w) this.watchers.delete(s.scope);
+      this.log.warn({ source: 'etcd', err: errorMessage(err) }, `etcd watch on ${prefix} failed; re-creating it and re-reading`);
+      if (this.watcher === w) this.watcher = null;
       // etcd3 emits `error` only for a watch etcd canceled (compaction, ...): the manager has
       // already dropped it, so no cancel() (its cancel request would never be answered).
       w.removeAllListeners('put');
       w.removeAllListeners('delete');
       const t = setTimeout(() => {
         this.timers.delete(t);
-        this.watch(s);
+        this.watch();
       }, 200);
       this.timers.add(t);
       hooks.reconnected();
     });
-    w.on('put', () => hooks.changed());
-    w.on('delete', () => hooks.changed());
+    w.on('put', (kv: { key: Uint8Array }) => this.onEvent(hooks, kv.key));
+    w.on('delete', (kv: { key: Uint8Array }) => this.onEvent(hooks, kv.key));
     w.on('disconnected', (err: unknown) => {
       lost = true;
       hooks.disconnected(err);
@@ -160,28 +240,67 @@ export class EtcdV3Reader implements TopologyReader {
         lost = false;
         hooks.reconnected();
       } else if (!attached) {
-        // The watch starts at the revision current when etcd created it: re-read once so that a
-        // change between the first read and that moment is not missed.
+        // The watch starts at the revision current when etcd created it: re-read everything once
+        // so that a change between the first read and that moment is not missed.
         hooks.changed();
       }
       attached = true;
     });
-    this.watchers.set(s.scope, w);
+    this.watcher = w;
+  }
+
+  private async rangeOf(prefix: string): Promise<DcsKv[]> {
+    const res = await this.client.getAll().prefix(prefix).exec();
+    return res.kvs.map((kv) => ({ key: kv.key.toString('utf8'), value: kv.value.toString('utf8') }));
+  }
+
+  /** The whole namespace in ONE range request, bucketed by managed scope (values of other scopes never decoded). */
+  private async readNamespace(): Promise<Map<string, DcsKv[]>> {
+    this.counters.namespaceRanges++;
+    const res = await this.client.getAll().prefix(this.nsPrefix).exec();
+    const out = new Map<string, DcsKv[]>();
+    for (const kv of res.kvs) {
+      const key = kv.key.toString('utf8');
+      const scope = scopeOfKey(key, this.nsPrefix);
+      if (scope === null || !this.byScope.has(scope)) continue;
+      const entry = { key, value: kv.value.toString('utf8') };
+      const list = out.get(scope);
+      if (list) list.push(entry);
+      else out.set(scope, [entry]);
+    }
+    return out;
   }
 
   async read(): Promise<GroupView[]> {
-    const results = await Promise.all(
-      this.scopes.map(async (s) => {
-        const res = await this.client.getAll().prefix(s.prefix).exec();
-        const kvs: DcsKv[] = res.kvs.map((kv) => ({ key: kv.key.toString('utf8'), value: kv.value.toString('utf8') }));
-        return { s, kvs };
-      }),
-    );
-    let citusKey: string | null = null;
+    const byScope = await this.readNamespace();
+    return this.parse(this.scopes, byScope);
+  }
+
+  async readScopes(scopes: readonly string[]): Promise<GroupView[]> {
+    const names = [...new Set(scopes)].filter((s) => this.byScope.has(s));
+    const refs = names.flatMap((s) => this.byScope.get(s) ?? []);
+    let byScope: Map<string, DcsKv[]>;
+    if (names.length > this.partialRangeMax) {
+      byScope = await this.readNamespace();
+    } else {
+      byScope = new Map();
+      await Promise.all(
+        names.map(async (name) => {
+          this.counters.scopeRanges++;
+          byScope.set(name, await this.rangeOf(scopePrefix(this.cfg, name)));
+        }),
+      );
+    }
+    return this.parse(refs, byScope);
+  }
+
+  /** Keys by scope -> the groups of `refs` (every one read: a scope without keys is empty). */
+  private async parse(refs: readonly ScopeRef[], byScope: ReadonlyMap<string, DcsKv[]>): Promise<GroupView[]> {
     const groups: GroupView[] = [];
-    for (const { s, kvs } of results) {
-      const parsed = parseScopeKeys(kvs, s.prefix, s.groupid, s.scope);
-      citusKey ??= parsed.patroniCitusKey;
+    for (const s of refs) {
+      const parsed = parseScopeKeys(byScope.get(s.scope) ?? [], s.prefix, s.groupid, s.scope);
+      if (parsed.patroniCitusKey !== null) this.citusKeys.set(s.scope, parsed.patroniCitusKey);
+      else this.citusKeys.delete(s.scope);
       if (parsed.keyCount === 0) {
         parsed.group.problems.push(`no Patroni keys under ${s.prefix} in etcd's v3 keyspace`);
         if (!this.emptyWarned.has(s.scope)) {
@@ -192,6 +311,11 @@ export class EtcdV3Reader implements TopologyReader {
         this.emptyWarned.delete(s.scope);
       }
       groups.push(parsed.group);
+    }
+    let citusKey: string | null = null;
+    for (const s of this.scopes) {
+      citusKey = this.citusKeys.get(s.scope) ?? null;
+      if (citusKey !== null) break;
     }
     if (citusKey !== this.citusKey && citusKey !== null) {
       this.log.error(
@@ -218,11 +342,9 @@ export class EtcdV3Reader implements TopologyReader {
     this.closed = true;
     for (const t of this.timers) clearTimeout(t);
     this.timers.clear();
-    const cancels = [...this.watchers.values()].map((w) =>
-      Promise.race([w.cancel().catch(() => undefined), new Promise<void>((r) => setTimeout(r, 1000).unref())]),
-    );
-    this.watchers.clear();
-    await Promise.all(cancels);
+    const w = this.watcher;
+    this.watcher = null;
+    if (w) await Promise.race([w.cancel().catch(() => undefined), new Promise<void>((r) => setTimeout(r, 1000).unref())]);
     this.client.close();
   }
 }

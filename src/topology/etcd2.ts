@@ -2,23 +2,27 @@
  * Patroni keys in etcd's v2 store (Patroni `etcd:` section, the seed's layout), through the v2
  * HTTP API with global fetch. etcd >= 3.4 serves it only with `--enable-v2`.
  *
- * Read: `GET /v2/keys/<ns>/<scope>?recursive=true` per scope, in parallel.
- * Watch: one long-poll per scope, `GET /v2/keys/<ns>/<scope>?wait=true&recursive=true&waitIndex=N`.
+ * Full read: ONE `GET /v2/keys/<ns>?recursive=true` (keys of unmanaged scopes dropped).
+ * Partial re-read after an event: `GET /v2/keys/<ns>/<scope>?recursive=true` per touched scope
+ * (a burst touching many scopes reads the namespace once instead).
+ * Watch: ONE long-poll on the namespace, `GET /v2/keys/<ns>?wait=true&recursive=true&waitIndex=N`;
+ * each event's key names the scope to re-read (keys of unmanaged scopes are ignored; an event on
+ * the namespace directory itself re-reads everything).
  * Why long-poll rather than re-reading every second: an event arrives within milliseconds (a 1 s
- * re-read would add up to a second to every failover), and it costs one idle HTTP request per
- * scope. Events are only hints: each one triggers the same debounced full re-read as the v3 watch,
- * and the periodic resync (citus.resync_interval) covers anything a long-poll could miss.
+ * re-read would add up to a second to every failover), and it costs one idle HTTP request.
+ * Events are only hints: each one triggers the same debounced re-read as the v3 watch, and the
+ * periodic resync (citus.resync_interval, a full read) covers anything a long-poll could miss.
  * Details: the next waitIndex is the event's modifiedIndex + 1; `401 EventIndexCleared` (more than
- * 1000 events behind) restarts from the current X-Etcd-Index and re-reads; each long-poll is
- * abandoned and re-issued after 50 s (etcd sends no headers until an event); a failed poll says
- * `disconnected` and retries with backoff 100 ms -> 2 s, the first success after that says
- * `reconnected`.
+ * 1000 events behind) restarts from the current X-Etcd-Index and re-reads everything; the
+ * long-poll is abandoned and re-issued after 50 s (etcd sends no headers until an event); a failed
+ * poll says `disconnected` and retries with backoff 100 ms -> 2 s, the first success after that
+ * says `reconnected`.
  */
 import { formatHostPort, scopePrefix, type ControllerConfig } from '../config.js';
 import { errorMessage } from '../errors.js';
 import type { Logger } from '../log.js';
-import { basicAuth, describeScopes, scopesOf, type ScopeRef } from './etcd.js';
-import { flattenV2Node, parseScopeKeys } from './patroni-layout.js';
+import { basicAuth, bucketByScope, describeScopes, namespacePrefix, scopeIndex, scopesOf, type ScopeRef } from './etcd.js';
+import { flattenV2Node, parseScopeKeys, scopeOfKey, type DcsKv } from './patroni-layout.js';
 import type { ReaderHooks, TopologyReader } from './source.js';
 import type { GroupView } from './types.js';
 
@@ -28,6 +32,8 @@ export interface EtcdV2ReaderOptions {
   /** A long-poll is re-issued after this long without an event (ms). Default 50000. */
   pollRenewMs?: number;
   watchBackoffMaxMs?: number;
+  /** A partial re-read of more scopes than this reads the whole namespace in one GET instead. Default 16. */
+  partialReadMax?: number;
 }
 
 interface V2Answer {
@@ -38,11 +44,24 @@ interface V2Answer {
 
 class PollRenew extends Error {}
 
+/** Requests this reader sent (tests, benchmarks). */
+export interface EtcdV2ReaderStats {
+  /** Recursive GETs of the whole namespace / of one scope. */
+  namespaceReads: number;
+  scopeReads: number;
+  /** Long-polls issued, events they returned, events ignored (not a managed scope). */
+  polls: number;
+  events: number;
+  eventsIgnored: number;
+}
+
 export class EtcdV2Reader implements TopologyReader {
   readonly kind = 'etcd2' as const;
   readonly target: string;
   readonly periodMs: number;
   private readonly scopes: ScopeRef[];
+  private readonly byScope: Map<string, ScopeRef[]>;
+  private readonly nsPrefix: string;
   private readonly bases: string[];
   /** Index into bases of the host that answered last (tried first). */
   private current = 0;
@@ -50,12 +69,16 @@ export class EtcdV2Reader implements TopologyReader {
   private readonly readTimeoutMs: number;
   private readonly pollRenewMs: number;
   private readonly watchBackoffMaxMs: number;
+  private readonly partialReadMax: number;
   private readonly hostsText: string;
   private closed = false;
   private readonly closing = new AbortController();
-  private readonly loops: Promise<void>[] = [];
+  private loop: Promise<void> | null = null;
   private citusKey: string | null = null;
+  /** Per scope: the first key showing Patroni's own Citus layout at its last read. */
+  private readonly citusKeys = new Map<string, string>();
   private hooks: ReaderHooks | null = null;
+  private readonly counters: EtcdV2ReaderStats = { namespaceReads: 0, scopeReads: 0, polls: 0, events: 0, eventsIgnored: 0 };
 
   constructor(
     private readonly cfg: ControllerConfig,
@@ -65,6 +88,8 @@ export class EtcdV2Reader implements TopologyReader {
     const dcs = cfg.dcs;
     if (!dcs) throw new Error('EtcdV2Reader needs cfg.dcs');
     this.scopes = scopesOf(cfg);
+    this.byScope = scopeIndex(this.scopes);
+    this.nsPrefix = namespacePrefix(cfg);
     this.bases = dcs.hosts.map((h) => `${dcs.protocol}://${formatHostPort(h)}`);
     this.hostsText = dcs.hosts.map(formatHostPort).join(',');
     this.target = `etcd ${this.hostsText} (v2 API)`;
@@ -73,6 +98,7 @@ export class EtcdV2Reader implements TopologyReader {
     this.readTimeoutMs = opts.readTimeoutMs ?? cfg.citus.connectTimeoutMs;
     this.pollRenewMs = opts.pollRenewMs ?? 50000;
     this.watchBackoffMaxMs = opts.watchBackoffMaxMs ?? 2000;
+    this.partialReadMax = opts.partialReadMax ?? 16;
   }
 
   describe(): string {
@@ -83,8 +109,14 @@ export class EtcdV2Reader implements TopologyReader {
     return this.citusKey;
   }
 
-  private keyPath(s: ScopeRef): string {
-    return `/v2/keys${scopePrefix(this.cfg, s.scope).replace(/\/$/, '')}`;
+  /** Requests sent and events seen so far (a copy). */
+  stats(): EtcdV2ReaderStats {
+    return { ...this.counters };
+  }
+
+  /** `/v2/keys/<ns>` or `/v2/keys/<ns>/<scope>` (no trailing slash). */
+  private keyPath(scope?: string): string {
+    return `/v2/keys${(scope === undefined ? this.nsPrefix : scopePrefix(this.cfg, scope)).replace(/\/$/, '')}`;
   }
 
   /** GET on the host that answered last, then the others. Throws the last error when none answers. */
@@ -101,7 +133,8 @@ export class EtcdV2Reader implements TopologyReader {
         } catch {
           body = text;
         }
-        const ix = Number(res.headers.get('x-etcd-index'));
+        let ix = Number(res.headers.get('x-etcd-index'));
+        if (!(Number.isSafeInteger(ix) && ix > 0) && body && typeof body === 'object') ix = Number((body as { index?: unknown }).index);
         this.current = idx;
         return { status: res.status, index: Number.isSafeInteger(ix) && ix > 0 ? ix : null, body };
       } catch (err) {
@@ -112,24 +145,53 @@ export class EtcdV2Reader implements TopologyReader {
     throw lastErr;
   }
 
+  /** Recursive GET of a directory -> its keys (a missing directory: none). Throws on anything else. */
+  private async getTree(path: string): Promise<DcsKv[]> {
+    const ans = await this.get(`${path}?recursive=true`, AbortSignal.any([AbortSignal.timeout(this.readTimeoutMs), this.closing.signal]));
+    const body = ans.body as { errorCode?: unknown; node?: unknown; message?: unknown } | null;
+    if (ans.status === 200 && body && typeof body === 'object') return flattenV2Node(body.node);
+    if (ans.status === 404 && body && typeof body === 'object' && body.errorCode === 100) return [];
+    const why = body && typeof body === 'object' && typeof body.message === 'string' ? body.message : String(ans.body).slice(0, 80).trim();
+    throw new Error(`GET ${path} answered HTTP ${ans.status}${why ? ` (${why})` : ''}${ans.status === 404 ? ': is etcd started with --enable-v2?' : ''}`);
+  }
+
   async read(): Promise<GroupView[]> {
-    const parsedAll = await Promise.all(
-      this.scopes.map(async (s) => {
-        const ans = await this.get(`${this.keyPath(s)}?recursive=true`, AbortSignal.any([AbortSignal.timeout(this.readTimeoutMs), this.closing.signal]));
-        const body = ans.body as { errorCode?: unknown; node?: unknown; message?: unknown } | null;
-        let kvs: ReturnType<typeof flattenV2Node> = [];
-        if (ans.status === 200 && body && typeof body === 'object') kvs = flattenV2Node(body.node);
-        else if (!(ans.status === 404 && body && typeof body === 'object' && body.errorCode === 100)) {
-          const why = body && typeof body === 'object' && typeof body.message === 'string' ? body.message : String(ans.body).slice(0, 80).trim();
-          throw new Error(`GET ${this.keyPath(s)} answered HTTP ${ans.status}${why ? ` (${why})` : ''}${ans.status === 404 ? ': is etcd started with --enable-v2?' : ''}`);
-        }
-        const parsed = parseScopeKeys(kvs, scopePrefix(this.cfg, s.scope), s.groupid, s.scope);
-        if (parsed.keyCount === 0) parsed.group.problems.push(`no Patroni keys under ${scopePrefix(this.cfg, s.scope)} in etcd's v2 store`);
-        return parsed;
+    this.counters.namespaceReads++;
+    const kvs = await this.getTree(this.keyPath());
+    return this.parse(this.scopes, bucketByScope(kvs, this.nsPrefix, this.byScope));
+  }
+
+  async readScopes(scopes: readonly string[]): Promise<GroupView[]> {
+    const names = [...new Set(scopes)].filter((s) => this.byScope.has(s));
+    const refs = names.flatMap((s) => this.byScope.get(s) ?? []);
+    if (names.length > this.partialReadMax) {
+      this.counters.namespaceReads++;
+      return this.parse(refs, bucketByScope(await this.getTree(this.keyPath()), this.nsPrefix, this.byScope));
+    }
+    const byScope = new Map<string, DcsKv[]>();
+    await Promise.all(
+      names.map(async (name) => {
+        this.counters.scopeReads++;
+        byScope.set(name, await this.getTree(this.keyPath(name)));
       }),
     );
-    const groups = parsedAll.map((p) => p.group);
-    const citusKey = parsedAll.find((p) => p.patroniCitusKey !== null)?.patroniCitusKey ?? null;
+    return this.parse(refs, byScope);
+  }
+
+  private parse(refs: readonly ScopeRef[], byScope: ReadonlyMap<string, DcsKv[]>): GroupView[] {
+    const groups: GroupView[] = [];
+    for (const s of refs) {
+      const parsed = parseScopeKeys(byScope.get(s.scope) ?? [], s.prefix, s.groupid, s.scope);
+      if (parsed.keyCount === 0) parsed.group.problems.push(`no Patroni keys under ${s.prefix} in etcd's v2 store`);
+      if (parsed.patroniCitusKey !== null) this.citusKeys.set(s.scope, parsed.patroniCitusKey);
+      else this.citusKeys.delete(s.scope);
+      groups.push(parsed.group);
+    }
+    let citusKey: string | null = null;
+    for (const s of this.scopes) {
+      citusKey = this.citusKeys.get(s.scope) ?? null;
+      if (citusKey !== null) break;
+    }
     if (citusKey !== null && citusKey !== this.citusKey) {
       this.log.error(
         { source: 'etcd2', key: citusKey },
@@ -142,7 +204,7 @@ export class EtcdV2Reader implements TopologyReader {
 
   start(hooks: ReaderHooks): void {
     this.hooks = hooks;
-    for (const s of this.scopes) this.loops.push(this.watchLoop(s, hooks));
+    this.loop = this.watchLoop(hooks);
   }
 
   private sleep(ms: number): Promise<void> {
@@ -155,11 +217,26 @@ export class EtcdV2Reader implements TopologyReader {
     });
   }
 
-  private async watchLoop(s: ScopeRef, hooks: ReaderHooks): Promise<void> {
+  /** An event's key -> re-read its scope (managed only), or everything (the namespace directory itself). */
+  private onEvent(hooks: ReaderHooks, key: unknown): void {
+    this.counters.events++;
+    if (typeof key !== 'string' || !key.startsWith(this.nsPrefix)) {
+      hooks.changed(); // the namespace directory itself (deleted, expired, ...): everything
+      return;
+    }
+    const scope = scopeOfKey(key, this.nsPrefix);
+    if (scope === null || !this.byScope.has(scope)) {
+      this.counters.eventsIgnored++;
+      return;
+    }
+    hooks.changed([scope]);
+  }
+
+  private async watchLoop(hooks: ReaderHooks): Promise<void> {
     let index: number | null = null;
     let failing = false;
     let backoff = 100;
-    const path = this.keyPath(s);
+    const path = this.keyPath();
     while (!this.closed) {
       try {
         if (index === null) {
@@ -170,7 +247,7 @@ export class EtcdV2Reader implements TopologyReader {
             failing = false;
             hooks.reconnected();
           } else {
-            // Events before this index are not watched: re-read once so none is missed.
+            // Events before this index are not watched: re-read everything once so none is missed.
             hooks.changed();
           }
         }
@@ -178,6 +255,7 @@ export class EtcdV2Reader implements TopologyReader {
         const timer = setTimeout(() => renew.abort(new PollRenew()), this.pollRenewMs);
         let ans: V2Answer;
         try {
+          this.counters.polls++;
           ans = await this.get(`${path}?wait=true&recursive=true&waitIndex=${index + 1}`, AbortSignal.any([renew.signal, this.closing.signal]));
         } catch (err) {
           if (renew.signal.aborted && !this.closing.signal.aborted) continue; // quiet for pollRenewMs: poll again
@@ -189,11 +267,11 @@ export class EtcdV2Reader implements TopologyReader {
           failing = false;
           hooks.reconnected();
         }
-        const body = ans.body as { errorCode?: unknown; node?: { modifiedIndex?: unknown }; index?: unknown } | null;
+        const body = ans.body as { errorCode?: unknown; node?: { modifiedIndex?: unknown; key?: unknown }; index?: unknown } | null;
         if (ans.status === 200 && body && typeof body === 'object') {
           const mi = Number(body.node?.modifiedIndex);
           index = Number.isSafeInteger(mi) && mi > index ? mi : index + 1;
-          hooks.changed();
+          this.onEvent(hooks, body.node?.key);
         } else if (body && typeof body === 'object' && body.errorCode === 401) {
           // EventIndexCleared: we are more than 1000 events behind; start from now and re-read.
           index = null;
@@ -204,7 +282,7 @@ export class EtcdV2Reader implements TopologyReader {
         backoff = 100;
       } catch (err) {
         if (this.closed) break;
-        if (!failing) this.log.debug({ source: 'etcd2', scope: s.scope, err: errorMessage(err) }, 'etcd v2 long-poll failed');
+        if (!failing) this.log.debug({ source: 'etcd2', err: errorMessage(err) }, 'etcd v2 long-poll failed');
         failing = true;
         hooks.disconnected(err);
         await this.sleep(backoff);
@@ -217,6 +295,6 @@ export class EtcdV2Reader implements TopologyReader {
     if (this.closed) return;
     this.closed = true;
     this.closing.abort();
-    await Promise.all(this.loops);
+    await this.loop;
   }
 }

@@ -2,21 +2,26 @@
  * Topology sources: the common handle every command uses, the read loop they share, and
  * `chooseSource` (which source a config asks for).
  *
- * A source never writes. It is level-triggered: watch events, reconnects, errors and timers are
- * only reasons to re-read EVERYTHING the source covers; the view is the result of the last full
- * read. When a read fails the last view is kept with `fresh: false` (the planner never acts on it).
+ * A source never writes. It is level-triggered: watch events are only hints of WHERE to look.
+ * Start, reconnects, watch errors, failures and timers re-read EVERYTHING the source covers; an
+ * event whose keys name some scopes re-reads only those scopes (when the reader can: readScopes)
+ * and replaces their groups wholesale. When a read (full or partial) fails the last view is kept
+ * with `fresh: false` (the planner never acts on it) and the next read is a full one.
  *
  * The per-source modules (etcd.ts, etcd2.ts, patroni-rest.ts, probe.ts) export TopologyReaders:
- * "read everything once" plus, for the DCS sources, watchers that say "something changed". The
- * loop here turns a reader into a TopologySourceHandle: debounce, single flight, periodic resync,
- * backoff while failing, stale/fresh transitions logged once, onChange.
+ * "read everything once" plus, for the DCS sources, watchers that say "something changed" (and
+ * where). The loop here turns a reader into a TopologySourceHandle: debounce, single flight,
+ * periodic resync, backoff while failing, stale/fresh transitions logged once, onChange.
+ *
+ * Views are handed out deep-frozen (no copy per snapshot); each group's change signature is
+ * computed once per group object, so a partial re-read only signs the groups it replaced.
  */
 import type { ControllerConfig } from '../config.js';
 import { ConfigError, errorMessage, maskSecrets } from '../errors.js';
 import type { Logger } from '../log.js';
 import { EtcdV3Reader } from './etcd.js';
 import { EtcdV2Reader } from './etcd2.js';
-import { viewSignature } from './patroni-layout.js';
+import { groupSignature } from './patroni-layout.js';
 import { PatroniRestReader, restAddressesOf } from './patroni-rest.js';
 import { ProbeReader, probeNodesOf } from './probe.js';
 import type { GroupView, Topology, TopologySource } from './types.js';
@@ -25,7 +30,10 @@ export interface TopologySourceHandle {
   readonly kind: TopologySource;
   /** Resolves once the first full read is done (succeeded, or failed: then snapshot().fresh is false). */
   start(): Promise<void>;
-  /** The current view (a copy). fresh=false when the last read failed (the last good view is kept). */
+  /**
+   * The current view. Deep-frozen (never copied): callers must not mutate it (build new objects).
+   * fresh=false when the last read failed (the last good view is kept).
+   */
   snapshot(): Topology;
   /**
    * "Something may have changed": fired after a re-read produced a different view (lag excluded),
@@ -48,8 +56,12 @@ export interface TopologySourceHandle {
 
 /** What a reader tells the loop between reads. */
 export interface ReaderHooks {
-  /** Something under the watched keys changed: re-read (debounced). */
-  changed(): void;
+  /**
+   * Something under the watched keys changed: re-read (debounced). `scopes`: the managed Patroni
+   * scopes the changed keys belong to; the loop then re-reads only those (reader.readScopes) while
+   * its view is fresh. Omitted: re-read everything.
+   */
+  changed(scopes?: readonly string[]): void;
   /** The watch stream broke: read soon (a failed read marks the view stale). */
   disconnected(err: unknown): void;
   /** The watch stream is back (or was re-created after an error): re-read and fire onChange. */
@@ -68,6 +80,11 @@ export interface TopologyReader {
   start?(hooks: ReaderHooks): void;
   /** A full read. Throws when the source as a whole cannot be read. */
   read(): Promise<GroupView[]>;
+  /**
+   * A partial read: the groups of exactly these scopes (each one the reader manages, as named in
+   * changed(scopes)). They replace the view's groups of those scopes wholesale. Throws like read().
+   */
+  readScopes?(scopes: readonly string[]): Promise<GroupView[]>;
   close(): Promise<void>;
   patroniCitusLayout?(): string | null;
 }
@@ -79,6 +96,15 @@ export interface LoopOptions {
   backoffInitialMs?: number;
   /** Default 3000. */
   backoffMaxMs?: number;
+}
+
+/** What the loop has done so far (tests, benchmarks). */
+export interface LoopStats {
+  fullReads: number;
+  partialReads: number;
+  /** Scopes re-read by partial reads, summed. */
+  scopesReread: number;
+  failedReads: number;
 }
 
 interface Deferred {
@@ -94,6 +120,13 @@ function deferred(): Deferred {
   return { promise, resolve };
 }
 
+/** Object.freeze, recursively; objects already frozen are taken as frozen all the way down. */
+function deepFreeze<T>(value: T): T {
+  if (typeof value !== 'object' || value === null || Object.isFrozen(value)) return value;
+  for (const v of Object.values(value)) deepFreeze(v);
+  return Object.freeze(value);
+}
+
 /** Turns a TopologyReader into a TopologySourceHandle. */
 export class ReadLoop implements TopologySourceHandle {
   readonly kind: TopologySource;
@@ -103,6 +136,16 @@ export class ReadLoop implements TopologySourceHandle {
   private periodicTimer: NodeJS.Timeout | undefined;
   private running: Promise<void> | null = null;
   private next: Deferred | null = null;
+  /** A full read is wanted by the next read. */
+  private fullWanted = false;
+  /** Scopes named by events since the last read started (a partial read, unless a full one is wanted). */
+  private readonly partialWanted = new Set<string>();
+  /** When the first reason for the next read arrived (event, timer, refresh), ms epoch. */
+  private reasonAt: number | null = null;
+  /** groupSignature per group object (the view's groups are frozen: computed once each). */
+  private readonly signatures = new WeakMap<GroupView, string>();
+  /** The scopes of the view's groups (recomputed when the groups array changes). */
+  private knownScopes: { groups: readonly GroupView[]; scopes: Set<string | null> } | null = null;
   private failingSince: number | null = null;
   private failures = 0;
   private forceEmit = false;
@@ -111,6 +154,7 @@ export class ReadLoop implements TopologySourceHandle {
   private readonly debounceMs: number;
   private readonly backoffInitialMs: number;
   private readonly backoffMaxMs: number;
+  private readonly counters: LoopStats = { fullReads: 0, partialReads: 0, scopesReread: 0, failedReads: 0 };
 
   constructor(
     private readonly reader: TopologyReader,
@@ -121,14 +165,14 @@ export class ReadLoop implements TopologySourceHandle {
     this.debounceMs = opts.debounceMs ?? 5;
     this.backoffInitialMs = opts.backoffInitialMs ?? 200;
     this.backoffMaxMs = opts.backoffMaxMs ?? 3000;
-    this.view = { source: reader.kind, observedAt: 0, fresh: false, staleReason: `${reader.target}: not read yet`, groups: [] };
+    this.view = Object.freeze({ source: reader.kind, observedAt: 0, fresh: false, staleReason: `${reader.target}: not read yet`, groups: Object.freeze([]) as unknown as GroupView[] });
   }
 
   start(): Promise<void> {
     if (this.started) return this.started;
     this.started = (async () => {
       this.reader.start?.({
-        changed: () => this.kick(),
+        changed: (scopes) => this.kick(scopes),
         disconnected: (err) => {
           this.log.debug({ source: this.kind, err: errorMessage(err) }, 'topology source: watch disconnected');
           // While healthy, check now (a failing read marks the view stale); while failing the retry timer is in charge.
@@ -140,13 +184,18 @@ export class ReadLoop implements TopologySourceHandle {
           this.kick();
         },
       });
-      await this.requestRead();
+      await this.requestRead(true);
     })();
     return this.started;
   }
 
   snapshot(): Topology {
-    return structuredClone(this.view);
+    return this.view;
+  }
+
+  /** Reads done so far (a copy). */
+  stats(): LoopStats {
+    return { ...this.counters };
   }
 
   onChange(listener: () => void): void {
@@ -154,7 +203,7 @@ export class ReadLoop implements TopologySourceHandle {
   }
 
   async refresh(): Promise<Topology> {
-    await this.requestRead();
+    await this.requestRead(true);
     return this.snapshot();
   }
 
@@ -177,22 +226,40 @@ export class ReadLoop implements TopologySourceHandle {
     await this.running?.catch(() => undefined);
   }
 
-  /** Debounced "re-read soon": the first event of a burst schedules one read debounceMs later. */
-  private kick(): void {
-    if (this.stopped || this.debounceTimer !== undefined) return;
+  /**
+   * Debounced "re-read soon": the first event of a burst schedules one read debounceMs later.
+   * `scopes`: only these changed (a partial read will do); omitted: everything.
+   */
+  private kick(scopes?: readonly string[]): void {
+    if (this.stopped) return;
+    this.reasonAt ??= Date.now();
+    if (scopes === undefined || !this.reader.readScopes) this.fullWanted = true;
+    else for (const s of scopes) this.partialWanted.add(s);
+    if (this.debounceTimer !== undefined) return;
     this.debounceTimer = setTimeout(() => {
       this.debounceTimer = undefined;
-      void this.requestRead();
+      void this.requestRead(false);
     }, this.debounceMs);
   }
 
-  /** Resolves when a read that started after this call has finished. */
-  private requestRead(): Promise<void> {
+  /** Resolves when a read that started after this call has finished (`full`: a full read). */
+  private requestRead(full: boolean): Promise<void> {
     if (this.stopped) return Promise.resolve();
+    this.reasonAt ??= Date.now();
+    if (full) this.fullWanted = true;
     this.next ??= deferred();
     const p = this.next.promise;
     this.pump();
     return p;
+  }
+
+  /** The scopes a partial read may cover: every one must be in the current, fresh view. */
+  private partialScopes(): string[] | null {
+    if (this.fullWanted || this.forceEmit || this.partialWanted.size === 0 || !this.view.fresh || this.failingSince !== null) return null;
+    if (this.knownScopes?.groups !== this.view.groups) this.knownScopes = { groups: this.view.groups, scopes: new Set(this.view.groups.map((g) => g.scope)) };
+    const known = this.knownScopes.scopes;
+    const scopes = [...this.partialWanted];
+    return scopes.every((s) => known.has(s)) ? scopes : null;
   }
 
   private pump(): void {
@@ -201,13 +268,24 @@ export class ReadLoop implements TopologySourceHandle {
     this.next = null;
     clearTimeout(this.debounceTimer);
     this.debounceTimer = undefined;
-    clearTimeout(this.periodicTimer);
-    this.periodicTimer = undefined;
-    this.running = this.readOnce().finally(() => {
+    const scopes = this.partialScopes();
+    this.fullWanted = false;
+    this.partialWanted.clear();
+    const reasonAt = this.reasonAt ?? Date.now();
+    this.reasonAt = null;
+    // a reconnect during this read must still force onChange after the NEXT read
+    const force = this.forceEmit;
+    this.forceEmit = false;
+    if (scopes === null) {
+      // the resync interval counts from the last full read (partial reads do not postpone it)
+      clearTimeout(this.periodicTimer);
+      this.periodicTimer = undefined;
+    }
+    this.running = this.readOnce(scopes, force, reasonAt).finally(() => {
       this.running = null;
       waiter.resolve();
       if (this.next) this.pump();
-      else this.schedulePeriodic();
+      else if (scopes === null || this.failingSince !== null || this.periodicTimer === undefined) this.schedulePeriodic();
     });
   }
 
@@ -220,16 +298,81 @@ export class ReadLoop implements TopologySourceHandle {
         : Math.min(this.reader.periodMs, this.backoffInitialMs * 2 ** Math.min(this.failures - 1, 20), this.backoffMaxMs);
     this.periodicTimer = setTimeout(() => {
       this.periodicTimer = undefined;
-      void this.requestRead();
+      void this.requestRead(true);
     }, delay);
   }
 
-  private async readOnce(): Promise<void> {
+  private signature(g: GroupView): string {
+    let s = this.signatures.get(g);
+    if (s === undefined) {
+      s = groupSignature(g);
+      this.signatures.set(g, s);
+    }
+    return s;
+  }
+
+  /** Same groups (lag and order aside)? Groups carried over from the last view compare by identity. */
+  private sameGroups(a: readonly GroupView[], b: readonly GroupView[]): boolean {
+    if (a.length !== b.length) return false;
+    const byId = (x: GroupView, y: GroupView) => x.groupid - y.groupid;
+    const sa = [...a].sort(byId);
+    const sb = [...b].sort(byId);
+    for (let i = 0; i < sa.length; i++) {
+      const x = sa[i] as GroupView;
+      const y = sb[i] as GroupView;
+      if (x !== y && this.signature(x) !== this.signature(y)) return false;
+    }
+    return true;
+  }
+
+  /**
+   * The current view's groups with those of `scopes` replaced by `got` (in the old positions),
+   * and whether any replaced group differs (the others are the same objects).
+   */
+  private merge(scopes: readonly string[], got: readonly GroupView[]): { groups: GroupView[]; same: boolean } {
+    const want = new Set(scopes);
+    const fresh = new Map<string, GroupView[]>();
+    for (const g of got) {
+      if (g.scope === null || !want.has(g.scope)) continue;
+      const list = fresh.get(g.scope) ?? [];
+      list.push(g);
+      fresh.set(g.scope, list);
+    }
+    const groups: GroupView[] = [];
+    const oldOnes: GroupView[] = [];
+    const newOnes: GroupView[] = [];
+    for (const g of this.view.groups) {
+      if (g.scope === null || !want.has(g.scope)) {
+        groups.push(g);
+        continue;
+      }
+      oldOnes.push(g);
+      const list = fresh.get(g.scope);
+      if (list) {
+        fresh.delete(g.scope);
+        groups.push(...list);
+        newOnes.push(...list);
+      }
+    }
+    deepFreeze(newOnes);
+    return { groups, same: this.sameGroups(oldOnes, newOnes) };
+  }
+
+  private async readOnce(scopes: readonly string[] | null, force: boolean, reasonAt: number): Promise<void> {
     let groups: GroupView[];
+    let same: boolean | null = null;
     try {
-      groups = await this.reader.read();
+      if (scopes !== null && this.reader.readScopes) {
+        this.counters.partialReads++;
+        this.counters.scopesReread += scopes.length;
+        ({ groups, same } = this.merge(scopes, await this.reader.readScopes(scopes)));
+      } else {
+        this.counters.fullReads++;
+        groups = await this.reader.read();
+      }
     } catch (err) {
       if (this.stopped) return;
+      this.counters.failedReads++;
       this.failures++;
       const msg = maskSecrets(errorMessage(err));
       if (this.failingSince === null) {
@@ -239,27 +382,29 @@ export class ReadLoop implements TopologySourceHandle {
           { source: this.kind, err: msg },
           `${this.reader.target} unreachable since ${since}: ${msg}; keeping the last view (not fresh), retrying`,
         );
-        this.view = { ...this.view, fresh: false, staleReason: `${this.reader.target} unreachable since ${since}: ${msg}` };
+        this.view = Object.freeze({ ...this.view, fresh: false, staleReason: `${this.reader.target} unreachable since ${since}: ${msg}` });
         this.emit();
       } else {
         this.log.debug({ source: this.kind, err: msg, failures: this.failures }, 'topology source: read failed again');
-        this.view = {
+        this.view = Object.freeze({
           ...this.view,
           staleReason: `${this.reader.target} unreachable since ${new Date(this.failingSince).toISOString()}: ${msg}`,
-        };
+        });
       }
       return;
     }
     if (this.stopped) return;
-    const changed = this.forceEmit || !this.view.fresh || viewSignature(groups) !== viewSignature(this.view.groups);
-    this.view = { source: this.kind, observedAt: Date.now(), fresh: true, groups };
+    if (same === null) deepFreeze(groups);
+    else Object.freeze(groups); // merge() froze the new groups; the others were frozen already
+    const changed = force || !this.view.fresh || !(same ?? this.sameGroups(groups, this.view.groups));
+    const changedAt = changed ? reasonAt : this.view.changedAt;
+    this.view = Object.freeze({ source: this.kind, observedAt: Date.now(), fresh: true, ...(changedAt !== undefined ? { changedAt } : {}), groups });
     if (this.failingSince !== null) {
       const secs = ((Date.now() - this.failingSince) / 1000).toFixed(1);
       this.log.info({ source: this.kind }, `${this.reader.target} reachable again after ${secs}s; view is fresh`);
     }
     this.failingSince = null;
     this.failures = 0;
-    this.forceEmit = false;
     if (changed) this.emit();
   }
 

@@ -21,6 +21,13 @@ export interface Topology {
   fresh: boolean;
   /** Why the view is not fresh (one line, shown by `status`). */
   staleReason?: string;
+  /**
+   * When the reason to re-read that produced the last change of this view arrived (ms since the
+   * epoch): the first watch event of the burst, or the start of the timer / refresh read. Set by
+   * the read loop on the view of each read that fired onChange; kept unchanged by reads that
+   * changed nothing and by stale transitions. Undefined before the first read.
+   */
+  changedAt?: number;
   groups: GroupView[];
 }
 

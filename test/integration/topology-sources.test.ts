@@ -18,6 +18,8 @@ import { Writable } from 'node:stream';
 import { pino, type Logger } from 'pino';
 import { configFromObject, type ControllerConfig } from '../../src/config.js';
 import { chooseSource, ReadLoop, type TopologySourceHandle } from '../../src/topology/source.js';
+import { EtcdV3Reader } from '../../src/topology/etcd.js';
+import { EtcdV2Reader } from '../../src/topology/etcd2.js';
 import { PatroniRestReader } from '../../src/topology/patroni-rest.js';
 import { runningPrimary, type GroupView, type Topology } from '../../src/topology/types.js';
 
@@ -166,6 +168,14 @@ class EtcdProc {
         ...deletes.map((key) => ({ request_delete_range: { key: b64(key) } })),
       ],
     });
+  }
+
+  /** Watchers etcd has registered (its etcd_debugging_mvcc_watcher_total gauge). */
+  async watchers(): Promise<number> {
+    const r = await fetch(`${this.url}/metrics`, { signal: AbortSignal.timeout(3000) });
+    const m = /^etcd_debugging_mvcc_watcher_total\s+(\d+)/m.exec(await r.text());
+    assert.ok(m, 'etcd_debugging_mvcc_watcher_total in /metrics');
+    return Number(m[1]);
   }
 
   /** Current revision of the keyspace. */
@@ -498,6 +508,128 @@ describe('etcd v3 and v2 sources against a real etcd', { timeout: 110_000 }, () 
     await h.stop();
   });
 
+  test('etcd3: ONE namespace watcher; an event re-reads only its scope (one range); unmanaged scopes ignored', async () => {
+    const c = captureLog();
+    const watchersBefore = await etcd.watchers();
+    const reader = new EtcdV3Reader(etcdConfig(etcd, 'etcd3', { cn: 'cn', workers: [[1, 'wk1'], [2, 'wk2']] }), c.log);
+    const loop = new ReadLoop(reader, c.log);
+    let changes = 0;
+    loop.onChange(() => changes++);
+    try {
+      await loop.start();
+      assert.equal(loop.snapshot().fresh, true);
+      // attached: one watcher for three scopes, and one full re-read after the attach
+      await waitUntil(() => loop.stats().fullReads === 2, 3000, 'the full re-read after the watch attached');
+      await waitUntil(async () => (await etcd.watchers()) === watchersBefore + 1, 3000, 'one more watcher in etcd');
+      assert.deepEqual(reader.stats(), { namespaceRanges: 2, scopeRanges: 0, watchersCreated: 1, events: 0, eventsIgnored: 0 });
+      const before = loop.snapshot();
+      const r0 = reader.stats();
+      const c0 = changes;
+
+      // a leader change in wk2 (wk2-b -> wk2-a, one transaction): one range over /service/wk2/,
+      // group 2 replaced, the others kept as they were
+      assert.equal(primaryOf(before, 2), 'wk2-b');
+      await etcd.txn(scopeKeys('wk2', WK2, 'wk2-a'));
+      await waitUntil(() => primaryOf(loop.snapshot(), 2) === 'wk2-a', 2000, 'wk2-a primary');
+      let r1 = reader.stats();
+      assert.equal(r1.namespaceRanges, r0.namespaceRanges, 'no full read');
+      assert.equal(r1.scopeRanges, r0.scopeRanges + 1, 'one range');
+      assert.equal(r1.eventsIgnored, 0);
+      const after = loop.snapshot();
+      assert.equal(after.groups.find((g) => g.groupid === 0), before.groups.find((g) => g.groupid === 0), 'group 0 not re-read');
+      assert.equal(after.groups.find((g) => g.groupid === 1), before.groups.find((g) => g.groupid === 1), 'group 1 not re-read');
+      assert.ok(changes > c0);
+      assert.ok(after.changedAt !== undefined && after.changedAt <= after.observedAt && after.changedAt > before.observedAt);
+
+      // one transaction touching wk1 and wk2: one partial read of both
+      const lp = loop.stats();
+      r1 = reader.stats();
+      await etcd.txn({ ...scopeKeys('wk1', WK1, 'wk1-a'), ...scopeKeys('wk2', WK2, 'wk2-b') });
+      await waitUntil(() => primaryOf(loop.snapshot(), 2) === 'wk2-b', 2000, 'wk2-b primary');
+      await sleep(30);
+      const lq = loop.stats();
+      assert.equal(lq.fullReads, lp.fullReads);
+      assert.equal(lq.partialReads, lp.partialReads + 1);
+      assert.equal(lq.scopesReread, lp.scopesReread + 2);
+      assert.equal(reader.stats().scopeRanges, r1.scopeRanges + 2);
+      await etcd.txn(scopeKeys('wk2', WK2, 'wk2-a'));
+      await waitUntil(() => primaryOf(loop.snapshot(), 2) === 'wk2-a', 2000, 'wk2-a primary again');
+
+      // keys of an unmanaged scope (and outside the namespace): no read, no onChange
+      const r2 = reader.stats();
+      const l2 = loop.stats();
+      const c2 = changes;
+      await etcd.txn({ '/service/unmanaged/leader': 'u-a', '/service/unmanaged/members/u-a': memberJson(23432, 'master'), '/elsewhere/wk1/leader': 'nope' });
+      await waitUntil(() => reader.stats().eventsIgnored === r2.eventsIgnored + 2, 2000, 'the two namespace events seen and ignored');
+      await sleep(50);
+      assert.deepEqual(loop.stats(), l2, 'no read');
+      assert.equal(reader.stats().scopeRanges, r2.scopeRanges);
+      assert.equal(reader.stats().namespaceRanges, r2.namespaceRanges);
+      assert.equal(changes, c2);
+      assert.equal(c.lines.filter((l) => l.level >= 40).length, 0, JSON.stringify(c.lines.filter((l) => l.level >= 40)));
+    } finally {
+      await loop.stop();
+    }
+  });
+
+  test('etcd3: a burst touching more scopes than partialRangeMax reads the namespace once (still a partial update)', async () => {
+    const c = captureLog();
+    const reader = new EtcdV3Reader(etcdConfig(etcd, 'etcd3', { cn: 'cn', workers: [[1, 'wk1'], [2, 'wk2']] }), c.log, { partialRangeMax: 1 });
+    const loop = new ReadLoop(reader, c.log);
+    try {
+      await loop.start();
+      await waitUntil(() => loop.stats().fullReads === 2, 3000, 'attached');
+      const r0 = reader.stats();
+      const l0 = loop.stats();
+      await etcd.txn({ ...scopeKeys('wk1', WK1, 'wk1-a'), ...scopeKeys('wk2', WK2, 'wk2-b') });
+      await waitUntil(() => primaryOf(loop.snapshot(), 2) === 'wk2-b', 2000, 'wk2-b primary');
+      assert.deepEqual(
+        [reader.stats().namespaceRanges - r0.namespaceRanges, reader.stats().scopeRanges - r0.scopeRanges, loop.stats().partialReads - l0.partialReads, loop.stats().fullReads - l0.fullReads],
+        [1, 0, 1, 0],
+      );
+      assert.equal(loop.snapshot().groups.length, 3);
+      await etcd.txn(scopeKeys('wk2', WK2, 'wk2-a'));
+      await waitUntil(() => primaryOf(loop.snapshot(), 2) === 'wk2-a', 2000, 'wk2-a primary again');
+    } finally {
+      await loop.stop();
+    }
+  });
+
+  test('etcd3: a failed partial re-read marks the view stale like a failed full read; the retry is a full read', async () => {
+    class FlakyReader extends EtcdV3Reader {
+      failNext = false;
+      override async readScopes(scopes: readonly string[]) {
+        if (this.failNext) {
+          this.failNext = false;
+          throw new Error('injected: deadline exceeded');
+        }
+        return super.readScopes(scopes);
+      }
+    }
+    const c = captureLog();
+    const reader = new FlakyReader(etcdConfig(etcd, 'etcd3', { cn: 'cn', workers: [[1, 'wk1'], [2, 'wk2']] }), c.log);
+    const loop = new ReadLoop(reader, c.log);
+    try {
+      await loop.start();
+      await waitUntil(() => loop.stats().fullReads === 2, 3000, 'attached');
+      const r0 = reader.stats();
+      reader.failNext = true;
+      await etcd.txn({ '/service/wk2/leader': 'wk2-b' });
+      await waitUntil(() => !loop.snapshot().fresh, 2000, 'stale after the failed partial read');
+      assert.match(loop.snapshot().staleReason ?? '', /^etcd 127\.0\.0\.1:\d+ unreachable since .*injected: deadline exceeded/);
+      assert.equal(group(loop.snapshot(), 2).leader, 'wk2-a', 'last view kept');
+      await waitUntil(() => loop.snapshot().fresh, 3000, 'fresh again');
+      assert.equal(group(loop.snapshot(), 2).leader, 'wk2-b');
+      assert.equal(reader.stats().namespaceRanges, r0.namespaceRanges + 1, 'recovered by one full read');
+      assert.equal(c.lines.filter((l) => l.level === 40 && /unreachable since/.test(l.msg)).length, 1);
+      assert.equal(c.lines.filter((l) => l.level === 30 && /reachable again/.test(l.msg)).length, 1);
+      await etcd.txn({ '/service/wk2/leader': 'wk2-a' });
+      await waitUntil(() => group(loop.snapshot(), 2).leader === 'wk2-a', 2000, 'back to wk2-a');
+    } finally {
+      await loop.stop();
+    }
+  });
+
   test('etcd3: connection cut + compaction while away: watch error handled (no crash), watcher re-created, changes seen again', async () => {
     const proxy = new CutProxy(etcd.clientPort);
     await proxy.start();
@@ -519,7 +651,7 @@ describe('etcd v3 and v2 sources against a real etcd', { timeout: 110_000 }, () 
       proxy.heal();
       await waitUntil(() => h.snapshot().fresh, 8000, 'fresh after heal');
       assert.equal(primaryOf(h.snapshot(), 0), 'cmp-b');
-      await waitUntil(() => c.lines.some((l) => l.level === 40 && /etcd watch on \/service\/cmp\/ failed; re-creating it/.test(l.msg)), 5000, 'watch error logged');
+      await waitUntil(() => c.lines.some((l) => l.level === 40 && /etcd watch on \/service\/ failed; re-creating it/.test(l.msg)), 5000, 'watch error logged');
       await sleep(400); // the new watcher attached
       const t0 = performance.now();
       await etcd.txn(scopeKeys('cmp', CMP, 'cmp-a'));
@@ -562,6 +694,33 @@ describe('etcd v3 and v2 sources against a real etcd', { timeout: 110_000 }, () 
     assert.ok(p95 < 2000, `p95 ${p95} ms`);
     s = v2.snapshot();
     assert.equal(primaryOf(s, 1), 'wk1-a');
+  });
+
+  test('etcd2: ONE namespace long-poll; an event re-reads only its scope; unmanaged scopes ignored', async () => {
+    const c = captureLog();
+    const reader = new EtcdV2Reader(etcdConfig(etcd, 'etcd', { cn: 'cn', workers: [[1, 'wk1']] }), c.log);
+    const loop = new ReadLoop(reader, c.log);
+    try {
+      await loop.start();
+      assert.deepEqual([primaryOf(loop.snapshot(), 0), primaryOf(loop.snapshot(), 1)], ['cn-a', 'wk1-a']);
+      await waitUntil(() => loop.stats().fullReads === 2 && reader.stats().polls === 1, 3000, 'the long-poll issued after the first re-read');
+      assert.equal(reader.stats().namespaceReads, 2);
+      const r0 = reader.stats();
+      await etcd.v2put('/service/wk1/leader', 'wk1-a'); // same value: an event, no change
+      await waitUntil(() => reader.stats().scopeReads === r0.scopeReads + 1, 2000, 'partial re-read of wk1');
+      assert.equal(reader.stats().namespaceReads, r0.namespaceReads, 'no full read');
+      assert.deepEqual(loop.stats().partialReads, 1);
+      const r1 = reader.stats();
+      await etcd.v2put('/service/legacy/leader', 'lg-a'); // a scope this config does not manage
+      await waitUntil(() => reader.stats().eventsIgnored === r1.eventsIgnored + 1, 2000, 'the event seen and ignored');
+      await sleep(50);
+      assert.equal(reader.stats().scopeReads, r1.scopeReads);
+      assert.equal(reader.stats().namespaceReads, r1.namespaceReads);
+      assert.equal(loop.stats().partialReads, 1);
+      assert.ok(reader.stats().polls >= 3, 'one poll after another');
+    } finally {
+      await loop.stop();
+    }
   });
 
   test('etcd killed: both sources go stale (last view kept), exactly one "unreachable" line each; restarted: fresh again, onChange', async () => {

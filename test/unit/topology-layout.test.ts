@@ -1,6 +1,7 @@
 import { test, describe } from 'node:test';
 import assert from 'node:assert/strict';
-import { flattenV2Node, parseMember, parseScopeKeys, viewSignature, type DcsKv } from '../../src/topology/patroni-layout.js';
+import { flattenV2Node, groupSignature, parseMember, parseScopeKeys, scopeOfKey, viewSignature, type DcsKv } from '../../src/topology/patroni-layout.js';
+import type { GroupView } from '../../src/topology/types.js';
 import { runningPrimary } from '../../src/topology/types.js';
 
 const P = '/service/wk1/';
@@ -261,5 +262,39 @@ describe('viewSignature', () => {
     assert.equal(viewSignature([a.group]), viewSignature([b.group]));
     const c = parseScopeKeys(kvs({ leader: 'b', 'members/a': member({ role: 'master' }), 'members/b': member() }), P, 1, 'wk1');
     assert.notEqual(viewSignature([a.group]), viewSignature([c.group]));
+  });
+
+  test('is the JSON of the groups in groupid order, members sorted, lag nulled (group by group: groupSignature)', () => {
+    const g1 = parseScopeKeys(kvs({ leader: 'b', 'members/b': member({ role: 'master' }), 'members/a': member() }), P, 1, 'wk1').group;
+    const g0 = parseScopeKeys(
+      [{ key: '/service/cn/leader', value: 'c' }, { key: '/service/cn/members/c', value: member({ role: 'master' }) }],
+      '/service/cn/',
+      0,
+      'cn',
+    ).group;
+    // the definition the read loop used to compare whole views with
+    const old = (groups: readonly GroupView[]) =>
+      JSON.stringify(
+        [...groups]
+          .sort((a, b) => a.groupid - b.groupid)
+          .map((x) => ({ ...x, members: [...x.members].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0)).map((m) => ({ ...m, lagBytes: null })) })),
+      );
+    assert.equal(viewSignature([g1, g0]), old([g1, g0]));
+    assert.equal(viewSignature([]), old([]));
+    assert.equal(viewSignature([g1, g0]), `[${groupSignature(g0)},${groupSignature(g1)}]`);
+  });
+});
+
+describe('scopeOfKey', () => {
+  test('first segment after the namespace; null outside it', () => {
+    assert.equal(scopeOfKey('/service/wk1/members/a', '/service/'), 'wk1');
+    assert.equal(scopeOfKey('/service/wk1/leader', '/service/'), 'wk1');
+    assert.equal(scopeOfKey('/service/wk1', '/service/'), 'wk1', 'v2 directory key of the scope');
+    assert.equal(scopeOfKey('/service/wk1/0/leader', '/service/'), 'wk1');
+    assert.equal(scopeOfKey('/a/b/wk2/leader', '/a/b/'), 'wk2', 'namespace with a slash');
+    assert.equal(scopeOfKey('/service/', '/service/'), null);
+    assert.equal(scopeOfKey('/service', '/service/'), null);
+    assert.equal(scopeOfKey('/other/wk1/leader', '/service/'), null);
+    assert.equal(scopeOfKey('/servicex/wk1/leader', '/service/'), null);
   });
 });

@@ -32,6 +32,7 @@ class FakeReader implements TopologyReader {
   fail: Error | null = null;
   delayMs = 0;
   closed = false;
+  withMembers = false;
   describe() {
     return 'fake';
   }
@@ -42,7 +43,10 @@ class FakeReader implements TopologyReader {
     this.reads++;
     if (this.delayMs) await sleep(this.delayMs);
     if (this.fail) throw this.fail;
-    return [{ groupid: 1, scope: 'wk1', leader: this.leader, members: [], problems: [] }];
+    const members = this.withMembers
+      ? [{ name: 'a', host: 'h', port: 5432, role: 'primary' as const, rawRole: 'master', state: 'running', timeline: 1, lagBytes: 0, tags: {} }]
+      : [];
+    return [{ groupid: 1, scope: 'wk1', leader: this.leader, members, problems: [] }];
   }
   async close() {
     this.closed = true;
@@ -216,13 +220,253 @@ describe('ReadLoop', () => {
     await loop.stop();
   });
 
-  test('snapshot is a copy', async () => {
+  test('snapshot is deep-frozen (not a copy per call): mutations throw and leave the view as it was', async () => {
     const { log } = captureLog();
-    const loop = new ReadLoop(new FakeReader(), log);
+    const r = new FakeReader();
+    r.withMembers = true;
+    const loop = new ReadLoop(r, log);
     await loop.start();
-    const s = loop.snapshot();
-    s.groups.length = 0;
-    assert.equal(loop.snapshot().groups.length, 1);
-    await loop.stop();
+    try {
+      const s = loop.snapshot();
+      assert.equal(loop.snapshot(), s, 'the same object until the next read changes it');
+      const g = s.groups[0]!;
+      const m = g.members[0]!;
+      assert.ok(Object.isFrozen(s) && Object.isFrozen(s.groups) && Object.isFrozen(g) && Object.isFrozen(g.members));
+      assert.ok(Object.isFrozen(m) && Object.isFrozen(m.tags) && Object.isFrozen(g.problems));
+      assert.throws(() => {
+        s.groups.length = 0;
+      }, TypeError);
+      assert.throws(() => {
+        g.leader = 'x';
+      }, TypeError);
+      assert.throws(() => {
+        m.tags.nofailover = true;
+      }, TypeError);
+      assert.throws(() => g.problems.push('x'), TypeError);
+      assert.equal(loop.snapshot().groups.length, 1);
+      assert.equal(loop.snapshot().groups[0]?.leader, 'a');
+    } finally {
+      await loop.stop();
+    }
+  });
+});
+
+/** A reader with several scopes that can re-read some of them (readScopes), like the etcd readers. */
+class ScopedReader implements TopologyReader {
+  readonly kind = 'etcd' as const;
+  readonly target = 'fake etcd';
+  periodMs = 60_000;
+  hooks: ReaderHooks | null = null;
+  /** scope -> leader; groupid = position + 1 */
+  leaders = new Map<string, string>([
+    ['cn', 'c1'],
+    ['wk1', 'a1'],
+    ['wk2', 'b1'],
+  ]);
+  fullReads = 0;
+  partialReads: string[][] = [];
+  failPartial: Error | null = null;
+  failFull: Error | null = null;
+  delayMs = 0;
+  describe() {
+    return 'scoped fake';
+  }
+  start(h: ReaderHooks) {
+    this.hooks = h;
+  }
+  private group(scope: string): GroupView {
+    const groupid = [...this.leaders.keys()].indexOf(scope);
+    return { groupid, scope, leader: this.leaders.get(scope) ?? null, members: [], problems: [] };
+  }
+  async read(): Promise<GroupView[]> {
+    this.fullReads++;
+    if (this.delayMs) await sleep(this.delayMs);
+    if (this.failFull) throw this.failFull;
+    return [...this.leaders.keys()].map((s) => this.group(s));
+  }
+  async readScopes(scopes: readonly string[]): Promise<GroupView[]> {
+    this.partialReads.push([...scopes].sort());
+    if (this.delayMs) await sleep(this.delayMs);
+    if (this.failPartial) throw this.failPartial;
+    return scopes.map((s) => this.group(s));
+  }
+  async close() {}
+}
+
+describe('ReadLoop: partial re-reads (changed(scopes))', () => {
+  test('an event naming one scope re-reads only that scope; its group is replaced, the others are the same objects', async () => {
+    const { log } = captureLog();
+    const r = new ScopedReader();
+    const loop = new ReadLoop(r, log, { debounceMs: 1 });
+    let changes = 0;
+    loop.onChange(() => changes++);
+    await loop.start();
+    try {
+      const before = loop.snapshot();
+      assert.equal(r.fullReads, 1);
+      r.leaders.set('wk1', 'a2');
+      r.hooks?.changed(['wk1']);
+      await waitFor(() => changes === 2);
+      assert.equal(r.fullReads, 1, 'no full read');
+      assert.deepEqual(r.partialReads, [['wk1']]);
+      const after = loop.snapshot();
+      assert.deepEqual(
+        after.groups.map((g) => [g.scope, g.leader]),
+        [
+          ['cn', 'c1'],
+          ['wk1', 'a2'],
+          ['wk2', 'b1'],
+        ],
+        'same order as the full read',
+      );
+      assert.equal(after.groups[0], before.groups[0], 'untouched groups carried over');
+      assert.equal(after.groups[2], before.groups[2]);
+      assert.notEqual(after.groups[1], before.groups[1]);
+      assert.ok(Object.isFrozen(after.groups[1]));
+      assert.deepEqual(loop.stats(), { fullReads: 1, partialReads: 1, scopesReread: 1, failedReads: 0 });
+      // a partial read that finds nothing new: no onChange
+      r.hooks?.changed(['wk2']);
+      await waitFor(() => r.partialReads.length === 2);
+      await sleep(10);
+      assert.equal(changes, 2);
+    } finally {
+      await loop.stop();
+    }
+  });
+
+  test('a burst naming several scopes is ONE partial read of their union', async () => {
+    const { log } = captureLog();
+    const r = new ScopedReader();
+    const loop = new ReadLoop(r, log, { debounceMs: 10 });
+    await loop.start();
+    try {
+      for (const s of ['wk2', 'wk1', 'wk2', 'wk1', 'wk2']) r.hooks?.changed([s]);
+      await sleep(60);
+      assert.deepEqual(r.partialReads, [['wk1', 'wk2']]);
+      assert.equal(r.fullReads, 1);
+    } finally {
+      await loop.stop();
+    }
+  });
+
+  test('changed() without scopes, reconnected(), refresh(), a scope not in the view: full reads', async () => {
+    const { log } = captureLog();
+    const r = new ScopedReader();
+    const loop = new ReadLoop(r, log, { debounceMs: 5 });
+    await loop.start();
+    try {
+      r.hooks?.changed(['wk1']);
+      r.hooks?.changed();
+      await waitFor(() => r.fullReads === 2);
+      await sleep(20);
+      assert.deepEqual(r.partialReads, [], 'a full read covers the scopes named in the same burst');
+      r.hooks?.changed(['wk1']);
+      r.hooks?.reconnected();
+      await waitFor(() => r.fullReads === 3);
+      await loop.refresh();
+      assert.equal(r.fullReads, 4);
+      r.hooks?.changed(['not-a-group-of-this-view']);
+      await waitFor(() => r.fullReads === 5);
+      assert.deepEqual(r.partialReads, []);
+    } finally {
+      await loop.stop();
+    }
+  });
+
+  test('a failed partial read marks the view stale like a failed full read; the retry is a full read', async () => {
+    const { log, lines } = captureLog();
+    const r = new ScopedReader();
+    const loop = new ReadLoop(r, log, { debounceMs: 1, backoffInitialMs: 20, backoffMaxMs: 40 });
+    let changes = 0;
+    loop.onChange(() => changes++);
+    await loop.start();
+    try {
+      r.failPartial = new Error('deadline exceeded');
+      r.failFull = new Error('connect ECONNREFUSED');
+      r.leaders.set('wk1', 'a2');
+      r.hooks?.changed(['wk1']);
+      await waitFor(() => !loop.snapshot().fresh);
+      assert.equal(changes, 2, 'going stale fires onChange');
+      assert.match(loop.snapshot().staleReason ?? '', /^fake etcd unreachable since .*deadline exceeded/);
+      assert.equal(loop.snapshot().groups[1]?.leader, 'a1', 'last view kept');
+      assert.equal(lines.filter((l) => l.level === 40).length, 1);
+      // while failing every read is a full one, events naming scopes included
+      r.hooks?.changed(['wk2']);
+      await waitFor(() => r.fullReads >= 3);
+      assert.deepEqual(r.partialReads, [['wk1']]);
+      r.failFull = null;
+      r.failPartial = null;
+      await waitFor(() => loop.snapshot().fresh);
+      assert.equal(loop.snapshot().groups[1]?.leader, 'a2');
+      assert.equal(changes, 3);
+      assert.deepEqual(r.partialReads, [['wk1']], 'recovery by a full read');
+      assert.ok(loop.stats().failedReads >= 2);
+    } finally {
+      await loop.stop();
+    }
+  });
+
+  test('partial reads do not postpone the periodic full resync', async () => {
+    const { log } = captureLog();
+    const r = new ScopedReader();
+    r.periodMs = 60;
+    const loop = new ReadLoop(r, log, { debounceMs: 1 });
+    await loop.start();
+    try {
+      const end = Date.now() + 260;
+      while (Date.now() < end) {
+        r.hooks?.changed(['wk1']);
+        await sleep(8);
+      }
+      assert.ok(r.partialReads.length >= 10, `partial reads ${r.partialReads.length}`);
+      assert.ok(r.fullReads >= 4, `full resyncs while events kept coming: ${r.fullReads - 1}`);
+    } finally {
+      await loop.stop();
+    }
+  });
+
+  test('changedAt: when the first event of the burst arrived (before the debounce and the read); kept by reads that change nothing', async () => {
+    const { log } = captureLog();
+    const r = new ScopedReader();
+    const loop = new ReadLoop(r, log, { debounceMs: 20 });
+    let changes = 0;
+    loop.onChange(() => changes++);
+    const t0 = Date.now();
+    await loop.start();
+    try {
+      const first = loop.snapshot().changedAt;
+      assert.ok(first !== undefined && first >= t0 && first <= Date.now(), 'the start read');
+      r.delayMs = 30;
+      r.leaders.set('wk2', 'b2');
+      const tEvent = Date.now();
+      r.hooks?.changed(['wk2']);
+      await sleep(10);
+      r.hooks?.changed(['wk2']); // same burst
+      await waitFor(() => changes === 2);
+      const s = loop.snapshot();
+      assert.ok(s.changedAt !== undefined && s.changedAt >= tEvent && s.changedAt <= tEvent + 5, `changedAt ${String(s.changedAt)} vs event ${tEvent}`);
+      assert.ok(s.observedAt - s.changedAt >= 45, 'debounce + read time are before observedAt, not before changedAt');
+      r.hooks?.changed(['wk1']); // nothing new
+      await waitFor(() => r.partialReads.length === 2);
+      await sleep(5);
+      assert.equal(loop.snapshot().changedAt, s.changedAt);
+      assert.equal(changes, 2);
+    } finally {
+      await loop.stop();
+    }
+  });
+
+  test('a reader without readScopes gets full reads for events naming scopes', async () => {
+    const { log } = captureLog();
+    const r = new FakeReader();
+    const loop = new ReadLoop(r, log, { debounceMs: 1 });
+    await loop.start();
+    try {
+      r.hooks?.changed(['wk1']);
+      await waitFor(() => r.reads === 2);
+      assert.deepEqual(loop.stats(), { fullReads: 2, partialReads: 0, scopesReread: 0, failedReads: 0 });
+    } finally {
+      await loop.stop();
+    }
   });
 });
