@@ -897,7 +897,7 @@ async function main(): Promise<number> {
     table(
       ['what', 'p50', 'p95', 'max'],
       [
-        ['cold: Controller.start (first etcd read, 1 range per scope)', ms(passes.startMs), '', ''],
+        ['cold: Controller.start (first etcd read: one range over the namespace)', ms(passes.startMs), '', ''],
         ['cold: first pass(apply: false, refresh: true)', ms(passes.firstPassMs), '', ''],
         ['cold: reconcile --dry-run in-process (start + pass)', ms(passes.coldMs), '', ''],
         ['Controller.close (after the warm passes)', ms(passes.closeMs), '', ''],
@@ -905,7 +905,7 @@ async function main(): Promise<number> {
         srow('  of which: etcd source refresh', passes.breakdown.etcdRefreshMs),
         srow('  of which: read pg_dist_node', passes.breakdown.readDistNodesMs),
         srow('  of which: plan()', passes.breakdown.planMs),
-        srow(`etcd source full re-read (EtcdV3Reader.read, ${o.groups + 1} ranges)`, passes.etcdSourceReadMs),
+        srow(`etcd source full re-read (EtcdV3Reader.read, one range over ${o.groups + 1} scopes)`, passes.etcdSourceReadMs),
         srow('for comparison: 1 prefix range + the same parsing', passes.onePrefixReadMs),
         [`CLI reconcile --dry-run wall time (${passes.cli.label}; exit ${passes.cli.exitCode})`, ms(passes.cli.wallMs, 0), '', ''],
       ],

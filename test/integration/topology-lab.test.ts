@@ -7,7 +7,6 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtempSync, readFileSync } from 'node:fs';
-import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
@@ -19,6 +18,7 @@ import { labDown, labSwitchover, labUp, type LabState } from '../../src/lab/inde
 import { chooseSource, ReadLoop, type TopologySourceHandle } from '../../src/topology/source.js';
 import { ProbeReader } from '../../src/topology/probe.js';
 import { withPromotionConfirmation } from '../../src/topology/promotion.js';
+import { freePort } from '../helpers/pg-pair.js';
 import { runningPrimary, type Topology } from '../../src/topology/types.js';
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
@@ -32,17 +32,6 @@ async function waitUntil(cond: () => boolean, timeoutMs: number, what: () => str
   }
 }
 
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createServer();
-    s.on('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const a = s.address();
-      const port = typeof a === 'object' && a ? a.port : 0;
-      s.close(() => resolve(port));
-    });
-  });
-}
 
 interface LogLine {
   level: number;
