@@ -6,13 +6,12 @@
  */
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
+import { captureLog, type LogLine } from '../helpers/log.js';
 import { mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { Writable } from 'node:stream';
 import yaml from 'js-yaml';
-import { pino, type Logger } from 'pino';
 import { configFromObject, type ControllerConfig } from '../../src/config.js';
 import { labDown, labSwitchover, labUp, type LabState } from '../../src/lab/index.js';
 import { chooseSource, ReadLoop, type TopologySourceHandle } from '../../src/topology/source.js';
@@ -33,21 +32,7 @@ async function waitUntil(cond: () => boolean, timeoutMs: number, what: () => str
 }
 
 
-interface LogLine {
-  level: number;
-  msg: string;
-}
 
-function captureLog(): { log: Logger; lines: LogLine[] } {
-  const lines: LogLine[] = [];
-  const stream = new Writable({
-    write(chunk: Buffer, _enc, cb) {
-      for (const l of chunk.toString('utf8').split('\n')) if (l.trim()) lines.push(JSON.parse(l) as LogLine);
-      cb();
-    },
-  });
-  return { log: pino({ level: 'debug' }, stream), lines };
-}
 
 /** `host:port` of the group's running primary per the source, or `!reason`. */
 function primaryAddr(t: Topology, groupid: number): string {

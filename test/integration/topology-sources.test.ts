@@ -7,6 +7,8 @@
  */
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
+import { freePort } from '../helpers/pg-pair.js';
+import { captureLog, type LogLine } from '../helpers/log.js';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, openSync, closeSync, rmSync, existsSync } from 'node:fs';
 import { createServer as createHttpServer, type Server, type IncomingMessage, type ServerResponse } from 'node:http';
@@ -14,8 +16,7 @@ import { connect, createServer as createNetServer, type Server as NetServer, typ
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
-import { Writable } from 'node:stream';
-import { pino, type Logger } from 'pino';
+import type { Logger } from 'pino';
 import { configFromObject, type ControllerConfig } from '../../src/config.js';
 import { chooseSource, ReadLoop, type TopologySourceHandle } from '../../src/topology/source.js';
 import { EtcdV3Reader } from '../../src/topology/etcd.js';
@@ -40,34 +41,8 @@ async function waitUntil(cond: () => boolean | Promise<boolean>, timeoutMs: numb
   }
 }
 
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const s = createNetServer();
-    s.on('error', reject);
-    s.listen(0, HOST, () => {
-      const a = s.address();
-      const port = typeof a === 'object' && a ? a.port : 0;
-      s.close(() => resolve(port));
-    });
-  });
-}
 
-interface LogLine {
-  level: number;
-  msg: string;
-  source?: string;
-}
 
-function captureLog(): { log: Logger; lines: LogLine[] } {
-  const lines: LogLine[] = [];
-  const stream = new Writable({
-    write(chunk: Buffer, _enc, cb) {
-      for (const l of chunk.toString('utf8').split('\n')) if (l.trim()) lines.push(JSON.parse(l) as LogLine);
-      cb();
-    },
-  });
-  return { log: pino({ level: 'debug' }, stream), lines };
-}
 
 function group(t: Topology, groupid: number): GroupView {
   const g = t.groups.find((x) => x.groupid === groupid);
