@@ -48,9 +48,8 @@ interface ActionBase {
   reason: string;
 }
 
-/** citus_update_node(nodeid, to.host, to.port, force, lockCooldownMs). */
-export interface UpdateNodeAction extends ActionBase {
-  kind: 'update_node';
+/** The fields of a citus_update_node(nodeid, to.host, to.port, force, lockCooldownMs) call. */
+interface RowMoveFields extends ActionBase {
   nodeid: number;
   /** Role of the row being moved (a secondary row is moved only to finish a swap). */
   noderole: NodeRole;
@@ -60,18 +59,17 @@ export interface UpdateNodeAction extends ActionBase {
   lockCooldownMs: number;
 }
 
+/** Moves a group's row to its new address: citus_update_node. */
+export interface UpdateNodeAction extends RowMoveFields {
+  kind: 'update_node';
+}
+
 /**
  * Moves a row that holds an address another row needs onto a unique temporary name: also
- * citus_update_node(nodeid, to.host, to.port, force, lockCooldownMs). Never a primary row.
+ * citus_update_node. Never a primary row.
  */
-export interface ParkNodeAction extends ActionBase {
+export interface ParkNodeAction extends RowMoveFields {
   kind: 'park_node';
-  nodeid: number;
-  noderole: NodeRole;
-  from: HostPort;
-  to: HostPort;
-  force: boolean;
-  lockCooldownMs: number;
 }
 
 /**
