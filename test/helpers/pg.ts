@@ -6,17 +6,17 @@ import type pg from 'pg';
 import { pgConnect, pgQuery, readDistNodes, type DistNodeRow } from '../../src/lab/pg.js';
 import type { LabMember, LabState } from '../../src/lab/types.js';
 
-export { pgConnect, readDistNodes, type DistNodeRow };
+/** `query(state, member, sql, params?, db?)`: rows of one query on a fresh connection. */
+export { pgConnect, pgQuery as query, readDistNodes, type DistNodeRow };
 
-/** Rows of one query on `member` (LabMember or name) in `db` (default: the lab's first database). */
-export async function query<R extends pg.QueryResultRow = pg.QueryResultRow>(
-  state: LabState,
-  member: LabMember | string,
-  sql: string,
-  params: unknown[] = [],
-  db?: string,
-): Promise<R[]> {
-  return pgQuery<R>(state, member, sql, params, db);
+/** Whether an open session still answers (false once its backend was terminated). */
+export async function alive(c: pg.Client): Promise<boolean> {
+  try {
+    await c.query('SELECT 1');
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 /** First column of the first row (undefined when no row). */

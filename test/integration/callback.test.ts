@@ -15,6 +15,7 @@ import { execa } from 'execa';
 import yaml from 'js-yaml';
 import type pg from 'pg';
 import { freePort, startPgPair, type PgNode, type PgPair } from '../helpers/pg-pair.js';
+import { alive } from '../helpers/pg.js';
 import { listenForNudges, type Nudge } from '../../src/nudge.js';
 
 const root = resolve(fileURLToPath(import.meta.url), '../../..');
@@ -128,14 +129,6 @@ describe('use_secondary_nodes on a PostgreSQL primary + hot standby', () => {
     const c = await pair.client(node, { applicationName, ...(user ? { user } : {}) });
     open.push(c);
     return c;
-  }
-  async function alive(c: pg.Client): Promise<boolean> {
-    try {
-      await c.query('SELECT 1');
-      return true;
-    } catch {
-      return false;
-    }
   }
   async function show(node: PgNode): Promise<string> {
     const c = await pair.client(node, { applicationName: 'cc-test-show' });

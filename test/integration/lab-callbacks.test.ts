@@ -14,7 +14,6 @@ import assert from 'node:assert/strict';
 import { existsSync, readFileSync } from 'node:fs';
 import { after, before, describe, test } from 'node:test';
 import { execa } from 'execa';
-import type pg from 'pg';
 import {
   HOOK_PATH,
   labSwitchover,
@@ -29,7 +28,7 @@ import {
 import { startControllers, stopControllers, type LabController } from '../../src/lab/controllers.js';
 import { BUILT_CLI } from '../../src/lab/member-config.js';
 import { newLabDir, startLab, stopLab } from '../helpers/lab.js';
-import { scalar } from '../helpers/pg.js';
+import { alive, scalar } from '../helpers/pg.js';
 import { sleep, waitFor } from '../helpers/wait.js';
 
 const CN_VIP = '192.0.2.20';
@@ -70,14 +69,6 @@ async function vipHolders(scope: string, vip: string): Promise<string[]> {
 /** SHOW citus.use_secondary_nodes in a FRESH session. */
 const gucOf = async (m: LabMember): Promise<string | undefined> => scalar<string>(state, m, 'SHOW citus.use_secondary_nodes');
 
-async function alive(c: pg.Client): Promise<boolean> {
-  try {
-    await c.query('SELECT 1');
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 async function roles(scope: string): Promise<{ primary: LabMember; replica: LabMember }> {
   const g = state.groups.find((x) => x.scope === scope)!;
