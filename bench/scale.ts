@@ -42,18 +42,18 @@ import { execa } from 'execa';
 import yaml from 'js-yaml';
 import pg from 'pg';
 import { plan } from '../src/citus/plan.js';
-import type { DistNodeRow } from '../src/citus/types.js';
-import { loadConfig, type ControllerConfig } from '../src/config.js';
-import { Controller, managedGroups, policyOf } from '../src/controller.js';
-import { errorMessage } from '../src/errors.js';
+import type { DistNodeRow } from '../src/citus/model.js';
+import { loadConfig, type ControllerConfig } from '../src/config/load.js';
+import { Controller, managedGroups, policyOf } from '../src/runtime/controller.js';
+import { errorMessage } from '../src/util/errors.js';
 import { CITUS_LAB_PG_PARAMETERS, ensureCitus } from '../src/lab/citus.js';
 import { etcdHealthy, startEtcd } from '../src/lab/etcd.js';
 import { LOOPBACK, findLabProcesses, isAlive, pickFreePorts, resolveRunAs, signal, spawnDetached, waitForExit, type RunAs } from '../src/lab/proc.js';
 import { findExecutable } from '../src/lab/up.js';
-import { createLogger } from '../src/log.js';
-import { EtcdV3Reader } from '../src/topology/etcd.js';
-import { parseScopeKeys, type DcsKv } from '../src/topology/patroni-layout.js';
-import { runningPrimary } from '../src/topology/types.js';
+import { createLogger } from '../src/util/log.js';
+import { EtcdV3Reader } from '../src/topology/dcs/etcd3.js';
+import { parseScopeKeys, type DcsKv } from '../src/topology/dcs/layout.js';
+import { runningPrimary } from '../src/topology/model.js';
 import {
   describeMachine,
   fileSize,

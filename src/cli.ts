@@ -4,7 +4,7 @@
  * Errors a user can cause print ONE line on stderr and exit non-zero (2 = config/usage).
  */
 import { Command, CommanderError } from 'commander';
-import { UserError, errorMessage } from './errors.js';
+import { UserError, errorMessage } from './util/errors.js';
 import { registerConfigCommand } from './commands/config-check.js';
 import { registerCallbackCommand } from './commands/callback.js';
 import { registerLabCommand } from './lab/cli.js';

@@ -21,14 +21,14 @@
 import { createHash } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
 import type pg from 'pg';
-import { formatHostPort, isValidHost } from '../config.js';
-import type { ControllerConfig, HostPort } from '../config.js';
-import { errorMessage } from '../errors.js';
-import { createLogger } from '../log.js';
-import type { Logger } from '../log.js';
-import { brokenReason, closeQuietly, connectCoordinator, DEFAULT_APPLICATION_NAME, isBroken, markBroken } from './connection.js';
+import { formatHostPort, isValidHost } from '../config/load.js';
+import type { ControllerConfig, HostPort } from '../config/load.js';
+import { errorMessage } from '../util/errors.js';
+import { createLogger } from '../util/log.js';
+import type { Logger } from '../util/log.js';
+import { brokenReason, closeQuietly, connectCoordinator, DEFAULT_APPLICATION_NAME, isBroken, markBroken } from '../pg/connect.js';
 import { checkCoordinatorPrimary, readDistNodes } from './metadata.js';
-import type { Action, DistNodeRow, Plan } from './types.js';
+import type { Action, DistNodeRow, Plan } from './model.js';
 
 // ---------------------------------------------------------------------------------------------
 // constants

@@ -5,7 +5,7 @@
  * Columns are always named (Citus 13.2 adds columns). Every statement here is a constant text.
  */
 import type pg from 'pg';
-import type { DistNodeRow, NodeRole } from './types.js';
+import type { DistNodeRow, NodeRole } from './model.js';
 
 export const READ_DIST_NODES_SQL = `SELECT nodeid, groupid, nodename, nodeport, noderole::text AS noderole,
        nodecluster::text AS nodecluster, isactive, hasmetadata, metadatasynced, shouldhaveshards

@@ -19,11 +19,11 @@
  * - Groups Patroni knows but pg_dist_node lacks: `unregistered`, and add_node only with
  *   policy.registerNewGroups. Rows of groups not in knownGroups: left alone, `unmanaged`.
  */
-import { formatHostPort, isValidHost } from '../config.js';
-import type { HostPort } from '../config.js';
-import { memberAddress, runningPrimary, showName } from '../topology/types.js';
-import type { GroupView, MemberView, Topology } from '../topology/types.js';
-import type { Action, AddNodeAction, DistNodeRow, Finding, ParkNodeAction, Plan, Policy, UpdateNodeAction } from './types.js';
+import { formatHostPort, isValidHost } from '../config/load.js';
+import type { HostPort } from '../config/load.js';
+import { memberAddress, runningPrimary, showName } from '../topology/model.js';
+import type { GroupView, MemberView, Topology } from '../topology/model.js';
+import type { Action, AddNodeAction, DistNodeRow, Finding, ParkNodeAction, Plan, Policy, UpdateNodeAction } from './model.js';
 
 type RowsInput = ReadonlyMap<string, readonly DistNodeRow[]> | Readonly<Record<string, readonly DistNodeRow[]>>;
 

@@ -15,11 +15,11 @@
  * Startup time matters: pg and execa are imported only by the steps that need them.
  */
 import type { Command } from 'commander';
-import { loadConfig, type ControllerConfig } from '../config.js';
-import { errorMessage, UserError } from '../errors.js';
-import { CallbackArgsError, parseCallbackArgs, planCallback, type CallbackArgs } from '../roles/callback-plan.js';
-import { convergeNode, type StepOutcome } from '../roles/converge.js';
-import { nudgeSocketPath, runtimeDir, sendNudge } from '../nudge.js';
+import { loadConfig, type ControllerConfig } from '../config/load.js';
+import { errorMessage, UserError } from '../util/errors.js';
+import { CallbackArgsError, parseCallbackArgs, planCallback, type CallbackArgs } from '../node/callback-plan.js';
+import { convergeNode, type StepOutcome } from '../node/converge.js';
+import { nudgeSocketPath, runtimeDir, sendNudge } from '../runtime/nudge.js';
 
 /** Overall limit, measured from process start (ms): the watchdog exits 1 with one line. */
 export const CALLBACK_DEADLINE_MS = 1750;

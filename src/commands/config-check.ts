@@ -1,5 +1,5 @@
 import type { Command } from 'commander';
-import { formatHostPort, loadConfig, scopePrefix, type ControllerConfig } from '../config.js';
+import { formatHostPort, loadConfig, scopePrefix, type ControllerConfig } from '../config/load.js';
 
 /** What `config check` shows: the normalized config, passwords replaced by a mark. */
 export function describeConfig(cfg: ControllerConfig): Record<string, unknown> {

@@ -1,16 +1,16 @@
 /**
- * `watch`, `reconcile` and `status`: the same pass (src/controller.ts), run in a loop, once with
+ * `watch`, `reconcile` and `status`: the same pass (src/runtime/controller.ts), run in a loop, once with
  * apply, or once without.
  */
 import { Option, type Command } from 'commander';
-import { formatHostPort, loadConfig, type ControllerConfig, type HostPort } from '../config.js';
-import { UserError } from '../errors.js';
-import { createLogger, type Logger } from '../log.js';
-import { Controller, type PassOutcome } from '../controller.js';
+import { formatHostPort, loadConfig, type ControllerConfig, type HostPort } from '../config/load.js';
+import { UserError } from '../util/errors.js';
+import { createLogger, type Logger } from '../util/log.js';
+import { Controller, type PassOutcome } from '../runtime/controller.js';
 import { describeAction } from '../citus/apply.js';
-import type { Finding } from '../citus/types.js';
-import { Daemon } from '../daemon.js';
-import { runningPrimary } from '../topology/types.js';
+import type { Finding } from '../citus/model.js';
+import { Daemon } from '../runtime/daemon.js';
+import { runningPrimary } from '../topology/model.js';
 
 interface CommonOpts {
   config: string;

@@ -3,7 +3,7 @@
  * Tables and --json go to stdout, progress lines to stderr. Passwords are never printed.
  */
 import type { Command } from 'commander';
-import { UserError } from '../errors.js';
+import { UserError } from '../util/errors.js';
 import { labDown, type DownReport } from './down.js';
 import { labFailover, labStartMember, labSwitchover, memberRole } from './ha.js';
 import { loadLabState } from './state.js';

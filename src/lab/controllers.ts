@@ -8,7 +8,7 @@ import { existsSync, openSync, readFileSync, closeSync } from 'node:fs';
 import { spawn } from 'node:child_process';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { UserError } from '../errors.js';
+import { UserError } from '../util/errors.js';
 import { memberSocket, writeMemberControllerConfig } from './member-config.js';
 import { isAliveWith, signal, sleep, waitForExit } from './proc.js';
 import { findGroup, loadLabState, saveLabState } from './state.js';

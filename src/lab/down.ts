@@ -4,7 +4,7 @@
  * finally checks that no lab process and no lab port is left. Idempotent.
  */
 import { existsSync, rmSync } from 'node:fs';
-import { UserError } from '../errors.js';
+import { UserError } from '../util/errors.js';
 import {
   findLabProcesses,
   isAlive,

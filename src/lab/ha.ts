@@ -4,7 +4,7 @@
  * reports role master|primary and state running (and, unless told otherwise, X's member key in
  * etcd says the same).
  */
-import { UserError } from '../errors.js';
+import { UserError } from '../util/errors.js';
 import { readScopeFromEtcd, type PatroniMemberKey } from './etcd.js';
 import { isPrimaryRole, patroniPost, patroniStatus, startPatroni, type PatroniStatus, LAB_DCS_TIMINGS } from './patroni.js';
 import { isAlive, isAliveWith, postmasterPid, resolveRunAs, signal, sleep, tailFile, waitForExit } from './proc.js';

@@ -13,8 +13,8 @@ import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import yaml from 'js-yaml';
 import { execa } from 'execa';
-import { loadConfig } from '../config.js';
-import { ConfigError, UserError, errorMessage } from '../errors.js';
+import { loadConfig } from '../config/load.js';
+import { ConfigError, UserError, errorMessage } from '../util/errors.js';
 import type { RunAs } from './proc.js';
 import type { LabCallbacks, LabMember, LabState } from './types.js';
 

@@ -6,7 +6,7 @@
 import { spawn } from 'node:child_process';
 import { closeSync, openSync, readFileSync, readdirSync, readlinkSync } from 'node:fs';
 import { connect, createServer } from 'node:net';
-import { UserError } from '../errors.js';
+import { UserError } from '../util/errors.js';
 
 export const LOOPBACK = '127.0.0.1';
 

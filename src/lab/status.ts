@@ -3,7 +3,7 @@
  * etcd, and pg_dist_node as the coordinator primary sees it. Members that do not answer are
  * `unreachable`; nothing here throws because a process is down.
  */
-import { errorMessage } from '../errors.js';
+import { errorMessage } from '../util/errors.js';
 import { etcdHealthy, readScopeFromEtcd } from './etcd.js';
 import { memberRole } from './ha.js';
 import { isPrimaryRole } from './patroni.js';

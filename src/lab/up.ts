@@ -9,8 +9,8 @@ import { accessSync, chmodSync, chownSync, constants, existsSync, mkdirSync, rea
 import { dirname, join } from 'node:path';
 import yaml from 'js-yaml';
 import { execa } from 'execa';
-import { loadConfig } from '../config.js';
-import { ConfigError, UserError, errorMessage } from '../errors.js';
+import { loadConfig } from '../config/load.js';
+import { ConfigError, UserError, errorMessage } from '../util/errors.js';
 import { citusLabel, ensureCitus, type CitusMode } from './citus.js';
 import { etcdGet, etcdHealthy, scopeKey, startEtcd } from './etcd.js';
 import { memberRole, patroniBinary, waitForLeader, waitForReplica } from './ha.js';

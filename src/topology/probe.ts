@@ -3,7 +3,7 @@
  * parallel, every `citus.loop_wait` seconds. A NEW pg.Client per probe (domain-facts "pg"), its
  * `error` handler attached, `connectionTimeoutMillis` = citus.connect_timeout, a server-side
  * statement_timeout and a client-side query_timeout (the connection is thrown away anyway).
- * Credentials: postgresql.authentication.superuser; without a password, src/pgpass.ts reads
+ * Credentials: postgresql.authentication.superuser; without a password, src/pg/password.ts reads
  * PGPASSWORD / ~/.pgpass itself. Passwords are never logged.
  *
  * Nodes: group 0 = postgresql.connect_address + citus.coordinator_nodes; workers = their `nodes`.
@@ -13,12 +13,12 @@
  * or credentials, not a failover.
  */
 import pg from 'pg';
-import { pgPassword } from '../pgpass.js';
-import { ConfigError, errorMessage, maskSecrets } from '../errors.js';
-import { formatHostPort, type ControllerConfig, type HostPort } from '../config.js';
-import type { Logger } from '../log.js';
-import type { TopologyReader } from './source.js';
-import type { GroupView, MemberView } from './types.js';
+import { pgPassword } from '../pg/password.js';
+import { ConfigError, errorMessage, maskSecrets } from '../util/errors.js';
+import { formatHostPort, type ControllerConfig, type HostPort } from '../config/load.js';
+import type { Logger } from '../util/log.js';
+import type { TopologyReader } from './read-loop.js';
+import type { GroupView, MemberView } from './model.js';
 
 export interface ProbeGroupRef {
   groupid: number;

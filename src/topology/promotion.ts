@@ -17,12 +17,12 @@
  * address changes, or X's member key catches up.
  */
 import pg from 'pg';
-import type { ControllerConfig } from '../config.js';
-import { pgPassword } from '../pgpass.js';
-import { errorMessage } from '../errors.js';
-import type { Logger } from '../log.js';
-import type { TopologySourceHandle } from './source.js';
-import { memberAddress, type GroupView, type Topology } from './types.js';
+import type { ControllerConfig } from '../config/load.js';
+import { pgPassword } from '../pg/password.js';
+import { errorMessage } from '../util/errors.js';
+import type { Logger } from '../util/log.js';
+import type { TopologySourceHandle } from './read-loop.js';
+import { memberAddress, type GroupView, type Topology } from './model.js';
 
 interface Pending {
   groupid: number;

@@ -21,11 +21,11 @@ import { pino } from 'pino';
 import type { Logger } from 'pino';
 import { APPLY_SQL, Applier, WRITER_LOCK_KEY, describeAction, epochNowMs, validateAction } from '../../src/citus/apply.js';
 import type { ApplierConfig, ApplierOptions } from '../../src/citus/apply.js';
-import { connectCoordinator, isBroken } from '../../src/citus/connection.js';
+import { connectCoordinator, isBroken } from '../../src/pg/connect.js';
 import { IS_COORDINATOR_SQL, READ_DIST_NODES_SQL, RECOVERY_AND_CITUS_SQL, checkCoordinatorPrimary, readDistNodes } from '../../src/citus/metadata.js';
-import type { Action, AddNodeAction, DistNodeRow, ParkNodeAction, Plan, UpdateNodeAction } from '../../src/citus/types.js';
-import type { CitusConfig } from '../../src/config.js';
-import { UserError } from '../../src/errors.js';
+import type { Action, AddNodeAction, DistNodeRow, ParkNodeAction, Plan, UpdateNodeAction } from '../../src/citus/model.js';
+import type { CitusConfig } from '../../src/config/load.js';
+import { UserError } from '../../src/util/errors.js';
 import { detectCitus, ensureCitus } from '../../src/lab/citus.js';
 import { pickFreePorts, resolveRunAs } from '../../src/lab/proc.js';
 

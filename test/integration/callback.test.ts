@@ -16,7 +16,7 @@ import yaml from 'js-yaml';
 import type pg from 'pg';
 import { freePort, startPgPair, type PgNode, type PgPair } from '../helpers/pg-pair.js';
 import { alive } from '../helpers/pg.js';
-import { listenForNudges, type Nudge } from '../../src/nudge.js';
+import { listenForNudges, type Nudge } from '../../src/runtime/nudge.js';
 
 const root = resolve(fileURLToPath(import.meta.url), '../../..');
 const HOOK = join(root, 'hooks/patroni-callback');

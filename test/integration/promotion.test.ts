@@ -5,11 +5,11 @@
  */
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { configFromObject } from '../../src/config.js';
-import { createLogger } from '../../src/log.js';
+import { configFromObject } from '../../src/config/load.js';
+import { createLogger } from '../../src/util/log.js';
 import { PromotionConfirmer } from '../../src/topology/promotion.js';
-import type { TopologySourceHandle } from '../../src/topology/source.js';
-import { runningPrimary, type GroupView, type MemberView, type Topology } from '../../src/topology/types.js';
+import type { TopologySourceHandle } from '../../src/topology/read-loop.js';
+import { runningPrimary, type GroupView, type MemberView, type Topology } from '../../src/topology/model.js';
 import { freePort, startPgPair, type PgPair } from '../helpers/pg-pair.js';
 import { sleep, waitFor } from '../helpers/wait.js';
 

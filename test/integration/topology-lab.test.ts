@@ -12,13 +12,13 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import yaml from 'js-yaml';
-import { configFromObject, type ControllerConfig } from '../../src/config.js';
+import { configFromObject, type ControllerConfig } from '../../src/config/load.js';
 import { labDown, labSwitchover, labUp, type LabState } from '../../src/lab/index.js';
-import { chooseSource, ReadLoop, type TopologySourceHandle } from '../../src/topology/source.js';
+import { chooseSource, ReadLoop, type TopologySourceHandle } from '../../src/topology/read-loop.js';
 import { ProbeReader } from '../../src/topology/probe.js';
 import { withPromotionConfirmation } from '../../src/topology/promotion.js';
 import { freePort } from '../helpers/pg-pair.js';
-import { runningPrimary, type Topology } from '../../src/topology/types.js';
+import { runningPrimary, type Topology } from '../../src/topology/model.js';
 
 const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
 

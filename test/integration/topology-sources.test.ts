@@ -17,12 +17,12 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import type { Logger } from 'pino';
-import { configFromObject, type ControllerConfig } from '../../src/config.js';
-import { chooseSource, ReadLoop, type TopologySourceHandle } from '../../src/topology/source.js';
-import { EtcdV3Reader } from '../../src/topology/etcd.js';
-import { EtcdV2Reader } from '../../src/topology/etcd2.js';
-import { PatroniRestReader } from '../../src/topology/patroni-rest.js';
-import { runningPrimary, type GroupView, type Topology } from '../../src/topology/types.js';
+import { configFromObject, type ControllerConfig } from '../../src/config/load.js';
+import { chooseSource, ReadLoop, type TopologySourceHandle } from '../../src/topology/read-loop.js';
+import { EtcdV3Reader } from '../../src/topology/dcs/etcd3.js';
+import { EtcdV2Reader } from '../../src/topology/dcs/etcd2.js';
+import { PatroniRestReader } from '../../src/topology/rest.js';
+import { runningPrimary, type GroupView, type Topology } from '../../src/topology/model.js';
 
 const ETCD_BIN = '/usr/bin/etcd';
 const HOST = '127.0.0.1';
@@ -751,9 +751,9 @@ describe('etcd v3 and v2 sources against a real etcd', { timeout: 110_000 }, () 
     for (const section of ['etcd3', 'etcd'] as const) {
       const cfg = JSON.stringify(etcdConfig(etcd, section, { cn: 'cn', workers: [[1, 'wk1']] }));
       const code = `
-        import { ReadLoop } from './src/topology/source.ts';
-        import { EtcdV3Reader } from './src/topology/etcd.ts';
-        import { EtcdV2Reader } from './src/topology/etcd2.ts';
+        import { ReadLoop } from './src/topology/read-loop.ts';
+        import { EtcdV3Reader } from './src/topology/dcs/etcd3.ts';
+        import { EtcdV2Reader } from './src/topology/dcs/etcd2.ts';
         import { pino } from 'pino';
         const cfg = ${cfg};
         const log = pino({ level: 'silent' });

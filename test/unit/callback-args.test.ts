@@ -5,7 +5,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import type { ControllerConfig } from '../../src/config.js';
+import type { ControllerConfig } from '../../src/config/load.js';
 import {
   CALLBACK_ACTIONS,
   CALLBACK_ROLES,
@@ -15,9 +15,9 @@ import {
   planCallback,
   type CallbackAction,
   type NodeRole,
-} from '../../src/roles/callback-plan.js';
-import { desiredUseSecondary } from '../../src/roles/use-secondary-nodes.js';
-import { planForLocalRole } from '../../src/roles/converge.js';
+} from '../../src/node/callback-plan.js';
+import { desiredUseSecondary } from '../../src/node/use-secondary-nodes.js';
+import { planForLocalRole } from '../../src/node/converge.js';
 
 const root = resolve(fileURLToPath(import.meta.url), '../../..');
 const cli = join(root, 'src/cli.ts');

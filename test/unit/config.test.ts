@@ -6,8 +6,8 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import yaml from 'js-yaml';
-import { configFromObject, loadConfig, parseHostPort } from '../../src/config.js';
-import { ConfigError } from '../../src/errors.js';
+import { configFromObject, loadConfig, parseHostPort } from '../../src/config/load.js';
+import { ConfigError } from '../../src/util/errors.js';
 
 const root = resolve(fileURLToPath(import.meta.url), '../../..');
 const seedPath = resolve(root, '../shared/fixtures/seed-patroni.yml');

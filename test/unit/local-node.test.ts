@@ -4,8 +4,8 @@
  */
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { localRoleFromTopology } from '../../src/roles/local-node.js';
-import type { GroupView, MemberView, Topology } from '../../src/topology/types.js';
+import { localRoleFromTopology } from '../../src/node/keeper.js';
+import type { GroupView, MemberView, Topology } from '../../src/topology/model.js';
 
 function member(name: string, port: number, role: MemberView['role'], state = 'running'): MemberView {
   return { name, host: '10.0.0.1', port, role, rawRole: role === 'primary' ? 'master' : role, state, timeline: 1, lagBytes: 0, tags: {} };

@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { chmodSync, mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { lookupPgpass, parsePgpassLine, resolvePassword } from '../../src/pgpass.js';
+import { lookupPgpass, parsePgpassLine, resolvePassword } from '../../src/pg/password.js';
 
 const cfg = (password?: string) => ({
   postgresql: { connectAddress: { host: 'db1', port: 5432 }, superuser: { username: 'postgres', ...(password !== undefined ? { password } : {}) } },

@@ -9,10 +9,10 @@ import { readFileSync } from 'node:fs';
 import { Writable } from 'node:stream';
 import yaml from 'js-yaml';
 import { pino } from 'pino';
-import { configFromObject, type ControllerConfig } from '../../src/config.js';
-import { ConfigError } from '../../src/errors.js';
-import { chooseSource, pickSourceKind } from '../../src/topology/source.js';
-import { restAddressesOf } from '../../src/topology/patroni-rest.js';
+import { configFromObject, type ControllerConfig } from '../../src/config/load.js';
+import { ConfigError } from '../../src/util/errors.js';
+import { chooseSource, pickSourceKind } from '../../src/topology/read-loop.js';
+import { restAddressesOf } from '../../src/topology/rest.js';
 import { probeNodesOf } from '../../src/topology/probe.js';
 
 const seedPath = new URL('../../../shared/fixtures/seed-patroni.yml', import.meta.url);

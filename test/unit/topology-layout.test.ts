@@ -1,8 +1,8 @@
 import { test, describe } from 'node:test';
 import assert from 'node:assert/strict';
-import { flattenV2Node, groupSignature, parseMember, parseScopeKeys, scopeOfKey, viewSignature, type DcsKv } from '../../src/topology/patroni-layout.js';
-import type { GroupView } from '../../src/topology/types.js';
-import { runningPrimary } from '../../src/topology/types.js';
+import { flattenV2Node, groupSignature, parseMember, parseScopeKeys, scopeOfKey, viewSignature, type DcsKv } from '../../src/topology/dcs/layout.js';
+import type { GroupView } from '../../src/topology/model.js';
+import { runningPrimary } from '../../src/topology/model.js';
 
 const P = '/service/wk1/';
 

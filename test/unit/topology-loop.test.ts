@@ -1,13 +1,13 @@
 /**
- * The read loop every topology source shares (src/topology/source.ts ReadLoop), driven by a fake
+ * The read loop every topology source shares (src/topology/read-loop.ts ReadLoop), driven by a fake
  * reader: debounce, single flight, refresh, stale/fresh transitions logged once, backoff, stop.
  */
 import { test, describe } from 'node:test';
 import assert from 'node:assert/strict';
 import { Writable } from 'node:stream';
 import { pino } from 'pino';
-import { ReadLoop, type ReaderHooks, type TopologyReader } from '../../src/topology/source.js';
-import type { GroupView } from '../../src/topology/types.js';
+import { ReadLoop, type ReaderHooks, type TopologyReader } from '../../src/topology/read-loop.js';
+import type { GroupView } from '../../src/topology/model.js';
 
 function captureLog() {
   const lines: Array<{ level: number; msg: string }> = [];

@@ -5,14 +5,14 @@
  * after it (coalesced). The pass writes only while the local CN is the primary and this process
  * holds the writer lock; everything else is watched and reported, once per change of state.
  */
-import type { ControllerConfig } from './config.js';
-import { formatHostPort } from './config.js';
-import { errorMessage } from './errors.js';
-import type { Logger } from './log.js';
+import type { ControllerConfig } from '../config/load.js';
+import { formatHostPort } from '../config/load.js';
+import { errorMessage } from '../util/errors.js';
+import type { Logger } from '../util/log.js';
 import { Controller, type PassOutcome } from './controller.js';
-import type { WriterState } from './citus/apply.js';
+import type { WriterState } from '../citus/apply.js';
 import { listenForNudges, nudgeSocketPath, type NudgeListener } from './nudge.js';
-import { LocalNodeKeeper } from './roles/local-node.js';
+import { LocalNodeKeeper } from '../node/keeper.js';
 
 export interface DaemonOptions {
   log: Logger;

@@ -22,12 +22,12 @@
  *   group with 3 members): gRPC's default 4 MB receive limit is raised to 256 MB.
  */
 import { Etcd3, type IOptions, type Watcher } from 'etcd3';
-import { formatHostPort, scopePrefix, type ControllerConfig } from '../config.js';
-import { errorMessage } from '../errors.js';
-import type { Logger } from '../log.js';
-import { flattenV2Node, parseScopeKeys, scopeOfKey, type DcsKv } from './patroni-layout.js';
-import type { ReaderHooks, TopologyReader } from './source.js';
-import type { GroupView } from './types.js';
+import { formatHostPort, scopePrefix, type ControllerConfig } from '../../config/load.js';
+import { errorMessage } from '../../util/errors.js';
+import type { Logger } from '../../util/log.js';
+import { flattenV2Node, parseScopeKeys, scopeOfKey, type DcsKv } from './layout.js';
+import type { ReaderHooks, TopologyReader } from '../read-loop.js';
+import type { GroupView } from '../model.js';
 
 type FaultHandling = NonNullable<IOptions['faultHandling']>;
 type Policy = NonNullable<FaultHandling['global']>;

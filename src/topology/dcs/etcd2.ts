@@ -18,13 +18,13 @@
  * poll says `disconnected` and retries with backoff 100 ms -> 2 s, the first success after that
  * says `reconnected`.
  */
-import { formatHostPort, scopePrefix, type ControllerConfig } from '../config.js';
-import { errorMessage } from '../errors.js';
-import type { Logger } from '../log.js';
-import { basicAuth, bucketByScope, describeScopes, namespacePrefix, scopeIndex, scopesOf, type ScopeRef } from './etcd.js';
-import { flattenV2Node, parseScopeKeys, scopeOfKey, type DcsKv } from './patroni-layout.js';
-import type { ReaderHooks, TopologyReader } from './source.js';
-import type { GroupView } from './types.js';
+import { formatHostPort, scopePrefix, type ControllerConfig } from '../../config/load.js';
+import { errorMessage } from '../../util/errors.js';
+import type { Logger } from '../../util/log.js';
+import { basicAuth, bucketByScope, describeScopes, namespacePrefix, scopeIndex, scopesOf, type ScopeRef } from './etcd3.js';
+import { flattenV2Node, parseScopeKeys, scopeOfKey, type DcsKv } from './layout.js';
+import type { ReaderHooks, TopologyReader } from '../read-loop.js';
+import type { GroupView } from '../model.js';
 
 export interface EtcdV2ReaderOptions {
   /** Timeout of each read request (ms). Default: citus.connect_timeout. */

@@ -7,7 +7,7 @@
  * `/<namespace>/<scope>/members/<name>` = member JSON, plus config, status, history, ...
  * With Patroni's own Citus mode the keys live one level deeper: `/<namespace>/<scope>/<group>/...`.
  */
-import { normalizeRole, parseConnUrl, showName, type GroupView, type MemberView } from './types.js';
+import { normalizeRole, parseConnUrl, showName, type GroupView, type MemberView } from '../model.js';
 
 export interface DcsKv {
   /** Full key, e.g. `/service/wk1/members/wk1-a`. */

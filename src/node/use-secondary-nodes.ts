@@ -14,11 +14,11 @@
  *
  * pg is imported lazily (type-only import here) so the callback starts fast.
  */
-import { pgPassword } from '../pgpass.js';
+import { pgPassword } from '../pg/password.js';
 import { mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import type { Client, ClientConfig } from 'pg';
-import { formatHostPort, type ControllerConfig } from '../config.js';
+import { formatHostPort, type ControllerConfig } from '../config/load.js';
 import { desiredUseSecondary, type UseSecondaryNodes } from './callback-plan.js';
 
 export { desiredUseSecondary };

@@ -14,11 +14,11 @@
  * `unreachable` (so it has no running primary and the planner keeps its rows), with a problem
  * naming the addresses; only when NO group answers is the whole view stale (read throws).
  */
-import { ConfigError, errorMessage } from '../errors.js';
-import { formatHostPort, isValidHost, type ControllerConfig, type HostPort } from '../config.js';
-import type { Logger } from '../log.js';
-import type { TopologyReader } from './source.js';
-import { isValidPort, normalizeRole, showName, type GroupView, type MemberView } from './types.js';
+import { ConfigError, errorMessage } from '../util/errors.js';
+import { formatHostPort, isValidHost, type ControllerConfig, type HostPort } from '../config/load.js';
+import type { Logger } from '../util/log.js';
+import type { TopologyReader } from './read-loop.js';
+import { isValidPort, normalizeRole, showName, type GroupView, type MemberView } from './model.js';
 
 export interface RestGroupRef {
   groupid: number;

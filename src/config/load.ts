@@ -6,7 +6,7 @@
 import { readFileSync } from 'node:fs';
 import yaml from 'js-yaml';
 import { z } from 'zod';
-import { ConfigError } from './errors.js';
+import { ConfigError } from '../util/errors.js';
 
 export interface HostPort {
   host: string;

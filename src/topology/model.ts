@@ -7,8 +7,8 @@
  * has a usable address. Anything else (no leader key, leader not yet promoted, two writable
  * members, ...) is ambiguity: the planner keeps the current pg_dist_node row.
  */
-import { isValidHost } from '../config.js';
-import type { HostPort } from '../config.js';
+import { isValidHost } from '../config/load.js';
+import type { HostPort } from '../config/load.js';
 
 export type TopologySource = 'etcd' | 'etcd2' | 'rest' | 'probe';
 

@@ -8,7 +8,7 @@
  */
 import { accessSync, constants } from 'node:fs';
 import { delimiter, join } from 'node:path';
-import type { VipConfig } from '../config.js';
+import type { VipConfig } from '../config/load.js';
 
 export type VipSpec = Pick<VipConfig, 'address' | 'prefix' | 'interface'>;
 

@@ -4,7 +4,7 @@
  * run per pass: planForLocalRole + convergeNode, so drift is repaired even when a callback was
  * SIGKILLed or never ran). Each step reports one line; steps never throw.
  */
-import { formatHostPort, type ControllerConfig } from '../config.js';
+import { formatHostPort, type ControllerConfig } from '../config/load.js';
 import { planCallback, type CallbackPlan, type NodeRole } from './callback-plan.js';
 import {
   connectionOptions,
@@ -14,7 +14,7 @@ import {
   type EnsureResult,
   type MiniLogger,
 } from './use-secondary-nodes.js';
-import { bind, gratuitousArp, unbind, vipText, type GarpOptions } from '../vip/manager.js';
+import { bind, gratuitousArp, unbind, vipText, type GarpOptions } from './vip.js';
 
 export interface StepOutcome {
   step: 'use_secondary_nodes' | 'vip';

@@ -15,13 +15,13 @@
  * them, each on the latest pass's view. stop() waits for the check in flight, then releases the
  * VIP unless vip.keep_on_stop (SIGTERM).
  */
-import { formatHostPort, type ControllerConfig } from '../config.js';
-import { errorMessage } from '../errors.js';
-import type { Logger } from '../log.js';
-import type { PassOutcome } from '../controller.js';
-import { runningPrimary, type MemberView, type Topology } from '../topology/types.js';
-import { releaseVip } from '../vip/manager.js';
-import { runtimeDir } from '../nudge.js';
+import { formatHostPort, type ControllerConfig } from '../config/load.js';
+import { errorMessage } from '../util/errors.js';
+import type { Logger } from '../util/log.js';
+import type { PassOutcome } from '../runtime/controller.js';
+import { runningPrimary, type MemberView, type Topology } from '../topology/model.js';
+import { releaseVip } from './vip.js';
+import { runtimeDir } from '../runtime/nudge.js';
 import { convergeNode, planForLocalRole } from './converge.js';
 import { connectionOptions, connectLocal, describePgError } from './use-secondary-nodes.js';
 

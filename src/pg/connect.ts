@@ -14,11 +14,11 @@
  *   and user, never the password.
  */
 import pg from 'pg';
-import { pgPassword } from '../pgpass.js';
-import { formatHostPort } from '../config.js';
-import type { ControllerConfig } from '../config.js';
-import { UserError, errorMessage, maskSecrets } from '../errors.js';
-import type { Logger } from '../log.js';
+import { pgPassword } from './password.js';
+import { formatHostPort } from '../config/load.js';
+import type { ControllerConfig } from '../config/load.js';
+import { UserError, errorMessage, maskSecrets } from '../util/errors.js';
+import type { Logger } from '../util/log.js';
 
 export type CoordinatorConnectConfig = Pick<ControllerConfig, 'postgresql' | 'citus'>;
 
@@ -84,7 +84,7 @@ export function coordinatorClientConfig(cfg: CoordinatorConnectConfig, database:
     port: connectAddress.port,
     database,
     user: superuser.username,
-    // config, else PGPASSWORD, else PGPASSFILE / ~/.pgpass, as libpq does (src/pgpass.ts)
+    // config, else PGPASSWORD, else PGPASSFILE / ~/.pgpass, as libpq does (src/pg/password.ts)
     password: pgPassword(cfg, { host: connectAddress.host, port: connectAddress.port, database }),
     connectionTimeoutMillis: c.connectTimeoutMs,
     application_name: applicationName,

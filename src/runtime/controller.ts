@@ -4,15 +4,15 @@
  *
  * Sources never write; the applier never decides; this module only wires them together.
  */
-import type { ControllerConfig } from './config.js';
-import { errorMessage } from './errors.js';
-import type { Logger } from './log.js';
-import { Applier, type ApplyResult, type DetectedAt } from './citus/apply.js';
-import { plan } from './citus/plan.js';
-import type { DistNodeRow, Plan, Policy } from './citus/types.js';
-import { chooseSource, type TopologySourceHandle } from './topology/source.js';
-import { withPromotionConfirmation } from './topology/promotion.js';
-import type { Topology } from './topology/types.js';
+import type { ControllerConfig } from '../config/load.js';
+import { errorMessage } from '../util/errors.js';
+import type { Logger } from '../util/log.js';
+import { Applier, type ApplyResult, type DetectedAt } from '../citus/apply.js';
+import { plan } from '../citus/plan.js';
+import type { DistNodeRow, Plan, Policy } from '../citus/model.js';
+import { chooseSource, type TopologySourceHandle } from '../topology/read-loop.js';
+import { withPromotionConfirmation } from '../topology/promotion.js';
+import type { Topology } from '../topology/model.js';
 
 export interface PassOutcome {
   topology: Topology;
