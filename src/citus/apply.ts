@@ -21,8 +21,9 @@
 import { createHash } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
 import type pg from 'pg';
-import { formatHostPort, isValidHost } from '../config/load.js';
-import type { ControllerConfig, HostPort } from '../config/load.js';
+import { formatHostPort, isValidHost } from '../net/address.js';
+import type { ControllerConfig } from '../config/types.js';
+import type { HostPort } from '../net/address.js';
 import { errorMessage } from '../util/errors.js';
 import { createLogger } from '../util/log.js';
 import type { Logger } from '../util/log.js';

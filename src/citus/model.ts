@@ -10,7 +10,7 @@
  *   after an IP reuse). If a batch fails, roll it back and skip the rest of that database;
  *   the next pass re-plans from the rows as they are.
  */
-import type { HostPort } from '../config/load.js';
+import type { HostPort } from '../net/address.js';
 
 export type NodeRole = 'primary' | 'secondary' | 'unavailable';
 

@@ -19,8 +19,8 @@
  * - Groups Patroni knows but pg_dist_node lacks: `unregistered`, and add_node only with
  *   policy.registerNewGroups. Rows of groups not in knownGroups: left alone, `unmanaged`.
  */
-import { formatHostPort, isValidHost } from '../config/load.js';
-import type { HostPort } from '../config/load.js';
+import { formatHostPort, isValidHost } from '../net/address.js';
+import type { HostPort } from '../net/address.js';
 import { memberAddress, runningPrimary, showName } from '../topology/model.js';
 import type { GroupView, MemberView, Topology } from '../topology/model.js';
 import type { Action, AddNodeAction, DistNodeRow, Finding, ParkNodeAction, Plan, Policy, UpdateNodeAction } from './model.js';

@@ -15,7 +15,8 @@
  * Startup time matters: pg and execa are imported only by the steps that need them.
  */
 import type { Command } from 'commander';
-import { loadConfig, type ControllerConfig } from '../config/load.js';
+import { loadConfig } from '../config/load.js';
+import { type ControllerConfig } from '../config/types.js';
 import { errorMessage, UserError } from '../util/errors.js';
 import { CallbackArgsError, parseCallbackArgs, planCallback, type CallbackArgs } from '../node/callback-plan.js';
 import { convergeNode, type StepOutcome } from '../node/converge.js';

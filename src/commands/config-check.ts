@@ -1,5 +1,8 @@
 import type { Command } from 'commander';
-import { formatHostPort, loadConfig, scopePrefix, type ControllerConfig } from '../config/load.js';
+import { formatHostPort } from '../net/address.js';
+import { loadConfig } from '../config/load.js';
+import { scopePrefix } from '../config/groups.js';
+import { type ControllerConfig } from '../config/types.js';
 
 /** What `config check` shows: the normalized config, passwords replaced by a mark. */
 export function describeConfig(cfg: ControllerConfig): Record<string, unknown> {

@@ -3,7 +3,9 @@
  * apply, or once without.
  */
 import { Option, type Command } from 'commander';
-import { formatHostPort, loadConfig, type ControllerConfig, type HostPort } from '../config/load.js';
+import { formatHostPort, type HostPort } from '../net/address.js';
+import { loadConfig } from '../config/load.js';
+import { type ControllerConfig } from '../config/types.js';
 import { UserError } from '../util/errors.js';
 import { createLogger, type Logger } from '../util/log.js';
 import { Controller, type PassOutcome } from '../runtime/controller.js';

@@ -3,7 +3,7 @@
  * whole table is unit tested (test/unit/callback-args.test.ts) and the watch daemon can reuse it
  * for its per-pass re-check (same desired state as the callback, one code path).
  */
-import type { ControllerConfig } from '../config/load.js';
+import type { ControllerConfig } from '../config/types.js';
 
 export const CALLBACK_ACTIONS = ['on_start', 'on_stop', 'on_restart', 'on_reload', 'on_role_change'] as const;
 export type CallbackAction = (typeof CALLBACK_ACTIONS)[number];

@@ -4,7 +4,8 @@
  * run per pass: planForLocalRole + convergeNode, so drift is repaired even when a callback was
  * SIGKILLed or never ran). Each step reports one line; steps never throw.
  */
-import { formatHostPort, type ControllerConfig } from '../config/load.js';
+import { formatHostPort } from '../net/address.js';
+import { type ControllerConfig } from '../config/types.js';
 import { planCallback, type CallbackPlan, type NodeRole } from './callback-plan.js';
 import {
   connectionOptions,

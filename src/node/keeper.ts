@@ -15,7 +15,8 @@
  * them, each on the latest pass's view. stop() waits for the check in flight, then releases the
  * VIP unless vip.keep_on_stop (SIGTERM).
  */
-import { formatHostPort, type ControllerConfig } from '../config/load.js';
+import { formatHostPort } from '../net/address.js';
+import { type ControllerConfig } from '../config/types.js';
 import { errorMessage } from '../util/errors.js';
 import type { Logger } from '../util/log.js';
 import type { PassOutcome } from '../runtime/controller.js';

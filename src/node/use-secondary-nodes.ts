@@ -18,7 +18,8 @@ import { pgPassword } from '../pg/password.js';
 import { mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import type { Client, ClientConfig } from 'pg';
-import { formatHostPort, type ControllerConfig } from '../config/load.js';
+import { formatHostPort } from '../net/address.js';
+import { type ControllerConfig } from '../config/types.js';
 import { desiredUseSecondary, type UseSecondaryNodes } from './callback-plan.js';
 
 export { desiredUseSecondary };

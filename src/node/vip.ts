@@ -8,7 +8,8 @@
  */
 import { accessSync, constants } from 'node:fs';
 import { delimiter, join } from 'node:path';
-import type { VipConfig } from '../config/load.js';
+import type { VipConfig } from '../config/types.js';
+import { canonicalAddress } from '../net/address.js';
 
 export type VipSpec = Pick<VipConfig, 'address' | 'prefix' | 'interface'>;
 
@@ -39,16 +40,6 @@ export class VipError extends Error {
 export const vipText = (vip: VipSpec): string => `${vip.address}/${vip.prefix}`;
 
 const isV6 = (address: string): boolean => address.includes(':');
-
-/** Canonical text of an IP address (IPv6 compressed, lower case) for exact comparisons. */
-export function canonicalAddress(address: string): string {
-  if (!isV6(address)) return address;
-  try {
-    return new URL(`http://[${address}]/`).hostname.replace(/^\[|\]$/g, '');
-  } catch {
-    return address.toLowerCase();
-  }
-}
 
 const SBIN_DIRS = ['/usr/sbin', '/sbin', '/usr/bin', '/bin'];
 const binCache = new Map<string, string>();

@@ -15,8 +15,8 @@
  */
 import pg from 'pg';
 import { pgPassword } from './password.js';
-import { formatHostPort } from '../config/load.js';
-import type { ControllerConfig } from '../config/load.js';
+import { formatHostPort } from '../net/address.js';
+import type { ControllerConfig } from '../config/types.js';
 import { UserError, errorMessage, maskSecrets } from '../util/errors.js';
 import type { Logger } from '../util/log.js';
 

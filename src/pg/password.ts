@@ -14,7 +14,7 @@
 import { readFileSync, statSync } from 'node:fs';
 import { homedir } from 'node:os';
 import { join } from 'node:path';
-import type { ControllerConfig } from '../config/load.js';
+import type { ControllerConfig } from '../config/types.js';
 
 export interface PassTarget {
   host: string;

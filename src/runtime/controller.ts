@@ -4,7 +4,7 @@
  *
  * Sources never write; the applier never decides; this module only wires them together.
  */
-import type { ControllerConfig } from '../config/load.js';
+import type { ControllerConfig } from '../config/types.js';
 import { errorMessage } from '../util/errors.js';
 import type { Logger } from '../util/log.js';
 import { Applier, type ApplyResult, type DetectedAt } from '../citus/apply.js';

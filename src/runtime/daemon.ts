@@ -5,8 +5,8 @@
  * after it (coalesced). The pass writes only while the local CN is the primary and this process
  * holds the writer lock; everything else is watched and reported, once per change of state.
  */
-import type { ControllerConfig } from '../config/load.js';
-import { formatHostPort } from '../config/load.js';
+import type { ControllerConfig } from '../config/types.js';
+import { formatHostPort } from '../net/address.js';
 import { errorMessage } from '../util/errors.js';
 import type { Logger } from '../util/log.js';
 import { Controller, type PassOutcome } from './controller.js';

@@ -7,8 +7,7 @@
  * has a usable address. Anything else (no leader key, leader not yet promoted, two writable
  * members, ...) is ambiguity: the planner keeps the current pg_dist_node row.
  */
-import { isValidHost } from '../config/load.js';
-import type { HostPort } from '../config/load.js';
+import { isValidHost, isValidPort, type HostPort } from '../net/address.js';
 
 export type TopologySource = 'etcd' | 'etcd2' | 'rest' | 'probe';
 
@@ -91,52 +90,6 @@ export function normalizeRole(raw: unknown): MemberRole {
     default:
       return 'unknown';
   }
-}
-
-/** A TCP port: a whole number 1-65535. */
-export function isValidPort(port: unknown): port is number {
-  return typeof port === 'number' && Number.isInteger(port) && port >= 1 && port <= 65535;
-}
-
-/**
- * Host and port of a Patroni `conn_url` (`postgres://host:port/db`, also `postgresql://`, with or
- * without `user:password@`, `[v6]` brackets, query string). Missing port -> 5432. Returns null for
- * anything else, including host names that are not a DNS name / IPv4 / IPv6 address (quotes,
- * spaces, SQL text, percent escapes, several hosts). Never throws. The host is kept as exact text
- * (no lower-casing): pg_dist_node compares addresses as text.
- */
-export function parseConnUrl(connUrl: unknown): HostPort | null {
-  if (typeof connUrl !== 'string') return null;
-  const text = connUrl.trim();
-  const scheme = /^postgres(?:ql)?:\/\//i.exec(text);
-  if (!scheme) return null;
-  const rest = text.slice(scheme[0].length);
-  const end = rest.search(/[/?#]/);
-  let authority = end < 0 ? rest : rest.slice(0, end);
-  const at = authority.lastIndexOf('@');
-  if (at >= 0) authority = authority.slice(at + 1);
-  let host: string;
-  let portText: string | undefined;
-  if (authority.startsWith('[')) {
-    const m = /^\[([^\]]+)\](?::(\d*))?$/.exec(authority);
-    if (!m) return null;
-    host = m[1] ?? '';
-    portText = m[2];
-    if (!host.includes(':')) return null;
-  } else {
-    const parts = authority.split(':');
-    if (parts.length > 2) return null; // unbracketed IPv6 or garbage
-    host = parts[0] ?? '';
-    portText = parts[1];
-  }
-  if (host === '' || !isValidHost(host)) return null;
-  let port = 5432;
-  if (portText !== undefined && portText !== '') {
-    if (!/^\d{1,5}$/.test(portText)) return null;
-    port = Number(portText);
-  }
-  if (!isValidPort(port)) return null;
-  return { host, port };
 }
 
 /** The member's address if it is one citus_update_node may be given: a valid host and a port 1-65535. */

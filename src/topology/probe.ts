@@ -14,36 +14,13 @@
  */
 import pg from 'pg';
 import { pgPassword } from '../pg/password.js';
-import { ConfigError, errorMessage, maskSecrets } from '../util/errors.js';
-import { formatHostPort, type ControllerConfig, type HostPort } from '../config/load.js';
+import { errorMessage, maskSecrets } from '../util/errors.js';
+import { probeNodesOf, type NodeGroupRef } from '../config/groups.js';
+import { formatHostPort, type HostPort } from '../net/address.js';
+import { type ControllerConfig } from '../config/types.js';
 import type { Logger } from '../util/log.js';
 import type { TopologyReader } from './read-loop.js';
 import type { GroupView, MemberView } from './model.js';
-
-export interface ProbeGroupRef {
-  groupid: number;
-  scope: string | null;
-  nodes: HostPort[];
-}
-
-/** Nodes to probe per group; throws ConfigError for a worker group without nodes. */
-export function probeNodesOf(cfg: ControllerConfig): ProbeGroupRef[] {
-  const seen = new Set<string>();
-  const cn = [cfg.postgresql.connectAddress, ...(cfg.citus.coordinatorNodes ?? [])].filter((hp) => {
-    const k = formatHostPort(hp);
-    if (seen.has(k)) return false;
-    seen.add(k);
-    return true;
-  });
-  const out: ProbeGroupRef[] = [{ groupid: 0, scope: cfg.scope, nodes: cn }];
-  cfg.citus.workers.forEach((w, i) => {
-    if (w.nodes.length === 0) {
-      throw new ConfigError(`citus.workers[${i}].nodes`, 'missing: the probe source needs the PostgreSQL addresses of the group (nodes: [host:port])');
-    }
-    out.push({ groupid: w.groupid, scope: w.scope ?? null, nodes: w.nodes });
-  });
-  return out;
-}
 
 export interface ProbeResult {
   ok: boolean;
@@ -69,7 +46,7 @@ export class ProbeReader implements TopologyReader {
   readonly kind = 'probe' as const;
   readonly target = 'PostgreSQL nodes';
   readonly periodMs: number;
-  private readonly groups: ProbeGroupRef[];
+  private readonly groups: NodeGroupRef[];
   private readonly authWarned = new Set<string>();
   private readonly open = new Set<pg.Client>();
   private closed = false;
@@ -84,7 +61,7 @@ export class ProbeReader implements TopologyReader {
   }
 
   describe(): string {
-    const g = this.groups.map((x) => `${x.groupid}:${x.nodes.map(formatHostPort).join(',')}`).join(' ');
+    const g = this.groups.map((x) => `${x.groupid}:${x.addresses.map(formatHostPort).join(',')}`).join(' ');
     return `pg_is_in_recovery() probes every ${this.periodMs / 1000}s on ${g}`;
   }
 
@@ -128,13 +105,13 @@ export class ProbeReader implements TopologyReader {
   }
 
   async read(): Promise<GroupView[]> {
-    const all = await Promise.all(this.groups.map(async (g) => ({ g, results: await Promise.all(g.nodes.map((n) => this.probe(n))) })));
+    const all = await Promise.all(this.groups.map(async (g) => ({ g, results: await Promise.all(g.addresses.map((n) => this.probe(n))) })));
     if (this.closed) throw new Error('closed');
     let answered = 0;
     let firstError: string | null = null;
     const groups: GroupView[] = all.map(({ g, results }) => {
       const problems: string[] = [];
-      const members: MemberView[] = g.nodes.map((node, i) => {
+      const members: MemberView[] = g.addresses.map((node, i) => {
         const r = results[i] ?? { ok: false, inRecovery: false, lsn: null, error: 'not probed' };
         const name = formatHostPort(node);
         if (r.ok) answered++;

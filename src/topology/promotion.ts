@@ -17,7 +17,7 @@
  * address changes, or X's member key catches up.
  */
 import pg from 'pg';
-import type { ControllerConfig } from '../config/load.js';
+import type { ControllerConfig } from '../config/types.js';
 import { pgPassword } from '../pg/password.js';
 import { errorMessage } from '../util/errors.js';
 import type { Logger } from '../util/log.js';

@@ -16,14 +16,16 @@
  * Views are handed out deep-frozen (no copy per snapshot); each group's change signature is
  * computed once per group object, so a partial re-read only signs the groups it replaced.
  */
-import type { ControllerConfig } from '../config/load.js';
+import type { ControllerConfig } from '../config/types.js';
 import { ConfigError, errorMessage, maskSecrets } from '../util/errors.js';
 import type { Logger } from '../util/log.js';
 import { EtcdV3Reader } from './dcs/etcd3.js';
 import { EtcdV2Reader } from './dcs/etcd2.js';
 import { groupSignature } from './dcs/layout.js';
-import { PatroniRestReader, restAddressesOf } from './rest.js';
-import { ProbeReader, probeNodesOf } from './probe.js';
+import { PatroniRestReader } from './rest.js';
+import { restAddressesOf } from '../config/groups.js';
+import { ProbeReader } from './probe.js';
+import { probeNodesOf } from '../config/groups.js';
 import type { GroupView, Topology, TopologySource } from './model.js';
 
 export interface TopologySourceHandle {

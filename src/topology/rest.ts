@@ -14,45 +14,14 @@
  * `unreachable` (so it has no running primary and the planner keeps its rows), with a problem
  * naming the addresses; only when NO group answers is the whole view stale (read throws).
  */
-import { ConfigError, errorMessage } from '../util/errors.js';
-import { formatHostPort, isValidHost, type ControllerConfig, type HostPort } from '../config/load.js';
+import { errorMessage } from '../util/errors.js';
+import { restAddressesOf, type NodeGroupRef } from '../config/groups.js';
+import { formatHostPort, isValidHost, type HostPort } from '../net/address.js';
+import { type ControllerConfig } from '../config/types.js';
 import type { Logger } from '../util/log.js';
 import type { TopologyReader } from './read-loop.js';
-import { isValidPort, normalizeRole, showName, type GroupView, type MemberView } from './model.js';
-
-export interface RestGroupRef {
-  groupid: number;
-  scope: string | null;
-  addresses: HostPort[];
-}
-
-function dedupe(list: HostPort[]): HostPort[] {
-  const seen = new Set<string>();
-  return list.filter((hp) => {
-    const k = formatHostPort(hp);
-    if (seen.has(k)) return false;
-    seen.add(k);
-    return true;
-  });
-}
-
-/** REST addresses per group; throws ConfigError for a group without any. */
-export function restAddressesOf(cfg: ControllerConfig): RestGroupRef[] {
-  const port = cfg.citus.restPort ?? 8008;
-  const cn =
-    cfg.citus.coordinatorRest && cfg.citus.coordinatorRest.length > 0
-      ? cfg.citus.coordinatorRest
-      : [cfg.postgresql.connectAddress, ...(cfg.citus.coordinatorNodes ?? [])].map((n) => ({ host: n.host, port }));
-  const out: RestGroupRef[] = [{ groupid: 0, scope: cfg.scope, addresses: dedupe(cn) }];
-  cfg.citus.workers.forEach((w, i) => {
-    const list = w.rest && w.rest.length > 0 ? w.rest : w.nodes.map((n) => ({ host: n.host, port }));
-    if (list.length === 0) {
-      throw new ConfigError(`citus.workers[${i}].rest`, "missing: the rest source needs the group's Patroni REST API addresses (rest: [host:port]) or its nodes");
-    }
-    out.push({ groupid: w.groupid, scope: w.scope ?? null, addresses: dedupe(list) });
-  });
-  return out;
-}
+import { isValidPort } from '../net/address.js';
+import { normalizeRole, showName, type GroupView, type MemberView } from './model.js';
 
 function isRecord(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
@@ -121,7 +90,7 @@ export class PatroniRestReader implements TopologyReader {
   readonly kind = 'rest' as const;
   readonly target = 'Patroni REST API';
   readonly periodMs: number;
-  private readonly groups: RestGroupRef[];
+  private readonly groups: NodeGroupRef[];
   private readonly timeoutMs: number;
   private readonly closing = new AbortController();
   private last = new Map<number, GroupView>();
@@ -135,7 +104,7 @@ export class PatroniRestReader implements TopologyReader {
   ) {
     this.groups = restAddressesOf(cfg);
     this.timeoutMs = opts.timeoutMs ?? 1000;
-    this.periodMs = opts.periodMs ?? (cfg.citus.restInterval ?? 1) * 1000;
+    this.periodMs = opts.periodMs ?? cfg.citus.restInterval * 1000;
   }
 
   describe(): string {
@@ -144,7 +113,7 @@ export class PatroniRestReader implements TopologyReader {
   }
 
   /** First good `/cluster` answer among the group's addresses (all asked at once). */
-  private async cluster(g: RestGroupRef): Promise<{ from: string; doc: Record<string, unknown> }> {
+  private async cluster(g: NodeGroupRef): Promise<{ from: string; doc: Record<string, unknown> }> {
     const race = new AbortController();
     const signal = AbortSignal.any([race.signal, this.closing.signal]);
     try {
@@ -164,7 +133,7 @@ export class PatroniRestReader implements TopologyReader {
     }
   }
 
-  private async readGroup(g: RestGroupRef): Promise<GroupView> {
+  private async readGroup(g: NodeGroupRef): Promise<GroupView> {
     const { from, doc } = await this.cluster(g);
     const problems: string[] = [];
     const members: MemberView[] = [];

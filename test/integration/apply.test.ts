@@ -24,7 +24,8 @@ import type { ApplierConfig, ApplierOptions } from '../../src/citus/apply.js';
 import { connectCoordinator, isBroken } from '../../src/pg/connect.js';
 import { IS_COORDINATOR_SQL, READ_DIST_NODES_SQL, RECOVERY_AND_CITUS_SQL, checkCoordinatorPrimary, readDistNodes } from '../../src/citus/metadata.js';
 import type { Action, AddNodeAction, DistNodeRow, ParkNodeAction, Plan, UpdateNodeAction } from '../../src/citus/model.js';
-import type { CitusConfig } from '../../src/config/load.js';
+import type { CitusConfig } from '../../src/config/types.js';
+import { testConfig } from '../helpers/config.js';
 import { UserError } from '../../src/util/errors.js';
 import { detectCitus, ensureCitus } from '../../src/lab/citus.js';
 import { pickFreePorts, resolveRunAs } from '../../src/lab/proc.js';
@@ -217,21 +218,7 @@ async function createRegisteredDb(database: string, opts: { secondary1?: boolean
 function applierConfig(port: number, databases: string[], over: Partial<CitusConfig> = {}): ApplierConfig {
   return {
     postgresql: { connectAddress: { host: HOST, port }, superuser: { username: 'postgres' } },
-    citus: {
-      loopWait: 10,
-      databases,
-      workers: [],
-      registerNewGroups: false,
-      force: false,
-      lockCooldownMs: 10000,
-      lockTimeoutMs: 2000,
-      statementTimeoutMs: 10000,
-      connectTimeoutMs: 2000,
-      resyncInterval: 30,
-      readFromSecondaries: true,
-      terminateExclude: { users: [], applicationNames: [] },
-      ...over,
-    },
+    citus: testConfig({ citus: { databases, lockTimeoutMs: 2000, ...over } }).citus,
   };
 }
 

@@ -5,7 +5,7 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import type { ControllerConfig } from '../../src/config/load.js';
+import type { ControllerConfig } from '../../src/config/types.js';
 import {
   CALLBACK_ACTIONS,
   CALLBACK_ROLES,
@@ -17,6 +17,7 @@ import {
   type NodeRole,
 } from '../../src/node/callback-plan.js';
 import { desiredUseSecondary } from '../../src/node/use-secondary-nodes.js';
+import { testConfig } from '../helpers/config.js';
 import { planForLocalRole } from '../../src/node/converge.js';
 
 const root = resolve(fileURLToPath(import.meta.url), '../../..');
@@ -25,24 +26,16 @@ const cli = join(root, 'src/cli.ts');
 function cfg(over: { readFromSecondaries?: boolean; vip?: ControllerConfig['citus']['vip'] } = {}): Pick<ControllerConfig, 'scope' | 'citus'> {
   return {
     scope: 'cn',
-    citus: {
-      loopWait: 10,
-      databases: ['postgres'],
-      workers: [
-        { groupid: 1, scope: 'wk1', nodes: [] },
-        { groupid: 2, nodes: [{ host: '127.0.0.1', port: 6002 }] },
-      ],
-      registerNewGroups: false,
-      force: false,
-      lockCooldownMs: 10000,
-      lockTimeoutMs: 5000,
-      statementTimeoutMs: 10000,
-      connectTimeoutMs: 2000,
-      resyncInterval: 30,
-      readFromSecondaries: over.readFromSecondaries ?? true,
-      ...(over.vip ? { vip: over.vip } : {}),
-      terminateExclude: { users: [], applicationNames: [] },
-    },
+    citus: testConfig({
+      citus: {
+        workers: [
+          { groupid: 1, scope: 'wk1', nodes: [], rest: [] },
+          { groupid: 2, nodes: [{ host: '127.0.0.1', port: 6002 }], rest: [] },
+        ],
+        readFromSecondaries: over.readFromSecondaries ?? true,
+        ...(over.vip ? { vip: over.vip } : {}),
+      },
+    }).citus,
   };
 }
 

@@ -6,7 +6,8 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import yaml from 'js-yaml';
-import { configFromObject, loadConfig, parseHostPort } from '../../src/config/load.js';
+import { configFromObject, loadConfig } from '../../src/config/load.js';
+import { parseHostPort } from '../../src/net/address.js';
 import { ConfigError } from '../../src/util/errors.js';
 
 const root = resolve(fileURLToPath(import.meta.url), '../../..');
@@ -62,6 +63,7 @@ describe('config: the seed patroni.yml', () => {
           { host: '192.168.234.203', port: 5432 },
           { host: '192.168.234.204', port: 5432 },
         ],
+        rest: [],
       },
     ]);
   });

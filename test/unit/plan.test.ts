@@ -5,11 +5,12 @@
  */
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { isValidHost, parseHostPort } from '../../src/config/load.js';
-import type { HostPort } from '../../src/config/load.js';
+import { isValidHost, parseHostPort } from '../../src/net/address.js';
+import type { HostPort } from '../../src/net/address.js';
 import { applyPlanToDatabases, applyPlanToRows, batchesOf, parkedName, plan, SimulatedCitusError } from '../../src/citus/plan.js';
 import type { Action, DistNodeRow, Finding, NodeRole, Policy, Verdict } from '../../src/citus/model.js';
-import { isValidPort, normalizeRole, parseConnUrl, runningPrimary } from '../../src/topology/model.js';
+import { isValidPort, parseConnUrl } from '../../src/net/address.js';
+import { normalizeRole, runningPrimary } from '../../src/topology/model.js';
 import type { GroupView, MemberView, Topology, TopologySource } from '../../src/topology/model.js';
 
 // ---------------------------------------------------------------------------------------------

@@ -9,11 +9,12 @@ import { readFileSync } from 'node:fs';
 import { Writable } from 'node:stream';
 import yaml from 'js-yaml';
 import { pino } from 'pino';
-import { configFromObject, type ControllerConfig } from '../../src/config/load.js';
+import { configFromObject } from '../../src/config/load.js';
+import { type ControllerConfig } from '../../src/config/types.js';
 import { ConfigError } from '../../src/util/errors.js';
 import { chooseSource, pickSourceKind } from '../../src/topology/read-loop.js';
-import { restAddressesOf } from '../../src/topology/rest.js';
-import { probeNodesOf } from '../../src/topology/probe.js';
+import { restAddressesOf } from '../../src/config/groups.js';
+import { probeNodesOf } from '../../src/config/groups.js';
 
 const seedPath = new URL('../../../shared/fixtures/seed-patroni.yml', import.meta.url);
 const seedText = (() => {
@@ -133,8 +134,8 @@ describe('config keys for the sources', () => {
     assert.equal(cfg.citus.restPort, 8008);
     assert.equal(cfg.citus.restInterval, 1);
     assert.deepEqual(cfg.citus.coordinatorNodes, []);
-    assert.equal(cfg.citus.coordinatorRest, undefined);
-    assert.equal(cfg.citus.workers[0]?.rest, undefined);
+    assert.deepEqual(cfg.citus.coordinatorRest, []);
+    assert.deepEqual(cfg.citus.workers[0]?.rest, []);
   });
 
   test('REST addresses: explicit rest:, else node hosts with rest_port; group 0 from connect_address + coordinator_nodes', () => {
@@ -159,7 +160,7 @@ describe('config keys for the sources', () => {
       ],
     );
     assert.deepEqual(
-      probeNodesOf({ ...cfg, citus: { ...cfg.citus, workers: cfg.citus.workers.slice(0, 1) } }).map((g) => g.nodes.map((n) => `${n.host}:${n.port}`)),
+      probeNodesOf({ ...cfg, citus: { ...cfg.citus, workers: cfg.citus.workers.slice(0, 1) } }).map((g) => g.addresses.map((n) => `${n.host}:${n.port}`)),
       [['10.0.0.1:5432', '10.0.0.2:5432', '10.0.0.1:5433'], ['10.0.1.1:5432', '10.0.1.2:5432']],
     );
     const cr = cfgOf(base({ coordinator_rest: ['cn-a:8008', 'cn-b:8009'], workers: [{ groupid: 1, nodes: ['w'] }] }));

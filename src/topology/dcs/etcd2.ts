@@ -18,10 +18,13 @@
  * poll says `disconnected` and retries with backoff 100 ms -> 2 s, the first success after that
  * says `reconnected`.
  */
-import { formatHostPort, scopePrefix, type ControllerConfig } from '../../config/load.js';
+import { formatHostPort } from '../../net/address.js';
+import { scopePrefix } from '../../config/groups.js';
+import { type ControllerConfig } from '../../config/types.js';
 import { errorMessage } from '../../util/errors.js';
 import type { Logger } from '../../util/log.js';
-import { basicAuth, bucketByScope, describeScopes, namespacePrefix, scopeIndex, scopesOf, type ScopeRef } from './etcd3.js';
+import { basicAuth, bucketByScope } from './etcd3.js';
+import { describeScopes, namespacePrefix, scopeIndex, scopesOf, type ScopeRef } from '../../config/groups.js';
 import { flattenV2Node, parseScopeKeys, scopeOfKey, type DcsKv } from './layout.js';
 import type { ReaderHooks, TopologyReader } from '../read-loop.js';
 import type { GroupView } from '../model.js';

@@ -22,9 +22,12 @@
  *   group with 3 members): gRPC's default 4 MB receive limit is raised to 256 MB.
  */
 import { Etcd3, type IOptions, type Watcher } from 'etcd3';
-import { formatHostPort, scopePrefix, type ControllerConfig } from '../../config/load.js';
+import { formatHostPort } from '../../net/address.js';
+import { scopePrefix } from '../../config/groups.js';
+import { type ControllerConfig } from '../../config/types.js';
 import { errorMessage } from '../../util/errors.js';
 import type { Logger } from '../../util/log.js';
+import { describeScopes, namespacePrefix, scopeIndex, scopesOf, type ScopeRef } from '../../config/groups.js';
 import { flattenV2Node, parseScopeKeys, scopeOfKey, type DcsKv } from './layout.js';
 import type { ReaderHooks, TopologyReader } from '../read-loop.js';
 import type { GroupView } from '../model.js';
@@ -46,37 +49,6 @@ function watchBackoff(ms: number, maxMs: number): Backoff {
   return { duration: ms, next: () => watchBackoff(Math.min(maxMs, Math.max(100, ms * 2)), maxMs) } as unknown as Backoff;
 }
 
-export interface ScopeRef {
-  groupid: number;
-  scope: string;
-  prefix: string;
-}
-
-/** Group 0 = the coordinator scope, then the workers (all must have a scope: chooseSource checks). */
-export function scopesOf(cfg: ControllerConfig): ScopeRef[] {
-  const out: ScopeRef[] = [{ groupid: 0, scope: cfg.scope, prefix: scopePrefix(cfg, cfg.scope) }];
-  for (const w of cfg.citus.workers) {
-    if (w.scope !== undefined) out.push({ groupid: w.groupid, scope: w.scope, prefix: scopePrefix(cfg, w.scope) });
-  }
-  return out;
-}
-
-/** `/<namespace>/`: the prefix of every scope, what the one watcher / full read covers. */
-export function namespacePrefix(cfg: Pick<ControllerConfig, 'namespace'>): string {
-  return `/${cfg.namespace}/`;
-}
-
-/** Managed scopes by name (a scope listed twice maps to both groups). */
-export function scopeIndex(scopes: readonly ScopeRef[]): Map<string, ScopeRef[]> {
-  const m = new Map<string, ScopeRef[]>();
-  for (const s of scopes) {
-    const list = m.get(s.scope) ?? [];
-    list.push(s);
-    m.set(s.scope, list);
-  }
-  return m;
-}
-
 /** Key/values of the managed scopes among `kvs`, by scope (keys of other scopes dropped). */
 export function bucketByScope(kvs: Iterable<DcsKv>, nsPrefix: string, managed: ReadonlyMap<string, unknown> | ReadonlySet<string>): Map<string, DcsKv[]> {
   const out = new Map<string, DcsKv[]>();
@@ -88,12 +60,6 @@ export function bucketByScope(kvs: Iterable<DcsKv>, nsPrefix: string, managed: R
     else out.set(scope, [kv]);
   }
   return out;
-}
-
-/** "/service/{cn,wk1,wk2}" */
-export function describeScopes(cfg: ControllerConfig, scopes: readonly ScopeRef[]): string {
-  const names = scopes.map((s) => s.scope);
-  return names.length === 1 ? `/${cfg.namespace}/${names[0] ?? ''}` : `/${cfg.namespace}/{${names.join(',')}}`;
 }
 
 export interface EtcdV3ReaderOptions {

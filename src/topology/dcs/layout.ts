@@ -7,7 +7,8 @@
  * `/<namespace>/<scope>/members/<name>` = member JSON, plus config, status, history, ...
  * With Patroni's own Citus mode the keys live one level deeper: `/<namespace>/<scope>/<group>/...`.
  */
-import { normalizeRole, parseConnUrl, showName, type GroupView, type MemberView } from '../model.js';
+import { normalizeRole, showName, type GroupView, type MemberView } from '../model.js';
+import { parseConnUrl } from '../../net/address.js';
 
 export interface DcsKv {
   /** Full key, e.g. `/service/wk1/members/wk1-a`. */

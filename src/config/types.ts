@@ -1,0 +1,94 @@
+/**
+ * The validated configuration, as every module sees it: every defaulted field is filled in by
+ * the loader (config/load.ts) and typed as present; only settings without a default are optional.
+ */
+import type { HostPort } from '../net/address.js';
+
+export type { HostPort };
+
+/** The topology sources a user can ask for (`citus.source`, `--source`). */
+export const SOURCE_CHOICES = ['etcd', 'rest', 'probe'] as const;
+export type SourceChoice = (typeof SOURCE_CHOICES)[number];
+
+export interface WorkerGroupConfig {
+  groupid: number;
+  /** Patroni scope of this worker group (enables DCS / REST topology sources). */
+  scope?: string;
+  /** Nodes of this group (host:port of PostgreSQL); used by the probe source. Empty: none listed. */
+  nodes: HostPort[];
+  /** Patroni REST API addresses of this group's members (REST source); empty: each node's host with citus.rest_port. */
+  rest: HostPort[];
+}
+
+export interface DcsConfig {
+  /** `etcd3` = etcd v3 API; `etcd` = Patroni's etcd v2 API section. */
+  kind: 'etcd3' | 'etcd';
+  hosts: HostPort[];
+  protocol: 'http' | 'https';
+  username?: string;
+  password?: string;
+}
+
+export interface VipConfig {
+  address: string;
+  prefix: number;
+  interface: string;
+  keepOnStop: boolean;
+}
+
+export interface CitusConfig {
+  /** Seconds between passes of the probe source (the seed's loop). */
+  loopWait: number;
+  databases: string[];
+  workers: WorkerGroupConfig[];
+  /** Force a topology source instead of choosing from the config. */
+  source?: SourceChoice;
+  registerNewGroups: boolean;
+  /** citus_update_node(force, lock_cooldown). */
+  force: boolean;
+  lockCooldownMs: number;
+  lockTimeoutMs: number;
+  statementTimeoutMs: number;
+  connectTimeoutMs: number;
+  /** Seconds between full re-reads of the DCS, whatever the watch says. */
+  resyncInterval: number;
+  /** CN replicas read from worker secondaries (use_secondary_nodes=always). */
+  readFromSecondaries: boolean;
+  vip?: VipConfig;
+  /** Sessions never terminated after a use_secondary_nodes flip. */
+  terminateExclude: { users: string[]; applicationNames: string[] };
+  /** Patroni REST API port used where only a host is known (REST source). */
+  restPort: number;
+  /** Seconds between polls of the Patroni REST source. */
+  restInterval: number;
+  /** PostgreSQL addresses of the coordinator group's nodes besides postgresql.connect_address (probe / REST sources). */
+  coordinatorNodes: HostPort[];
+  /** Patroni REST API addresses of the coordinator group's members (REST source); empty: derived from the nodes. */
+  coordinatorRest: HostPort[];
+  /** DCS sources: confirm a leader whose member key does not say primary yet by asking it (pg_is_in_recovery()); see topology/promotion.ts. */
+  confirmPromotion: boolean;
+  /**
+   * Nudge socket of this node's watch daemon (absolute path): where `watch` listens and where the
+   * Patroni callback nudges it; its directory is also the runtime state directory. Unset: the
+   * default rule of nudgeSocketPath() (/run/citus-controller/<scope>.sock, ...).
+   * $CITUS_CONTROLLER_SOCKET and `watch --socket` take precedence.
+   */
+  socket?: string;
+}
+
+export interface ControllerConfig {
+  file: string;
+  /** `patroni`: a patroni.yml with a citus: section; `standalone`: citus-controller.yml. */
+  shape: 'patroni' | 'standalone';
+  /** Patroni scope of the coordinator group. */
+  scope: string;
+  /** Patroni namespace without slashes (`/service/` -> `service`). */
+  namespace: string;
+  name?: string;
+  dcs?: DcsConfig;
+  postgresql: {
+    connectAddress: HostPort;
+    superuser: { username: string; password?: string };
+  };
+  citus: CitusConfig;
+}
