@@ -16,7 +16,7 @@
  */
 import { errorMessage } from '../util/errors.js';
 import { restAddressesOf, type NodeGroupRef } from '../config/groups.js';
-import { formatHostPort, isValidHost, type HostPort } from '../net/address.js';
+import { formatHostPort, isValidHost } from '../net/address.js';
 import { type ControllerConfig } from '../config/types.js';
 import type { Logger } from '../util/log.js';
 import type { TopologyReader } from './read-loop.js';
