@@ -2,22 +2,11 @@
  * Reading Citus node metadata on the coordinator: the rows of pg_dist_node, and whether the node
  * we are connected to may write them at all (a running primary AND the Citus coordinator).
  *
- * Columns are always named (Citus 13.2 adds columns). Every statement here is a constant text.
+ * The statement texts are in sql.ts.
  */
 import type pg from 'pg';
 import type { DistNodeRow, NodeRole } from './model.js';
-
-export const READ_DIST_NODES_SQL = `SELECT nodeid, groupid, nodename, nodeport, noderole::text AS noderole,
-       nodecluster::text AS nodecluster, isactive, hasmetadata, metadatasynced, shouldhaveshards
-  FROM pg_catalog.pg_dist_node
- ORDER BY nodeid`;
-
-/** One query: recovery state, and whether Citus's function exists in this database. */
-export const RECOVERY_AND_CITUS_SQL = `SELECT pg_catalog.pg_is_in_recovery() AS in_recovery,
-       pg_catalog.to_regprocedure('pg_catalog.citus_is_coordinator()') IS NOT NULL AS has_citus,
-       pg_catalog.current_database() AS database`;
-
-export const IS_COORDINATOR_SQL = 'SELECT pg_catalog.citus_is_coordinator() AS is_coordinator';
+import { IS_COORDINATOR_SQL, READ_DIST_NODES_SQL, RECOVERY_AND_CITUS_SQL } from './sql.js';
 
 export const REASON_IN_RECOVERY = 'node is in recovery (a replica)';
 export const REASON_NOT_COORDINATOR = 'node is not the Citus coordinator';

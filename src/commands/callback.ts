@@ -88,7 +88,7 @@ export async function runCallback(
       connectTimeoutMs: Math.max(100, Math.min(CONNECT_TIMEOUT_MS, cfg.citus.connectTimeoutMs, deadlineMs - performance.now() - 350)),
       statementTimeoutMs: STATEMENT_TIMEOUT_MS,
       reloadWaitMs: 500,
-      applicationName: 'citus-controller-callback',
+      purpose: 'callback',
       arp: 'always',
       vip: { timeoutMs: 1000, count: 3, intervalMs: 100 },
       onProgress: (step, what) => (what === null ? running.delete(step) : running.set(step, what)),

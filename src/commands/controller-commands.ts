@@ -9,7 +9,7 @@ import { type ControllerConfig } from '../config/types.js';
 import { UserError } from '../util/errors.js';
 import { createLogger, type Logger } from '../util/log.js';
 import { Controller, type PassOutcome } from '../runtime/controller.js';
-import { describeAction } from '../citus/apply.js';
+import { describeAction } from '../citus/actions.js';
 import type { Finding } from '../citus/model.js';
 import { Daemon } from '../runtime/daemon.js';
 import { runningPrimary } from '../topology/model.js';

@@ -7,14 +7,8 @@
 import { formatHostPort } from '../net/address.js';
 import { type ControllerConfig } from '../config/types.js';
 import { planCallback, type CallbackPlan, type NodeRole } from './callback-plan.js';
-import {
-  connectionOptions,
-  connectLocal,
-  ensureUseSecondaryNodes,
-  UseSecondaryNodesError,
-  type EnsureResult,
-  type MiniLogger,
-} from './use-secondary-nodes.js';
+import { closeQuietly, pgConnect, type ConnectOptions, type PgConnectError } from '../pg/connect.js';
+import { ensureUseSecondaryNodes, type EnsureResult, type MiniLogger } from './use-secondary-nodes.js';
 import { bind, gratuitousArp, unbind, vipText, type GarpOptions } from './vip.js';
 
 export interface StepOutcome {
@@ -34,7 +28,9 @@ export interface ConvergeOptions {
   connectTimeoutMs?: number;
   statementTimeoutMs?: number;
   reloadWaitMs?: number;
-  /** application_name of the sessions (must start with `citus-controller`). */
+  /** Whose sessions these are: the Patroni callback's or the watch daemon's self-check. */
+  purpose: 'callback' | 'keeper';
+  /** application_name of the sessions (must start with `citus-controller`; default: the purpose's). */
   applicationName?: string;
   /** Gratuitous ARP after binding: `always` (callback on a primary) or only when just bound. */
   arp?: 'always' | 'onChange';
@@ -69,17 +65,19 @@ async function gucStep(plan: CallbackPlan, cfg: ControllerConfig, o: ConvergeOpt
   if (!value) throw new Error('no use_secondary_nodes in the plan');
   const where = formatHostPort(cfg.postgresql.connectAddress);
   o.onProgress?.('use_secondary_nodes', `connect ${where}`);
+  // one set of session options for the first session and for the ones ensureUseSecondaryNodes opens
+  const session: ConnectOptions = {
+    purpose: o.purpose,
+    waitWhileStarting: true,
+    ...(o.applicationName !== undefined ? { applicationName: o.applicationName } : {}),
+    ...(o.connectTimeoutMs !== undefined ? { connectTimeoutMs: o.connectTimeoutMs } : {}),
+    ...(o.statementTimeoutMs !== undefined ? { statementTimeoutMs: o.statementTimeoutMs, lockTimeoutMs: o.statementTimeoutMs } : {}),
+  };
   let client;
   try {
-    client = await connectLocal(
-      connectionOptions(cfg, {
-        ...(o.connectTimeoutMs !== undefined ? { connectTimeoutMs: o.connectTimeoutMs } : {}),
-        ...(o.statementTimeoutMs !== undefined ? { statementTimeoutMs: o.statementTimeoutMs, lockTimeoutMs: o.statementTimeoutMs } : {}),
-        applicationName: o.applicationName ?? 'citus-controller',
-      }),
-    );
+    client = await pgConnect(cfg, session);
   } catch (err) {
-    const e = err as UseSecondaryNodesError;
+    const e = err as PgConnectError;
     // A demoted primary's PostgreSQL is normally stopped: nothing to set now; the following
     // `on_role_change replica` / `on_start replica` (or the daemon) sets it.
     if (plan.args.role === 'demoted' && (e.code === 'ECONNREFUSED' || e.code === 'ENOENT' || e.code === '57P03')) {
@@ -91,14 +89,7 @@ async function gucStep(plan: CallbackPlan, cfg: ControllerConfig, o: ConvergeOpt
     o.onProgress?.('use_secondary_nodes', `set ${value} on ${where}`);
     const r = await ensureUseSecondaryNodes(client, value, cfg, o.log, {
       clientIsFresh: true,
-      connect: () =>
-        connectLocal(
-          connectionOptions(cfg, {
-            ...(o.connectTimeoutMs !== undefined ? { connectTimeoutMs: o.connectTimeoutMs } : {}),
-            ...(o.statementTimeoutMs !== undefined ? { statementTimeoutMs: o.statementTimeoutMs } : {}),
-            applicationName: o.applicationName ?? 'citus-controller',
-          }),
-        ),
+      connect: () => pgConnect(cfg, session),
       ...(o.journalDir !== undefined ? { journalDir: o.journalDir } : {}),
       ...(o.reloadWaitMs !== undefined ? { reloadWaitMs: o.reloadWaitMs } : {}),
       ...(o.failpoint ? { failpoint: o.failpoint } : {}),
@@ -108,7 +99,7 @@ async function gucStep(plan: CallbackPlan, cfg: ControllerConfig, o: ConvergeOpt
   } catch (err) {
     return { step: 'use_secondary_nodes', ok: false, changed: false, line: `use_secondary_nodes ${value}: ${(err as Error).message}` };
   } finally {
-    await client.end().catch(() => undefined);
+    await closeQuietly(client);
     o.onProgress?.('use_secondary_nodes', null);
   }
 }

@@ -24,7 +24,9 @@ import { runningPrimary, type MemberView, type Topology } from '../topology/mode
 import { releaseVip } from './vip.js';
 import { runtimeDir } from '../runtime/nudge.js';
 import { convergeNode, planForLocalRole } from './converge.js';
-import { connectionOptions, connectLocal, describePgError } from './use-secondary-nodes.js';
+import { closeQuietly, pgConnect } from '../pg/connect.js';
+import { describePgError } from '../pg/errors.js';
+import { isInRecovery } from '../pg/recovery.js';
 
 export type LocalRole = { kind: 'primary' | 'replica'; why: string } | { kind: 'unknown'; why: string };
 
@@ -132,7 +134,8 @@ export class LocalNodeKeeper {
       journalDir: runtimeDir(this.cfg.scope, process.env, this.cfg.citus.socket),
       connectTimeoutMs: this.cfg.citus.connectTimeoutMs,
       statementTimeoutMs: this.cfg.citus.statementTimeoutMs,
-      applicationName: this.opts.applicationName ?? 'citus-controller watch',
+      purpose: 'keeper',
+      ...(this.opts.applicationName ? { applicationName: this.opts.applicationName } : {}),
       arp: 'onChange',
       vip: { timeoutMs: 1000, count: 3, intervalMs: 150 },
     });
@@ -150,17 +153,16 @@ export class LocalNodeKeeper {
     const where = formatHostPort(this.cfg.postgresql.connectAddress);
     let client;
     try {
-      client = await connectLocal(connectionOptions(this.cfg, { applicationName: this.opts.applicationName ?? 'citus-controller watch' }));
+      client = await pgConnect(this.cfg, { purpose: 'keeper', ...(this.opts.applicationName ? { applicationName: this.opts.applicationName } : {}) });
     } catch (err) {
       return `it does not answer (${errorMessage(err)})`;
     }
     try {
-      const r = await client.query<{ r: boolean }>('SELECT pg_catalog.pg_is_in_recovery() AS r');
-      return r.rows[0]?.r === false ? true : `${where} is in recovery`;
+      return (await isInRecovery(client)) ? `${where} is in recovery` : true;
     } catch (err) {
       return `pg_is_in_recovery() failed on ${where}: ${describePgError(err)}`;
     } finally {
-      await client.end().catch(() => undefined);
+      await closeQuietly(client);
     }
   }
 

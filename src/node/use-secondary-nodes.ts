@@ -12,12 +12,13 @@
  * a small journal file (`<runtime dir>/use-secondary-nodes.<host>_<port>.pending`) is written before
  * the change and removed after the termination; a later run that finds it finishes the job.
  *
- * pg is imported lazily (type-only import here) so the callback starts fast.
+ * pg is loaded on the first connect (pg/connect.ts), so the callback starts fast.
  */
-import { pgPassword } from '../pg/password.js';
 import { mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
-import type { Client, ClientConfig } from 'pg';
+import type { Client } from 'pg';
+import { OWN_APPLICATION_NAME, pgConnect } from '../pg/connect.js';
+import { describePgError } from '../pg/errors.js';
 import { formatHostPort } from '../net/address.js';
 import { type ControllerConfig } from '../config/types.js';
 import { desiredUseSecondary, type UseSecondaryNodes } from './callback-plan.js';
@@ -26,9 +27,6 @@ export { desiredUseSecondary };
 export type { UseSecondaryNodes };
 
 export const GUC = 'citus.use_secondary_nodes';
-
-/** application_name of the controller's own sessions (never terminated). */
-export const OWN_APPLICATION_NAME = 'citus-controller';
 
 /**
  * Sessions never terminated, whatever the config says:
@@ -51,7 +49,7 @@ export interface MiniLogger {
 export interface EnsureOptions {
   /**
    * Opens a NEW session to the same node (used to read the live value and to wait until the
-   * reload took effect). Default: a pg.Client built from cfg (connectionOptions(cfg)).
+   * reload took effect). Default: pgConnect(cfg, { purpose: 'callback' }).
    */
   connect?: () => Promise<Client>;
   /** `client` was opened just now, so its current_setting() is the live value (saves a connection). */
@@ -87,82 +85,6 @@ export class UseSecondaryNodesError extends Error {
   ) {
     super(message);
     this.name = 'UseSecondaryNodesError';
-  }
-}
-
-export interface ConnectionTimeouts {
-  connectTimeoutMs?: number;
-  statementTimeoutMs?: number;
-  lockTimeoutMs?: number;
-  applicationName?: string;
-}
-
-/** pg.Client options for the local node (postgresql.connect_address, superuser) with timeouts. */
-export function connectionOptions(cfg: Pick<ControllerConfig, 'postgresql' | 'citus'>, t: ConnectionTimeouts = {}): ClientConfig {
-  const { host, port } = cfg.postgresql.connectAddress;
-  const statementTimeout = t.statementTimeoutMs ?? cfg.citus.statementTimeoutMs;
-  const lockTimeout = t.lockTimeoutMs ?? cfg.citus.lockTimeoutMs;
-  return {
-    host,
-    port,
-    user: cfg.postgresql.superuser.username,
-    password: pgPassword(cfg, { host, port, database: cfg.citus.databases[0] ?? 'postgres' }),
-    database: cfg.citus.databases[0] ?? 'postgres',
-    application_name: t.applicationName ?? OWN_APPLICATION_NAME,
-    connectionTimeoutMillis: t.connectTimeoutMs ?? cfg.citus.connectTimeoutMs,
-    statement_timeout: statementTimeout,
-    lock_timeout: lockTimeout,
-    keepAlive: true,
-  };
-}
-
-/**
- * Connects with an `error` handler attached (an idle client dying must not crash the process).
- * Retries "the database system is starting up" (57P03: a replica just started) until the connect
- * timeout is spent. Throws UseSecondaryNodesError naming host:port.
- */
-export async function connectLocal(options: ClientConfig): Promise<Client> {
-  const { default: pg } = await import('pg');
-  const where = `${options.host ?? '?'}:${String(options.port ?? '?')}`;
-  const deadline = Date.now() + (options.connectionTimeoutMillis ?? 2000);
-  for (;;) {
-    const client = new pg.Client({ ...options, connectionTimeoutMillis: Math.max(50, deadline - Date.now()) });
-    client.on('error', () => undefined);
-    try {
-      await client.connect();
-      return client;
-    } catch (err) {
-      await client.end().catch(() => undefined);
-      const e = err as { code?: string; message?: string };
-      if (e.code === '57P03' && Date.now() + 100 < deadline) {
-        await new Promise((r) => setTimeout(r, 100));
-        continue;
-      }
-      throw new UseSecondaryNodesError(`cannot connect to PostgreSQL at ${where}: ${describePgError(err)}`, e.code);
-    }
-  }
-}
-
-export function describePgError(err: unknown): string {
-  const e = err as { code?: string; message?: string };
-  const msg = (e.message ?? String(err)).split('\n')[0] ?? '';
-  switch (e.code) {
-    case 'ECONNREFUSED':
-      return 'connection refused (is PostgreSQL running?)';
-    case 'ETIMEDOUT':
-      return 'timed out';
-    case 'EHOSTUNREACH':
-      return 'host unreachable';
-    case 'ENOTFOUND':
-      return 'unknown host';
-    case '28P01':
-    case '28000':
-      return `authentication failed (${msg})`;
-    case '57P03':
-      return 'the database system is starting up';
-    default:
-      if (/timeout/i.test(msg)) return 'timed out (no answer)';
-      return e.code && /^[0-9A-Z]{5}$/.test(e.code) ? `${msg} (SQLSTATE ${e.code})` : msg;
   }
 }
 
@@ -271,7 +193,7 @@ async function ensure(
   opts: EnsureOptions,
   where: string,
 ): Promise<EnsureResult> {
-  const connect = opts.connect ?? (() => connectLocal(connectionOptions(cfg)));
+  const connect = opts.connect ?? (() => pgConnect(cfg, { purpose: 'callback', waitWhileStarting: true }));
   const jpath = opts.journalDir ? journalPath(opts.journalDir, cfg) : undefined;
 
   const state = await readState(client, opts.clientIsFresh === true);

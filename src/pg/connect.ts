@@ -1,53 +1,192 @@
 /**
- * Connections to the coordinator (CN) node this controller runs next to:
- * `postgresql.connect_address` as the configured superuser.
+ * The one way the controller opens a PostgreSQL session. Every session has a purpose, and the
+ * purpose decides its application_name and its server-side timeouts (PURPOSES below); the
+ * caller may shorten them (the Patroni callback must finish within 2 s).
  *
- * - The password comes from the config; when it is absent node-postgres itself falls back to
- *   PGPASSWORD, then to PGPASSFILE / ~/.pgpass.
- * - Every client gets an `error` handler at once (an idle connection dying must never crash
- *   the process): it logs, and marks the client broken (`isBroken`); the owner reconnects on
- *   its next pass.
- * - Session-level lock_timeout / statement_timeout / idle_in_transaction_session_timeout come
- *   from the config, so that no statement on these sessions can hang forever, even outside the
- *   applier's transactions (which also SET LOCAL them).
- * - A failed connection is a UserError (exit code 2) with ONE line naming host:port, database
- *   and user, never the password.
+ * - The password is resolved as libpq does (pg/password.ts), never by node-postgres's own fallback.
+ * - Every client gets an `error` handler before it connects (an idle connection dying must never
+ *   crash the process); once it errs or ends it is marked broken (`isBroken`) and the owner
+ *   replaces it.
+ * - A failed connect is a PgConnectError (a UserError, exit code 2) with ONE line naming
+ *   host:port, database and user, never the password; `code` keeps the SQLSTATE or errno.
+ * - `pg` is imported on first use, so commands that never connect start without it.
  */
-import pg from 'pg';
-import { pgPassword } from './password.js';
-import { formatHostPort } from '../net/address.js';
+import type { Client, ClientConfig } from 'pg';
 import type { ControllerConfig } from '../config/types.js';
+import { formatHostPort } from '../net/address.js';
 import { UserError, errorMessage, maskSecrets } from '../util/errors.js';
 import type { Logger } from '../util/log.js';
+import { describePgError, errorCode } from './errors.js';
+import { pgPassword } from './password.js';
 
-export type CoordinatorConnectConfig = Pick<ControllerConfig, 'postgresql' | 'citus'>;
+export type PgConfig = Pick<ControllerConfig, 'postgresql' | 'citus'>;
 
-export interface ConnectCoordinatorOptions {
-  /** `application_name` of the session (shown in pg_stat_activity); default `citus-controller`. */
-  applicationName?: string;
-  /** Where connection problems after the connect are logged (warn). */
-  logger?: Logger;
-  /** Called once when the connection breaks after it was established (error or unexpected end). */
-  onBroken?: (client: pg.Client, reason: string) => void;
+/**
+ * - applier: the writer's sessions on the CN primary (pg_dist_node reads, writer lock, batches);
+ * - keeper: the watch daemon's self-check of its own node (use_secondary_nodes, writable?);
+ * - callback: the Patroni callback on its own node;
+ * - probe: pg_is_in_recovery() polls of the nodes a config or the DCS names;
+ * - promotion: the 10 ms probe of a new leader.
+ */
+export type Purpose = 'applier' | 'keeper' | 'callback' | 'probe' | 'promotion';
+
+interface PurposeSettings {
+  applicationName: string;
+  /** `config`: citus.statement_timeout / lock_timeout; `probe`: bounded by the connect timeout; a number: that many ms. */
+  timeouts: 'config' | 'probe' | number;
+  /** Long-lived sessions: TCP keepalive. */
+  keepAlive: boolean;
 }
 
-export const DEFAULT_APPLICATION_NAME = 'citus-controller';
+export const PURPOSES: Readonly<Record<Purpose, PurposeSettings>> = {
+  applier: { applicationName: 'citus-controller', timeouts: 'config', keepAlive: true },
+  keeper: { applicationName: 'citus-controller watch', timeouts: 'config', keepAlive: false },
+  callback: { applicationName: 'citus-controller-callback', timeouts: 'config', keepAlive: false },
+  probe: { applicationName: 'citus-controller probe', timeouts: 'probe', keepAlive: false },
+  promotion: { applicationName: 'citus-controller promotion probe', timeouts: 1000, keepAlive: false },
+};
 
-const broken = new WeakMap<pg.Client, string>();
+/** application_name of the controller's own sessions: every purpose's name starts with it (never terminated). */
+export const OWN_APPLICATION_NAME = 'citus-controller';
+
+export interface ConnectOptions {
+  purpose: Purpose;
+  /** Default: postgresql.connect_address. */
+  host?: string;
+  port?: number;
+  /** Default: the first of citus.databases. */
+  database?: string;
+  /** Must start with `citus-controller` (the controller never terminates its own sessions). */
+  applicationName?: string;
+  connectTimeoutMs?: number;
+  statementTimeoutMs?: number;
+  lockTimeoutMs?: number;
+  /** Retry "the database system is starting up" (57P03, a replica just started) until the connect timeout is spent. */
+  waitWhileStarting?: boolean;
+  /** Where a connection lost after the connect is logged (warn). */
+  logger?: Logger;
+  /** Called once when the connection breaks after it was established (error or unexpected end). */
+  onBroken?: (client: Client, reason: string) => void;
+}
+
+/** A connect that failed: one line naming host:port, database and user. */
+export class PgConnectError extends UserError {
+  constructor(
+    message: string,
+    /** Why, as one phrase (describePgError), without the "cannot connect to ..." head. */
+    readonly reason: string,
+    /** SQLSTATE or errno code of the underlying error (ECONNREFUSED, 57P03, 28P01, ...). */
+    readonly code?: string,
+  ) {
+    super(message, 2);
+    this.name = 'PgConnectError';
+  }
+}
+
+function target(cfg: PgConfig, o: ConnectOptions): { host: string; port: number; database: string } {
+  return {
+    host: o.host ?? cfg.postgresql.connectAddress.host,
+    port: o.port ?? cfg.postgresql.connectAddress.port,
+    database: o.database ?? cfg.citus.databases[0] ?? 'postgres',
+  };
+}
+
+/** The node-postgres settings for a session (exported for tests and diagnostics). */
+export function pgClientConfig(cfg: PgConfig, o: ConnectOptions): ClientConfig {
+  const p = PURPOSES[o.purpose];
+  const { host, port, database } = target(cfg, o);
+  const connectTimeoutMs = o.connectTimeoutMs ?? cfg.citus.connectTimeoutMs;
+  const config: ClientConfig = {
+    host,
+    port,
+    database,
+    user: cfg.postgresql.superuser.username,
+    password: pgPassword(cfg, { host, port, database }),
+    connectionTimeoutMillis: connectTimeoutMs,
+    application_name: o.applicationName ?? p.applicationName,
+    ...(p.keepAlive ? { keepAlive: true, keepAliveInitialDelayMillis: 10_000 } : {}),
+  };
+  if (p.timeouts === 'probe') {
+    // the connection is thrown away after one query: the client-side limit may break it
+    config.statement_timeout = o.statementTimeoutMs ?? connectTimeoutMs;
+    config.query_timeout = (o.statementTimeoutMs ?? connectTimeoutMs) + 1000;
+  } else {
+    const statement = o.statementTimeoutMs ?? (p.timeouts === 'config' ? cfg.citus.statementTimeoutMs : p.timeouts);
+    const lock = o.lockTimeoutMs ?? (p.timeouts === 'config' ? cfg.citus.lockTimeoutMs : p.timeouts);
+    // 0 disables a timeout, which is what the config means by 0 as well
+    config.statement_timeout = statement;
+    config.lock_timeout = lock;
+    if (o.purpose === 'applier') config.idle_in_transaction_session_timeout = Math.max(statement, lock, 10_000);
+  }
+  return config;
+}
+
+const broken = new WeakMap<Client, string>();
 
 /** True once the client had an error or its connection ended (it must be replaced). */
-export function isBroken(client: pg.Client): boolean {
+export function isBroken(client: Client): boolean {
   return broken.has(client);
 }
 
 /** Why the client is broken (undefined while it is usable). */
-export function brokenReason(client: pg.Client): string | undefined {
+export function brokenReason(client: Client): string | undefined {
   return broken.get(client);
 }
 
 /** Marks a client unusable (e.g. after an error whose effect on the session is unknown). */
-export function markBroken(client: pg.Client, reason: string): void {
+export function markBroken(client: Client, reason: string): void {
   if (!broken.has(client)) broken.set(client, reason);
+}
+
+function scrub(text: string, password: string | undefined): string {
+  let out = maskSecrets(text).replace(/[\r\n]+/g, ' ');
+  if (password) out = out.split(password).join('****');
+  return out;
+}
+
+/**
+ * A connected client for `o.purpose`. Throws PgConnectError:
+ * `cannot connect to PostgreSQL at host:port (database "d", user "u"): why`.
+ */
+export async function pgConnect(cfg: PgConfig, o: ConnectOptions): Promise<Client> {
+  const { default: pg } = await import('pg');
+  const base = pgClientConfig(cfg, o);
+  const where = formatHostPort({ host: base.host as string, port: base.port as number });
+  const user = cfg.postgresql.superuser.username;
+  const connectTimeoutMs = base.connectionTimeoutMillis ?? cfg.citus.connectTimeoutMs;
+  const deadline = Date.now() + connectTimeoutMs;
+  for (;;) {
+    const client = new pg.Client({ ...base, connectionTimeoutMillis: Math.max(50, deadline - Date.now()) });
+    let connected = false;
+    const onBroken = (reason: string): void => {
+      if (broken.has(client)) return;
+      broken.set(client, reason);
+      if (!connected) return;
+      o.logger?.warn({ host: where, database: base.database, err: scrub(reason, cfg.postgresql.superuser.password) }, 'connection to PostgreSQL lost');
+      o.onBroken?.(client, reason);
+    };
+    client.on('error', (err: Error) => onBroken(errorMessage(err)));
+    client.on('end', () => {
+      // end() called by the owner: not a failure worth a warning
+      if ((client as unknown as { _ending?: boolean })._ending === true) markBroken(client, 'closed');
+      else onBroken('connection ended');
+    });
+    try {
+      await client.connect();
+      connected = true;
+      return client;
+    } catch (err) {
+      broken.set(client, 'connect failed');
+      await client.end().catch(() => undefined);
+      const code = errorCode(err);
+      if (o.waitWhileStarting && code === '57P03' && Date.now() + 100 < deadline) {
+        await new Promise((r) => setTimeout(r, 100));
+        continue;
+      }
+      const why = scrub(describePgError(err, { user, database: base.database as string, connectTimeoutMs }), cfg.postgresql.superuser.password);
+      throw new PgConnectError(`cannot connect to PostgreSQL at ${where} (database "${base.database as string}", user "${user}"): ${why}`, why, code);
+    }
+  }
 }
 
 /**
@@ -55,7 +194,7 @@ export function markBroken(client: pg.Client, reason: string): void {
  * more than `waitMs` (a server that stopped answering cannot hold a shutdown): after that the
  * socket is destroyed. Queries still running on the client fail.
  */
-export async function closeQuietly(client: pg.Client | undefined | null, waitMs = 1000): Promise<void> {
+export async function closeQuietly(client: Client | undefined | null, waitMs = 1000): Promise<void> {
   if (!client) return;
   markBroken(client, 'closed');
   let timer: NodeJS.Timeout | undefined;
@@ -75,101 +214,12 @@ export async function closeQuietly(client: pg.Client | undefined | null, waitMs 
   }
 }
 
-/** The node-postgres settings for a CN connection (exported for tests and diagnostics). */
-export function coordinatorClientConfig(cfg: CoordinatorConnectConfig, database: string, applicationName = DEFAULT_APPLICATION_NAME): pg.ClientConfig {
-  const { connectAddress, superuser } = cfg.postgresql;
-  const c = cfg.citus;
-  return {
-    host: connectAddress.host,
-    port: connectAddress.port,
-    database,
-    user: superuser.username,
-    // config, else PGPASSWORD, else PGPASSFILE / ~/.pgpass, as libpq does (src/pg/password.ts)
-    password: pgPassword(cfg, { host: connectAddress.host, port: connectAddress.port, database }),
-    connectionTimeoutMillis: c.connectTimeoutMs,
-    application_name: applicationName,
-    keepAlive: true,
-    keepAliveInitialDelayMillis: 10_000,
-    // 0 would disable them, which is what the config means by 0 as well
-    lock_timeout: c.lockTimeoutMs,
-    statement_timeout: c.statementTimeoutMs,
-    idle_in_transaction_session_timeout: Math.max(c.statementTimeoutMs, c.lockTimeoutMs, 10_000),
-  };
-}
-
-function describeConnectError(err: unknown, cfg: CoordinatorConnectConfig, database: string): string {
-  const e = err as { code?: string; message?: string };
-  const user = cfg.postgresql.superuser.username;
-  const msg = errorMessage(err);
-  switch (e.code) {
-    case 'ECONNREFUSED':
-      return 'connection refused (is PostgreSQL running and listening there?)';
-    case 'ENOTFOUND':
-    case 'EAI_AGAIN':
-      return 'host name does not resolve';
-    case 'EHOSTUNREACH':
-    case 'ENETUNREACH':
-      return 'host unreachable';
-    case 'ECONNRESET':
-      return 'connection reset by the server';
-    case '28P01':
-      return `password authentication failed for user "${user}" (check postgresql.authentication.superuser.password, PGPASSWORD or PGPASSFILE)`;
-    case '28000':
-      return `access rejected for user "${user}": ${msg} (check pg_hba.conf)`;
-    case '3D000':
-      return `database "${database}" does not exist (check citus.databases)`;
-    case '57P03':
-      return `the server is not accepting connections yet: ${msg}`;
-    case '53300':
-      return 'too many connections';
-    default:
-      break;
-  }
-  if (/timeout|timed out/i.test(msg)) return `no answer within ${cfg.citus.connectTimeoutMs} ms (citus.connect_timeout)`;
-  if (/client password must be a (non-empty )?string|password must be a string/i.test(msg)) {
-    return 'the server asks for a password and none is configured (postgresql.authentication.superuser.password, PGPASSWORD or PGPASSFILE)';
-  }
-  return msg;
-}
-
-function scrub(text: string, password: string | undefined): string {
-  let out = maskSecrets(text).replace(/[\r\n]+/g, ' ');
-  if (password) out = out.split(password).join('****');
-  return out;
-}
-
-/**
- * A connected pg.Client to the CN (`postgresql.connect_address`) and `database`.
- * Throws UserError (exit 2): `cannot connect to PostgreSQL at host:port (database "d", user "u"): why`.
- */
-export async function connectCoordinator(cfg: CoordinatorConnectConfig, database: string, opts: ConnectCoordinatorOptions = {}): Promise<pg.Client> {
-  const where = formatHostPort(cfg.postgresql.connectAddress);
-  const client = new pg.Client(coordinatorClientConfig(cfg, database, opts.applicationName ?? DEFAULT_APPLICATION_NAME));
-  let connected = false;
-  const onBroken = (reason: string): void => {
-    if (broken.has(client)) return;
-    broken.set(client, reason);
-    if (!connected) return;
-    opts.logger?.warn({ host: where, database, err: scrub(reason, cfg.postgresql.superuser.password) }, 'connection to the coordinator lost');
-    opts.onBroken?.(client, reason);
-  };
-  client.on('error', (err: Error) => onBroken(errorMessage(err)));
-  client.on('end', () => {
-    // end() called by the owner: not a failure worth a warning
-    if ((client as unknown as { _ending?: boolean })._ending === true) markBroken(client, 'closed');
-    else onBroken('connection ended');
-  });
+/** Runs `fn` on a new session and closes it (bounded) whatever happens. */
+export async function withSession<T>(cfg: PgConfig, o: ConnectOptions, fn: (client: Client) => Promise<T>): Promise<T> {
+  const client = await pgConnect(cfg, o);
   try {
-    await client.connect();
-    connected = true;
-  } catch (err) {
-    broken.set(client, 'connect failed');
-    await client.end().catch(() => undefined);
-    const why = scrub(describeConnectError(err, cfg, database), cfg.postgresql.superuser.password);
-    throw new UserError(
-      `cannot connect to PostgreSQL at ${where} (database "${database}", user "${cfg.postgresql.superuser.username}"): ${why}`,
-      2,
-    );
+    return await fn(client);
+  } finally {
+    await closeQuietly(client);
   }
-  return client;
 }

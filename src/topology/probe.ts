@@ -1,8 +1,8 @@
 /**
- * Probe source (the seed's mode): `SELECT pg_is_in_recovery()` on every configured node, all in
- * parallel, every `citus.loop_wait` seconds. A NEW pg.Client per probe (domain-facts "pg"), its
- * `error` handler attached, `connectionTimeoutMillis` = citus.connect_timeout, a server-side
- * statement_timeout and a client-side query_timeout (the connection is thrown away anyway).
+ * Probe source (the seed's mode): `pg_is_in_recovery()` (pg/recovery.ts) on every configured
+ * node, all in parallel, every `citus.loop_wait` seconds. A NEW session per probe (pg/connect.ts,
+ * purpose probe: connect timeout = citus.connect_timeout, a server-side statement_timeout and a
+ * client-side query_timeout: the connection is thrown away anyway).
  * Credentials: postgresql.authentication.superuser; without a password, src/pg/password.ts reads
  * PGPASSWORD / ~/.pgpass itself. Passwords are never logged.
  *
@@ -12,9 +12,11 @@
  * NOT ONE node answers is the read a failure (stale view): that is the controller's own network
  * or credentials, not a failover.
  */
-import pg from 'pg';
-import { pgPassword } from '../pg/password.js';
-import { errorMessage, maskSecrets } from '../util/errors.js';
+import type pg from 'pg';
+import { closeQuietly, pgConnect, PgConnectError } from '../pg/connect.js';
+import { describePgError, errorCode } from '../pg/errors.js';
+import { readRecovery } from '../pg/recovery.js';
+import { maskSecrets } from '../util/errors.js';
 import { probeNodesOf, type NodeGroupRef } from '../config/groups.js';
 import { formatHostPort, type HostPort } from '../net/address.js';
 import { type ControllerConfig } from '../config/types.js';
@@ -36,11 +38,6 @@ export interface ProbeReaderOptions {
   /** Poll interval (ms). Default citus.loop_wait * 1000. */
   periodMs?: number;
 }
-
-const PROBE_SQL =
-  'SELECT pg_catalog.pg_is_in_recovery() AS in_recovery, ' +
-  'pg_catalog.pg_wal_lsn_diff(CASE WHEN pg_catalog.pg_is_in_recovery() THEN pg_catalog.pg_last_wal_replay_lsn() ' +
-  "ELSE pg_catalog.pg_current_wal_lsn() END, '0/0')::text AS lsn";
 
 export class ProbeReader implements TopologyReader {
   readonly kind = 'probe' as const;
@@ -67,40 +64,21 @@ export class ProbeReader implements TopologyReader {
 
   /** One probe on a fresh connection. Never throws. */
   async probe(node: HostPort): Promise<ProbeResult> {
-    const su = this.cfg.postgresql.superuser;
-    const timeout = this.cfg.citus.connectTimeoutMs;
-    const client = new pg.Client({
-      host: node.host,
-      port: node.port,
-      user: su.username,
-      password: pgPassword(this.cfg, { host: node.host, port: node.port, database: this.cfg.citus.databases[0] ?? 'postgres' }),
-      database: this.cfg.citus.databases[0] ?? 'postgres',
-      connectionTimeoutMillis: timeout,
-      statement_timeout: timeout,
-      query_timeout: timeout + 1000,
-      application_name: 'citus-controller probe',
-    });
-    client.on('error', () => undefined);
-    this.open.add(client);
+    let client: pg.Client | undefined;
     try {
-      await client.connect();
-      const res = await client.query<{ in_recovery: boolean; lsn: string | null }>(PROBE_SQL);
-      const row = res.rows[0];
-      if (!row) return { ok: false, inRecovery: false, lsn: null, error: 'probe returned no row' };
-      const lsn = row.lsn === null ? null : Number(row.lsn);
-      return { ok: true, inRecovery: row.in_recovery === true, lsn: lsn !== null && Number.isFinite(lsn) ? lsn : null };
+      client = await pgConnect(this.cfg, { purpose: 'probe', host: node.host, port: node.port });
+      this.open.add(client);
+      const r = await readRecovery(client);
+      return { ok: true, inRecovery: r.inRecovery, lsn: r.lsn };
     } catch (err) {
-      const e = err as { code?: unknown };
-      return {
-        ok: false,
-        inRecovery: false,
-        lsn: null,
-        error: maskSecrets(errorMessage(err)),
-        ...(typeof e.code === 'string' ? { code: e.code } : {}),
-      };
+      const code = errorCode(err);
+      const error = err instanceof PgConnectError ? err.reason : maskSecrets(describePgError(err));
+      return { ok: false, inRecovery: false, lsn: null, error, ...(code !== undefined ? { code } : {}) };
     } finally {
-      this.open.delete(client);
-      await client.end().catch(() => undefined);
+      if (client) {
+        this.open.delete(client);
+        await closeQuietly(client);
+      }
     }
   }
 
@@ -152,6 +130,6 @@ export class ProbeReader implements TopologyReader {
 
   async close(): Promise<void> {
     this.closed = true;
-    await Promise.all([...this.open].map((c) => c.end().catch(() => undefined)));
+    await Promise.all([...this.open].map((c) => closeQuietly(c)));
   }
 }

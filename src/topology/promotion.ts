@@ -16,9 +16,10 @@
  * in recovery stay ambiguous. The confirmation is dropped as soon as the leader key moves, X's
  * address changes, or X's member key catches up.
  */
-import pg from 'pg';
+import type pg from 'pg';
+import { closeQuietly, pgConnect } from '../pg/connect.js';
+import { isInRecovery } from '../pg/recovery.js';
 import type { ControllerConfig } from '../config/types.js';
-import { pgPassword } from '../pg/password.js';
 import { errorMessage } from '../util/errors.js';
 import type { Logger } from '../util/log.js';
 import type { TopologySourceHandle } from './read-loop.js';
@@ -171,40 +172,26 @@ export class PromotionConfirmer implements TopologySourceHandle {
       if (!p.client) {
         if (p.connecting) return false;
         p.connecting = true;
-        const c = new pg.Client({
-          host: p.host,
-          port: p.port,
-          user: this.cfg.postgresql.superuser.username,
-          password: pgPassword(this.cfg, { host: p.host, port: p.port, database: this.cfg.citus.databases[0] ?? 'postgres' }),
-          database: this.cfg.citus.databases[0],
-          connectionTimeoutMillis: this.cfg.citus.connectTimeoutMs,
-          application_name: 'citus-controller promotion probe',
-          statement_timeout: 1000,
-        });
-        c.on('error', () => undefined);
+        let c: pg.Client;
         try {
-          await c.connect();
-        } catch (err) {
-          await c.end().catch(() => undefined);
-          throw err;
+          c = await pgConnect(this.cfg, { purpose: 'promotion', host: p.host, port: p.port });
         } finally {
           p.connecting = false;
         }
         if (this.stopped || !this.pending.has(k)) {
-          await c.end().catch(() => undefined);
+          await closeQuietly(c);
           return false;
         }
         p.client = c;
       }
-      const r = await p.client.query<{ rec: boolean }>('SELECT pg_catalog.pg_is_in_recovery() AS rec');
-      const writable = r.rows[0]?.rec === false;
+      const writable = !(await isInRecovery(p.client));
       if (writable) this.confirmed.add(k);
       return writable;
     } catch (err) {
       this.log.debug({ group: p.groupid, member: p.member, err: errorMessage(err) }, 'promotion probe failed');
       const c = p.client;
       p.client = null;
-      await c?.end().catch(() => undefined);
+      await closeQuietly(c);
       return false;
     }
   }
@@ -214,7 +201,7 @@ export class PromotionConfirmer implements TopologySourceHandle {
     p.timer = undefined;
     const c = p.client;
     p.client = null;
-    void c?.end().catch(() => undefined);
+    void closeQuietly(c);
   }
 
   private overlay(t: Topology): Topology {

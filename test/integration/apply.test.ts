@@ -19,10 +19,14 @@ import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { pino } from 'pino';
 import type { Logger } from 'pino';
-import { APPLY_SQL, Applier, WRITER_LOCK_KEY, describeAction, epochNowMs, validateAction } from '../../src/citus/apply.js';
+import { APPLY_SQL, WRITER_LOCK_KEY } from '../../src/citus/sql.js';
+import { Applier } from '../../src/citus/apply.js';
+import { describeAction, validateAction } from '../../src/citus/actions.js';
+import { epochNowMs } from '../../src/util/clock.js';
 import type { ApplierConfig, ApplierOptions } from '../../src/citus/apply.js';
-import { connectCoordinator, isBroken } from '../../src/pg/connect.js';
-import { IS_COORDINATOR_SQL, READ_DIST_NODES_SQL, RECOVERY_AND_CITUS_SQL, checkCoordinatorPrimary, readDistNodes } from '../../src/citus/metadata.js';
+import { isBroken, pgConnect } from '../../src/pg/connect.js';
+import { IS_COORDINATOR_SQL, READ_DIST_NODES_SQL, RECOVERY_AND_CITUS_SQL } from '../../src/citus/sql.js';
+import { checkCoordinatorPrimary, readDistNodes } from '../../src/citus/metadata.js';
 import type { Action, AddNodeAction, DistNodeRow, ParkNodeAction, Plan, UpdateNodeAction } from '../../src/citus/model.js';
 import type { CitusConfig } from '../../src/config/types.js';
 import { testConfig } from '../helpers/config.js';
@@ -291,7 +295,7 @@ function recordingConnect(
   applicationName = 'citus-controller-test',
 ): NonNullable<ApplierOptions['connect']> {
   return async (database) => {
-    const client = await connectCoordinator(cfg, database, { applicationName });
+    const client = await pgConnect(cfg, { purpose: 'applier', database, applicationName });
     const original = client.query.bind(client) as (text: string, values?: unknown[]) => Promise<pg.QueryResult>;
     (client as unknown as { query: (text: string, values?: unknown[]) => Promise<pg.QueryResult> }).query = (text: string, values?: unknown[]) => {
       recorded.push({ database, text, values: values ?? [] });
@@ -661,7 +665,7 @@ describe('Applier against PostgreSQL', () => {
     // sessions WITHOUT session-level timeouts: only the batch's SET LOCAL can end the wait
     const applier = newApplier(cfg, {
       connect: async (database) => {
-        const c = await connectCoordinator(cfg, database);
+        const c = await pgConnect(cfg, { purpose: 'applier', database });
         await c.query('SET lock_timeout = 0');
         await c.query('SET statement_timeout = 0');
         return c;
@@ -773,7 +777,7 @@ describe('Applier against PostgreSQL', () => {
     const secret = 'S3cret-never-shown';
     const cfg = applierConfig(closed!, ['postgres'], { connectTimeoutMs: 1000 });
     cfg.postgresql.superuser.password = secret;
-    await assert.rejects(connectCoordinator(cfg, 'postgres'), (err: unknown) => {
+    await assert.rejects(pgConnect(cfg, { purpose: 'applier', database: 'postgres' }), (err: unknown) => {
       assert.ok(err instanceof UserError);
       assert.equal(err.exitCode, 2);
       assert.match(err.message, new RegExp(`^cannot connect to PostgreSQL at 127\\.0\\.0\\.1:${closed} \\(database "postgres", user "postgres"\\): connection refused`));
@@ -782,7 +786,7 @@ describe('Applier against PostgreSQL', () => {
       return true;
     });
     const missing = applierConfig(cn.port, ['no_such_db']);
-    await assert.rejects(connectCoordinator(missing, 'no_such_db'), /database "no_such_db" does not exist \(check citus.databases\)/);
+    await assert.rejects(pgConnect(missing, { purpose: 'applier', database: 'no_such_db' }), /database "no_such_db" does not exist \(check citus.databases\)/);
 
     const applier = newApplier(cfg);
     const res = await applier.apply(plan(update('postgres', 1, 1, w1a, w1b, 1)), epochNowMs());
@@ -792,7 +796,7 @@ describe('Applier against PostgreSQL', () => {
     assert.ok(!res.skipped[0]!.reason.includes(secret));
 
     // a live connection that dies is marked broken, never crashes the process
-    const c = await connectCoordinator(applierConfig(cn.port, ['postgres']), 'postgres', { applicationName: 'cc-test-broken' });
+    const c = await pgConnect(applierConfig(cn.port, ['postgres']), { purpose: 'applier', database: 'postgres', applicationName: 'cc-test-broken' });
     assert.equal(isBroken(c), false);
     await withClient(cn.port, 'postgres', (h) => h.query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'cc-test-broken'"));
     await waitFor('the client to be marked broken', 5000, async () => (isBroken(c) ? true : undefined));

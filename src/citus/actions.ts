@@ -1,0 +1,85 @@
+/**
+ * Actions as text, checked and grouped. Pure: what `reconcile --dry-run` prints, the last line of
+ * defence before any SQL is sent, and the transaction boundaries the applier keeps.
+ */
+import { formatHostPort, isValidHost, type HostPort } from '../net/address.js';
+import type { Action } from './model.js';
+
+const fmt = formatHostPort;
+
+export interface Batch {
+  database: string;
+  batch: number;
+  actions: Action[];
+}
+
+/** SQL literal for display only (never sent to a server). */
+function showLiteral(text: string): string {
+  return `'${text.replace(/'/g, "''")}'`;
+}
+
+/**
+ * One line for logs and `reconcile --dry-run`, e.g.
+ * `postgres group 1: citus_update_node(3, '127.0.0.1', 6002) 127.0.0.1:6001 -> 127.0.0.1:6002 (reason)`.
+ */
+export function describeAction(action: Action): string {
+  const head = `${action.database} group ${action.groupid}:`;
+  switch (action.kind) {
+    case 'update_node':
+    case 'park_node': {
+      const extra = action.force ? `, force => true, lock_cooldown => ${action.lockCooldownMs}` : '';
+      const call = `citus_update_node(${action.nodeid}, ${showLiteral(action.to.host)}, ${action.to.port}${extra})`;
+      const what = action.kind === 'park_node' ? ' [park]' : '';
+      return `${head} ${call} ${fmt(action.from)} -> ${fmt(action.to)}${what} (${action.reason})`;
+    }
+    case 'add_node': {
+      const call =
+        action.groupid === 0
+          ? `citus_set_coordinator_host(${showLiteral(action.to.host)}, ${action.to.port})`
+          : `citus_add_node(${showLiteral(action.to.host)}, ${action.to.port}, groupid => ${action.groupid})`;
+      return `${head} ${call} -> ${fmt(action.to)} (${action.reason})`;
+    }
+  }
+}
+
+const INT4_MAX = 2_147_483_647;
+
+function isInt(n: unknown, min: number, max: number): n is number {
+  return typeof n === 'number' && Number.isInteger(n) && n >= min && n <= max;
+}
+
+function badAddress(what: string, hp: HostPort | undefined): string | null {
+  if (!hp || typeof hp.host !== 'string' || !isValidHost(hp.host)) return `${what} host ${JSON.stringify(hp?.host)} is not a valid host name or IP address`;
+  if (!isInt(hp.port, 1, 65535)) return `${what} port ${JSON.stringify(hp.port)} is not 1-65535`;
+  return null;
+}
+
+/** Defence in depth: the planner only emits valid actions; the applier re-checks before any SQL. */
+export function validateAction(action: Action, databases: readonly string[]): string | null {
+  if (!databases.includes(action.database)) return `database ${JSON.stringify(action.database)} is not in citus.databases`;
+  if (!isInt(action.groupid, 0, INT4_MAX)) return `invalid group id ${JSON.stringify(action.groupid)}`;
+  switch (action.kind) {
+    case 'update_node':
+    case 'park_node': {
+      if (!isInt(action.nodeid, 1, INT4_MAX)) return `invalid nodeid ${JSON.stringify(action.nodeid)}`;
+      if (typeof action.force !== 'boolean') return 'force must be true or false';
+      if (!isInt(action.lockCooldownMs, 0, INT4_MAX)) return `invalid lock_cooldown ${JSON.stringify(action.lockCooldownMs)}`;
+      return badAddress('from', action.from) ?? badAddress('target', action.to);
+    }
+    case 'add_node':
+      return badAddress('target', action.to);
+    default:
+      return `unknown action kind ${JSON.stringify((action as { kind?: unknown }).kind)}`;
+  }
+}
+
+/** Contiguous actions with the same `batch` (see types.ts). */
+export function batchesOf(actions: readonly Action[]): Batch[] {
+  const out: Batch[] = [];
+  for (const a of actions) {
+    const last = out[out.length - 1];
+    if (last && last.batch === a.batch && last.database === a.database) last.actions.push(a);
+    else out.push({ database: a.database, batch: a.batch, actions: [a] });
+  }
+  return out;
+}
