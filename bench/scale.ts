@@ -48,7 +48,8 @@ import { type ControllerConfig } from '../src/config/types.js';
 import { Controller, policyOf } from '../src/runtime/controller.js';
 import { managedGroups } from '../src/config/groups.js';
 import { errorMessage } from '../src/util/errors.js';
-import { CITUS_LAB_PG_PARAMETERS, ensureCitus } from '../src/lab/citus.js';
+import { citusLabel, ensureCitus } from '../src/lab/citus.js';
+import { citusInstalled, findPgBin, serverSettings } from '../src/lab/pg-server.js';
 import { etcdHealthy, startEtcd } from '../src/lab/etcd.js';
 import { LOOPBACK, findLabProcesses, isAlive, pickFreePorts, resolveRunAs, signal, spawnDetached, waitForExit, type RunAs } from '../src/lab/proc.js';
 import { findExecutable } from '../src/lab/up.js';
@@ -172,14 +173,6 @@ const PATRONI_CONFIG = JSON.stringify({
   postgresql: { use_pg_rewind: true, use_slots: true, parameters: { max_connections: 100, wal_level: 'replica', hot_standby: 'on', wal_log_hints: 'on' } },
 });
 
-function pgBinDir(): string {
-  const want = process.env.CITUS_LAB_PG_BIN;
-  if (want) return want;
-  const dflt = '/usr/lib/postgresql/15/bin';
-  if (existsSync(join(dflt, 'postgres'))) return dflt;
-  throw new Error('PostgreSQL 15 server binaries not found in /usr/lib/postgresql/15/bin (run bash scripts/setup, or set CITUS_LAB_PG_BIN)');
-}
-
 function newestMtime(dir: string): number {
   let newest = 0;
   for (const e of readdirSync(dir, { withFileTypes: true })) {
@@ -302,7 +295,8 @@ async function startEtcdServer(dir: string, port: number, peer: number): Promise
 }
 
 async function startPostgres(dir: string, port: number, password: string, runAs: RunAs | null): Promise<number> {
-  const bin = pgBinDir();
+  const bin = findPgBin();
+  const realCitus = (await citusInstalled(bin)).installed;
   const pgDir = join(dir, 'pg');
   const dataDir = join(pgDir, 'data');
   mkdirSync(pgDir, { recursive: true, mode: 0o700 });
@@ -324,8 +318,9 @@ async function startPostgres(dir: string, port: number, password: string, runAs:
     [
       ...['-D', dataDir, '-p', String(port), '-c', `listen_addresses=${LOOPBACK}`, '-c', `unix_socket_directories=${pgDir}`],
       ...['-c', 'max_connections=50', '-c', 'shared_buffers=32MB'],
-      // as in the lab: citus.use_secondary_nodes known to every session (the emulation has no Citus GUCs)
-      ...Object.entries(CITUS_LAB_PG_PARAMETERS).flatMap(([k, v]) => ['-c', `${k}=${v}`]),
+      // the settings every server of the project gets (lab/pg-server.ts): citus preloaded when
+      // installed, max_worker_processes for its maintenance workers, the use_secondary_nodes GUC
+      ...Object.entries(serverSettings({ realCitus })).flatMap(([k, v]) => ['-c', `${k}=${v}`]),
     ],
     { logFile: join(pgDir, 'postgres.log'), cwd: dataDir, env, runAs },
   );
@@ -422,7 +417,10 @@ export async function buildWorld(o: Options, dir: string): Promise<World> {
   t = Date.now();
   try {
     const mode = await ensureCitus(admin);
-    if (mode.mode !== 'emulated') progress(`note: real Citus ${mode.version} is installed; citus_add_node would try to reach the fake worker addresses`);
+    // real Citus connects to a node citus_add_node activates: the fake workers are registered
+    // inactive (citus_update_node, all the controller calls, works on them without connecting)
+    const addFn = mode.mode === 'real' ? 'citus_add_inactive_node' : 'citus_add_node';
+    if (mode.mode === 'real') progress(`real Citus ${mode.version}: worker rows registered with citus_add_inactive_node (fake addresses)`);
     await admin.query('SELECT pg_catalog.citus_set_coordinator_host($1, $2)', [LOOPBACK, pgPort]);
     const hosts: string[] = [];
     const gids: number[] = [];
@@ -430,11 +428,11 @@ export async function buildWorld(o: Options, dir: string): Promise<World> {
       hosts.push(fakeHost(g, leaders[g] ?? 0));
       gids.push(g);
     }
-    await admin.query('SELECT count(pg_catalog.citus_add_node(h, 5432, g)) FROM unnest($1::text[], $2::int[]) WITH ORDINALITY AS t(h, g, n)', [hosts, gids]);
+    await admin.query(`SELECT count(pg_catalog.${addFn}(h, 5432, g)) FROM unnest($1::text[], $2::int[]) WITH ORDINALITY AS t(h, g, n)`, [hosts, gids]);
     await admin.query("SELECT pg_catalog.setval('pg_catalog.pg_dist_groupid_seq', (SELECT max(groupid) FROM pg_catalog.pg_dist_node))");
     const n = await admin.query<{ n: string }>('SELECT count(*) AS n FROM pg_catalog.pg_dist_node');
     setupMs.pgDistNode = Date.now() - t;
-    progress(`PostgreSQL: Citus emulation loaded, pg_dist_node has ${n.rows[0]?.n} rows (${setupMs.pgDistNode} ms)`);
+    progress(`PostgreSQL: ${citusLabel(mode)}, pg_dist_node has ${n.rows[0]?.n} rows (${setupMs.pgDistNode} ms)`);
   } finally {
     await admin.end().catch(() => undefined);
   }

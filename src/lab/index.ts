@@ -4,7 +4,8 @@
  */
 export type { LabCallbacks, LabGroup, LabMember, LabState, LabUpOptions, LabVip } from './types.js';
 export { HOOK_PATH, callbackCommand, memberConfigFile, memberSocket, memberControllerConfigDoc, writeMemberControllerConfig } from './member-config.js';
-export { labUp, validateUpOptions, citusInstalled, controllerConfigDoc, SAMPLE_TABLE } from './up.js';
+export { labUp, validateUpOptions, controllerConfigDoc, SAMPLE_TABLE } from './up.js';
+export { citusInstalled, findPgBin } from './pg-server.js';
 export { labDown, stopLabProcesses, labPorts, type DownReport, type StoppedProcess } from './down.js';
 export { labStatus, displayRole, type LabStatusReport, type GroupStatus, type MemberStatus } from './status.js';
 export {

@@ -2,7 +2,7 @@
  * Patroni for the lab: one member's patroni.yml, starting its process, and its REST API.
  */
 import { chmodSync, chownSync, writeFileSync } from 'node:fs';
-import { CITUS_LAB_PG_PARAMETERS } from './citus.js';
+import { serverSettings } from './pg-server.js';
 import { dirname, join } from 'node:path';
 import yaml from 'js-yaml';
 import { LOOPBACK, spawnDetached, type RunAs } from './proc.js';
@@ -13,7 +13,7 @@ import { callbackEnv } from './member-config.js';
 export const LAB_DCS_TIMINGS = { ttl: 10, loopWait: 1, retryTimeout: 4 } as const;
 
 export interface PatroniConfigInput {
-  state: Pick<LabState, 'namespace' | 'etcd' | 'superuser' | 'replication'>;
+  state: Pick<LabState, 'namespace' | 'etcd' | 'superuser' | 'replication' | 'databases'>;
   member: LabMember;
   pgBinDir: string;
   realCitus: boolean;
@@ -24,7 +24,7 @@ export interface PatroniConfigInput {
 }
 
 /** PostgreSQL parameters every lab member runs with (also written to the DCS at bootstrap). */
-export function labPgParameters(realCitus: boolean): Record<string, string | number> {
+export function labPgParameters(realCitus: boolean, databases = 4): Record<string, string | number> {
   return {
     wal_level: 'logical',
     hot_standby: 'on',
@@ -33,20 +33,17 @@ export function labPgParameters(realCitus: boolean): Record<string, string | num
     max_prepared_transactions: 100,
     max_wal_senders: 10,
     max_replication_slots: 10,
-    max_worker_processes: 16,
     wal_keep_size: '128MB',
     shared_buffers: '16MB',
-    'citus.node_conninfo': 'sslmode=prefer',
-    // without the Citus library loaded, PostgreSQL 15 accepts ALTER SYSTEM for a custom GUC only
-    // when postgresql.conf names it; with real Citus, `never` is its default anyway
-    ...CITUS_LAB_PG_PARAMETERS,
-    ...(realCitus ? { shared_preload_libraries: 'citus' } : {}),
+    // max_worker_processes for Citus's maintenance workers, node_conninfo, the use_secondary_nodes
+    // placeholder, and citus preloaded when installed: the same for every server (pg-server.ts)
+    ...serverSettings({ realCitus, citusDatabases: databases }),
   };
 }
 
 export function patroniConfig(input: PatroniConfigInput): Record<string, unknown> {
   const { state, member, pgBinDir, realCitus, socketDir, callbackCommand } = input;
-  const params = labPgParameters(realCitus);
+  const params = labPgParameters(realCitus, state.databases.length);
   const hba = [
     `host replication ${state.replication.username} ${LOOPBACK}/32 scram-sha-256`,
     `host all all ${LOOPBACK}/32 scram-sha-256`,

@@ -8,7 +8,6 @@ import { randomBytes } from 'node:crypto';
 import { accessSync, chmodSync, chownSync, constants, existsSync, mkdirSync, readdirSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import yaml from 'js-yaml';
-import { execa } from 'execa';
 import { loadConfig } from '../config/load.js';
 import { ConfigError, UserError, errorMessage } from '../util/errors.js';
 import { citusLabel, ensureCitus, type CitusMode } from './citus.js';
@@ -16,6 +15,7 @@ import { etcdGet, etcdHealthy, scopeKey, startEtcd } from './etcd.js';
 import { memberRole, patroniBinary, waitForLeader, waitForReplica } from './ha.js';
 import { LAB_DCS_TIMINGS, citusPgpass, startPatroni, writePatroniConfig } from './patroni.js';
 import { pgConnect, readDistNodes, type DistNodeRow } from './pg.js';
+import { citusInstalled, findPgBin } from './pg-server.js';
 import { LOOPBACK, findLabProcesses, isAlive, isAliveWith, pickFreePorts, resolveRunAs, sleep, tailFile, type RunAs } from './proc.js';
 import { STATE_FILE, readLabState, redact, resolveLabDir, saveLabState } from './state.js';
 import { stopLabProcesses } from './down.js';
@@ -53,38 +53,6 @@ export function findExecutable(name: string): string | null {
     }
   }
   return null;
-}
-
-function pgBinDir(): string {
-  const want = process.env.CITUS_LAB_PG_BIN;
-  if (want) {
-    if (!existsSync(join(want, 'postgres'))) throw new UserError(`CITUS_LAB_PG_BIN=${want} has no postgres binary`);
-    return want;
-  }
-  const dflt = '/usr/lib/postgresql/15/bin';
-  if (existsSync(join(dflt, 'postgres'))) return dflt;
-  let versions: string[] = [];
-  try {
-    versions = readdirSync('/usr/lib/postgresql').filter((v) => /^\d+$/.test(v) && existsSync(join('/usr/lib/postgresql', v, 'bin', 'postgres')));
-  } catch {
-    /* none */
-  }
-  const best = versions.sort((a, b) => Number(b) - Number(a))[0];
-  if (!best) throw new UserError('PostgreSQL server binaries not found in /usr/lib/postgresql/*/bin (apt-get install postgresql-15, or set CITUS_LAB_PG_BIN)');
-  return join('/usr/lib/postgresql', best, 'bin');
-}
-
-/** Is real Citus installed for these binaries? (citus.control in the extension directory) */
-export async function citusInstalled(binDir: string): Promise<{ installed: boolean; controlFile: string }> {
-  let sharedir = '/usr/share/postgresql/15';
-  try {
-    const r = await execa(join(binDir, 'pg_config'), ['--sharedir'], { timeout: 10000 });
-    sharedir = r.stdout.trim();
-  } catch {
-    /* keep the default */
-  }
-  const controlFile = join(sharedir, 'extension', 'citus.control');
-  return { installed: existsSync(controlFile), controlFile };
 }
 
 /** Every ancestor of `dir` must let `runAs` through (PostgreSQL runs as that user). */
@@ -248,7 +216,7 @@ export async function labUp(opts: LabUpOptions): Promise<LabState> {
   const deadline = t0 + timeoutMs;
   const left = () => Math.max(1000, deadline - Date.now());
 
-  const binDir = pgBinDir();
+  const binDir = findPgBin();
   const patroniBin = findExecutable(patroniBinary());
   if (!patroniBin) throw new UserError(`${patroniBinary()} not found in PATH (apt-get install patroni, or set CITUS_LAB_PATRONI)`);
   const etcdBin = findExecutable(process.env.CITUS_LAB_ETCD ?? 'etcd');

@@ -183,7 +183,15 @@ export async function pgConnect(cfg: PgConfig, o: ConnectOptions): Promise<Clien
         await new Promise((r) => setTimeout(r, 100));
         continue;
       }
-      const why = scrub(describePgError(err, { user, database: base.database as string, connectTimeoutMs }), cfg.postgresql.superuser.password);
+      const why = scrub(
+        describePgError(err, {
+          user,
+          database: base.database as string,
+          connectTimeoutMs,
+          ...(o.connectTimeoutMs === undefined ? { connectTimeoutSetting: 'citus.connect_timeout' } : {}),
+        }),
+        cfg.postgresql.superuser.password,
+      );
       throw new PgConnectError(`cannot connect to PostgreSQL at ${where} (database "${base.database as string}", user "${user}"): ${why}`, why, code);
     }
   }

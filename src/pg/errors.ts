@@ -26,6 +26,8 @@ export interface DescribeContext {
   database?: string;
   /** The connect timeout in force, for "no answer within N ms". */
   connectTimeoutMs?: number;
+  /** The setting it came from, named in the phrase (e.g. `citus.connect_timeout`). */
+  connectTimeoutSetting?: string;
 }
 
 /**
@@ -66,7 +68,8 @@ export function describePgError(err: unknown, ctx: DescribeContext = {}): string
       break;
   }
   if (/timeout|timed out/i.test(msg)) {
-    return ctx.connectTimeoutMs !== undefined ? `timed out: no answer within ${ctx.connectTimeoutMs} ms (citus.connect_timeout)` : 'timed out (no answer)';
+    if (ctx.connectTimeoutMs === undefined) return 'timed out (no answer)';
+    return `timed out: no answer within ${ctx.connectTimeoutMs} ms${ctx.connectTimeoutSetting ? ` (${ctx.connectTimeoutSetting})` : ''}`;
   }
   if (/client password must be a (non-empty )?string|password must be a string/i.test(msg)) {
     return 'the server asks for a password and none is configured (postgresql.authentication.superuser.password, PGPASSWORD or PGPASSFILE)';

@@ -551,6 +551,31 @@ describe('Citus node-metadata API', () => {
     }
   });
 
+  test('citus_update_node marks every metadata worker unsynced (metadatasynced = false) in its transaction', async () => {
+    const p = await addFakePrimary();
+    try {
+      await db.query('BEGIN');
+      try {
+        await db.query('SELECT pg_catalog.citus_update_node($1, $2, $3)', [p.nodeid, fakeName('unsync'), 5432]);
+        const rows = await db.query<{ nodeid: number; metadatasynced: boolean }>(
+          'SELECT nodeid, metadatasynced FROM pg_catalog.pg_dist_node WHERE hasmetadata AND groupid > 0 ORDER BY nodeid',
+        );
+        assert.ok(rows.rows.length >= 1, 'the lab has at least one metadata worker');
+        assert.deepEqual(
+          rows.rows.filter((r) => r.metadatasynced),
+          [],
+          'no metadata worker is marked synced until the maintenance daemon has synced it',
+        );
+        const coord = await db.query<{ metadatasynced: boolean }>("SELECT metadatasynced FROM pg_catalog.pg_dist_node WHERE groupid = 0 AND noderole = 'primary'");
+        assert.equal(coord.rows[0]?.metadatasynced, true, 'the coordinator always has the metadata');
+      } finally {
+        await db.query('ROLLBACK');
+      }
+    } finally {
+      await removeCreated([p.nodeid]);
+    }
+  });
+
   test('citus_update_node inside BEGIN..COMMIT: others read the committed address without blocking until COMMIT', async () => {
     const p = await addFakePrimary();
     try {

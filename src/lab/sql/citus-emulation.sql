@@ -26,8 +26,11 @@
 --     daemon or metadata sync. A worker primary added with citus_add_node gets
 --     hasmetadata = true, metadatasynced = true at once, as Citus 13 leaves it after a
 --     successful activation; secondaries keep hasmetadata = false, metadatasynced = false.
---     citus_update_node does not flip metadatasynced to false: real Citus does, and its
---     maintenance daemon sets it back to true, usually within a second.
+--     citus_update_node sets metadatasynced = false on every metadata worker row (hasmetadata
+--     and metadatasynced, groupid > 0), as Citus does (UnsetMetadataSyncedForAllWorkers in
+--     node_metadata.c). Citus's maintenance daemon then syncs them and sets it back to true,
+--     seconds later; the emulation has no daemon, so it stays false, as it does on real Citus
+--     while those workers cannot be reached. Callers must not rely on either value.
 --   * force / lock_cooldown of citus_update_node are accepted and ignored (no shard locks
 --     to wait for).
 --   * citus.use_secondary_nodes is not created: on PostgreSQL 15 it is a placeholder GUC,
@@ -394,8 +397,12 @@ BEGIN
      SET nodename = new_node_name, nodeport = new_node_port
    WHERE n.nodeid = node_id;
 
-  -- Citus takes this lock to mark metadata workers unsynced (serialises concurrent updates).
+  -- Citus takes this lock to mark metadata workers unsynced (serialises concurrent updates),
+  -- then marks them: the maintenance daemon propagates the change and sets them synced again.
   LOCK TABLE pg_catalog.pg_dist_node IN EXCLUSIVE MODE;
+  UPDATE pg_catalog.pg_dist_node n
+     SET metadatasynced = false
+   WHERE n.hasmetadata AND n.metadatasynced AND n.groupid > 0;
 END
 $func$;
 COMMENT ON FUNCTION pg_catalog.citus_update_node(integer, text, integer, boolean, integer) IS
