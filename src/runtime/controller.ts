@@ -10,8 +10,8 @@ import type { Logger } from '../util/log.js';
 import { Applier, type ApplyResult, type DetectedAt } from '../citus/apply.js';
 import { plan } from '../citus/plan.js';
 import type { DistNodeRow, Plan, Policy } from '../citus/model.js';
-import { chooseSource, type TopologySourceHandle } from '../topology/read-loop.js';
-import { withPromotionConfirmation } from '../topology/promotion.js';
+import { chooseSource } from '../topology/choose.js';
+import { type TopologySource } from '../topology/reader.js';
 import type { Topology } from '../topology/model.js';
 
 export interface PassOutcome {
@@ -47,7 +47,7 @@ export function managedGroups(cfg: ControllerConfig): number[] {
 }
 
 export class Controller {
-  readonly source: TopologySourceHandle;
+  readonly source: TopologySource;
   readonly applier: Applier;
   private readonly log: Logger;
 
@@ -56,9 +56,8 @@ export class Controller {
     opts: ControllerOptions,
   ) {
     this.log = opts.log;
-    const source = chooseSource(cfg, { log: opts.log, ...(opts.source ? { force: opts.source } : {}) });
-    // DCS member keys lag promotion by a Patroni loop: confirm new leaders directly (promotion.ts)
-    this.source = withPromotionConfirmation(source, cfg, opts.log);
+    // the reader, its read loop and (DCS sources) promotion confirmation: topology/choose.ts
+    this.source = chooseSource(cfg, { log: opts.log, ...(opts.source ? { force: opts.source } : {}) });
     this.applier = new Applier(cfg, { logger: opts.log, ...(opts.applicationName ? { applicationName: opts.applicationName } : {}) });
   }
 

@@ -9,11 +9,11 @@
  */
 import { isValidHost, isValidPort, type HostPort } from '../net/address.js';
 
-export type TopologySource = 'etcd' | 'etcd2' | 'rest' | 'probe';
+export type SourceKind = 'etcd' | 'etcd2' | 'rest' | 'probe';
 
 export interface Topology {
   /** `etcd` = Patroni etcd3 keys, `etcd2` = Patroni etcd (v2 API) keys, `rest` = Patroni REST, `probe` = SQL probes. */
-  source: TopologySource;
+  source: SourceKind;
   /** When the source last read everything (ms since the epoch). */
   observedAt: number;
   /** false: the source could not be read and this is the last known view. The planner never acts on it. */
@@ -125,7 +125,7 @@ function countWord(n: number): string {
  *
  * Probe source: exactly one reachable member that is not in recovery (role primary, state running).
  */
-export function runningPrimary(group: GroupView, source: TopologySource): RunningPrimary {
+export function runningPrimary(group: GroupView, source: SourceKind): RunningPrimary {
   const writable = group.members.filter(isWritable);
   if (writable.length > 1) {
     return { ok: false, reason: `${countWord(writable.length)} writable members: ${writable.map((m) => showName(m.name)).join(', ')}` };
@@ -154,4 +154,24 @@ export function runningPrimary(group: GroupView, source: TopologySource): Runnin
   if (x.state !== 'running') return { ok: false, reason: `leader ${showName(x.name)} is not running (state ${showName(x.state)})` };
   if (!memberAddress(x)) return { ok: false, reason: `leader ${showName(x.name)} has no usable address` };
   return { ok: true, member: x };
+}
+
+/**
+ * The part of one group that matters for "did something change": everything except lag (which
+ * moves with every WAL write). Members in a stable order.
+ */
+export function groupSignature(g: GroupView): string {
+  return JSON.stringify({
+    ...g,
+    members: [...g.members].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0)).map((m) => ({ ...m, lagBytes: null })),
+  });
+}
+
+/**
+ * The part of a view that matters for "did something change": everything except lag (which moves
+ * with every WAL write) and observedAt. Groups and members in a stable order. (The same text as
+ * the JSON of the array of groupSignature objects: the read loop compares group by group.)
+ */
+export function viewSignature(groups: readonly GroupView[]): string {
+  return `[${[...groups].sort((a, b) => a.groupid - b.groupid).map(groupSignature).join(',')}]`;
 }

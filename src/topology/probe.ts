@@ -21,7 +21,7 @@ import { probeNodesOf, type NodeGroupRef } from '../config/groups.js';
 import { formatHostPort, type HostPort } from '../net/address.js';
 import { type ControllerConfig } from '../config/types.js';
 import type { Logger } from '../util/log.js';
-import type { TopologyReader } from './read-loop.js';
+import type { TopologyReader } from './reader.js';
 import type { GroupView, MemberView } from './model.js';
 
 export interface ProbeResult {

@@ -22,7 +22,7 @@ import { isInRecovery } from '../pg/recovery.js';
 import type { ControllerConfig } from '../config/types.js';
 import { errorMessage } from '../util/errors.js';
 import type { Logger } from '../util/log.js';
-import type { TopologySourceHandle } from './read-loop.js';
+import type { TopologySource } from './reader.js';
 import { memberAddress, type GroupView, type Topology } from './model.js';
 
 interface Pending {
@@ -38,8 +38,8 @@ interface Pending {
 
 const key = (groupid: number, member: string, host: string, port: number) => `${groupid}\u0000${member}\u0000${host}\u0000${port}`;
 
-export class PromotionConfirmer implements TopologySourceHandle {
-  readonly kind: TopologySourceHandle['kind'];
+export class PromotionConfirmer implements TopologySource {
+  readonly kind: TopologySource['kind'];
   private readonly listeners: Array<() => void> = [];
   private readonly pending = new Map<string, Pending>();
   /** Keys confirmed writable while holding the leader key. */
@@ -49,7 +49,7 @@ export class PromotionConfirmer implements TopologySourceHandle {
   private readonly giveUpMs: number;
 
   constructor(
-    private readonly inner: TopologySourceHandle,
+    private readonly inner: TopologySource,
     private readonly cfg: ControllerConfig,
     private readonly log: Logger,
     opts: { pollMs?: number; giveUpMs?: number } = {},
@@ -231,14 +231,4 @@ export class PromotionConfirmer implements TopologySourceHandle {
       }
     }
   }
-}
-
-/**
- * A source as the controller uses it: the DCS sources (etcd, etcd2) wrapped in a
- * PromotionConfirmer unless `citus.confirm_promotion: false`; REST (whose /patroni role already
- * comes from pg_is_in_recovery()) and probes as they are.
- */
-export function withPromotionConfirmation(source: TopologySourceHandle, cfg: ControllerConfig, log: Logger): TopologySourceHandle {
-  const dcs = source.kind === 'etcd' || source.kind === 'etcd2';
-  return dcs && cfg.citus.confirmPromotion !== false ? new PromotionConfirmer(source, cfg, log) : source;
 }

@@ -1,6 +1,6 @@
 /**
- * Topology sources: the common handle every command uses, the read loop they share, and
- * `chooseSource` (which source a config asks for).
+ * The read loop every topology source shares: it turns a TopologyReader (reader.ts) into a
+ * TopologySource.
  *
  * A source never writes. It is level-triggered: watch events are only hints of WHERE to look.
  * Start, reconnects, watch errors, failures and timers re-read EVERYTHING the source covers; an
@@ -10,86 +10,18 @@
  *
  * The per-source modules (etcd.ts, etcd2.ts, patroni-rest.ts, probe.ts) export TopologyReaders:
  * "read everything once" plus, for the DCS sources, watchers that say "something changed" (and
- * where). The loop here turns a reader into a TopologySourceHandle: debounce, single flight,
+ * where). The loop here turns a reader into a TopologySource: debounce, single flight,
  * periodic resync, backoff while failing, stale/fresh transitions logged once, onChange.
  *
  * Views are handed out deep-frozen (no copy per snapshot); each group's change signature is
  * computed once per group object, so a partial re-read only signs the groups it replaced.
  */
-import type { ControllerConfig } from '../config/types.js';
-import { ConfigError, errorMessage, maskSecrets } from '../util/errors.js';
+import { errorMessage, maskSecrets } from '../util/errors.js';
 import type { Logger } from '../util/log.js';
-import { EtcdV3Reader } from './dcs/etcd3.js';
-import { EtcdV2Reader } from './dcs/etcd2.js';
-import { groupSignature } from './dcs/layout.js';
-import { PatroniRestReader } from './rest.js';
-import { restAddressesOf } from '../config/groups.js';
-import { ProbeReader } from './probe.js';
-import { probeNodesOf } from '../config/groups.js';
-import type { GroupView, Topology, TopologySource } from './model.js';
+import { groupSignature, type GroupView, type SourceKind, type Topology } from './model.js';
+import type { TopologyReader, TopologySource } from './reader.js';
 
-export interface TopologySourceHandle {
-  readonly kind: TopologySource;
-  /** Resolves once the first full read is done (succeeded, or failed: then snapshot().fresh is false). */
-  start(): Promise<void>;
-  /**
-   * The current view. Deep-frozen (never copied): callers must not mutate it (build new objects).
-   * fresh=false when the last read failed (the last good view is kept).
-   */
-  snapshot(): Topology;
-  /**
-   * "Something may have changed": fired after a re-read produced a different view (lag excluded),
-   * after the source went stale, after a reconnect, after recovery from an error.
-   */
-  onChange(listener: () => void): void;
-  /** Forces a full re-read now and returns its result (waits for a read in flight, then reads again). */
-  refresh(): Promise<Topology>;
-  /** Closes clients, timers and watchers. Idempotent. */
-  stop(): Promise<void>;
-  /** One line, e.g. "etcd3 watch on 127.0.0.1:2379 /service/{cn,wk1,wk2}". */
-  describe(): string;
-  /**
-   * The first DCS key showing Patroni's OWN Citus layout (`/<ns>/<scope>/<group>/leader`): Patroni
-   * itself writes pg_dist_node there, so commands must refuse to write. null: not seen (or the
-   * source cannot tell: rest, probe).
-   */
-  patroniCitusLayout(): string | null;
-}
-
-/** What a reader tells the loop between reads. */
-export interface ReaderHooks {
-  /**
-   * Something under the watched keys changed: re-read (debounced). `scopes`: the managed Patroni
-   * scopes the changed keys belong to; the loop then re-reads only those (reader.readScopes) while
-   * its view is fresh. Omitted: re-read everything.
-   */
-  changed(scopes?: readonly string[]): void;
-  /** The watch stream broke: read soon (a failed read marks the view stale). */
-  disconnected(err: unknown): void;
-  /** The watch stream is back (or was re-created after an error): re-read and fire onChange. */
-  reconnected(): void;
-}
-
-/** One source's I/O: read everything once; optionally watch. */
-export interface TopologyReader {
-  readonly kind: TopologySource;
-  /** Subject of stale reasons and logs: "etcd 127.0.0.1:2379", "Patroni REST API", ... */
-  readonly target: string;
-  /** Time between full reads when nothing else triggers one (resync / poll interval), ms. */
-  readonly periodMs: number;
-  describe(): string;
-  /** Starts watchers (DCS sources). Called once, before the first read. */
-  start?(hooks: ReaderHooks): void;
-  /** A full read. Throws when the source as a whole cannot be read. */
-  read(): Promise<GroupView[]>;
-  /**
-   * A partial read: the groups of exactly these scopes (each one the reader manages, as named in
-   * changed(scopes)). They replace the view's groups of those scopes wholesale. Throws like read().
-   */
-  readScopes?(scopes: readonly string[]): Promise<GroupView[]>;
-  close(): Promise<void>;
-  patroniCitusLayout?(): string | null;
-}
+export type { ReaderHooks, TopologyReader, TopologySource } from './reader.js';
 
 export interface LoopOptions {
   /** Delay between the first event of a burst and the re-read (ms). Default 5. */
@@ -129,9 +61,9 @@ function deepFreeze<T>(value: T): T {
   return Object.freeze(value);
 }
 
-/** Turns a TopologyReader into a TopologySourceHandle. */
-export class ReadLoop implements TopologySourceHandle {
-  readonly kind: TopologySource;
+/** Turns a TopologyReader into a TopologySource. */
+export class ReadLoop implements TopologySource {
+  readonly kind: SourceKind;
   private view: Topology;
   private readonly listeners: Array<() => void> = [];
   private debounceTimer: NodeJS.Timeout | undefined;
@@ -420,57 +352,4 @@ export class ReadLoop implements TopologySourceHandle {
       }
     }
   }
-}
-
-export type ForcedSource = 'etcd' | 'rest' | 'probe';
-
-export interface ChooseOptions {
-  force?: ForcedSource;
-  log: Logger;
-  loop?: LoopOptions;
-}
-
-/** Which source `chooseSource` would use, and why (for logs and `status`). */
-export function pickSourceKind(cfg: ControllerConfig, force?: ForcedSource): { kind: TopologySource; why: string } {
-  const wanted = force ?? cfg.citus.source;
-  const via = force ? '--source' : 'citus.source';
-  const unscoped = cfg.citus.workers.findIndex((w) => w.scope === undefined);
-  if (wanted === 'etcd') {
-    if (!cfg.dcs) throw new ConfigError(force ? 'etcd3' : 'citus.source', 'the etcd source needs an etcd3: (or etcd:) section listing the etcd hosts');
-    if (unscoped >= 0) throw new ConfigError(`citus.workers[${unscoped}].scope`, 'missing: the etcd source reads each group by its Patroni scope');
-    return { kind: cfg.dcs.kind === 'etcd3' ? 'etcd' : 'etcd2', why: `${via} etcd, ${cfg.dcs.kind}: section` };
-  }
-  if (wanted === 'rest') return { kind: 'rest', why: `${via} rest` };
-  if (wanted === 'probe') return { kind: 'probe', why: `${via} probe` };
-  if (unscoped < 0 && cfg.dcs) {
-    return cfg.dcs.kind === 'etcd3'
-      ? { kind: 'etcd', why: 'every group has a scope and the config has an etcd3: section' }
-      : { kind: 'etcd2', why: 'every group has a scope and the config has an etcd: section (etcd v2 API)' };
-  }
-  if (unscoped < 0) return { kind: 'rest', why: 'every group has a scope but the config has no etcd3:/etcd: section' };
-  return { kind: 'probe', why: `citus.workers[${unscoped}] has no scope: probing pg_is_in_recovery() on the listed nodes` };
-}
-
-/** The topology source the config (or `--source`) asks for. Throws ConfigError when it cannot work. */
-export function chooseSource(cfg: ControllerConfig, opts: ChooseOptions): TopologySourceHandle {
-  const { kind, why } = pickSourceKind(cfg, opts.force);
-  let reader: TopologyReader;
-  switch (kind) {
-    case 'etcd':
-      reader = new EtcdV3Reader(cfg, opts.log);
-      break;
-    case 'etcd2':
-      reader = new EtcdV2Reader(cfg, opts.log);
-      break;
-    case 'rest':
-      restAddressesOf(cfg); // validates: throws ConfigError naming the key
-      reader = new PatroniRestReader(cfg, opts.log);
-      break;
-    case 'probe':
-      probeNodesOf(cfg);
-      reader = new ProbeReader(cfg, opts.log);
-      break;
-  }
-  opts.log.info({ source: kind }, `topology source: ${reader.describe()} (${why})`);
-  return new ReadLoop(reader, opts.log, opts.loop);
 }

@@ -19,7 +19,7 @@ import { restAddressesOf, type NodeGroupRef } from '../config/groups.js';
 import { formatHostPort, isValidHost } from '../net/address.js';
 import { type ControllerConfig } from '../config/types.js';
 import type { Logger } from '../util/log.js';
-import type { TopologyReader } from './read-loop.js';
+import type { TopologyReader } from './reader.js';
 import { isValidPort } from '../net/address.js';
 import { normalizeRole, showName, type GroupView, type MemberView } from './model.js';
 

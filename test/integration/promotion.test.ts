@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import { configFromObject } from '../../src/config/load.js';
 import { createLogger } from '../../src/util/log.js';
 import { PromotionConfirmer } from '../../src/topology/promotion.js';
-import type { TopologySourceHandle } from '../../src/topology/read-loop.js';
+import type { TopologySource } from '../../src/topology/reader.js';
 import { runningPrimary, type GroupView, type MemberView, type Topology } from '../../src/topology/model.js';
 import { freePort, startPgPair, type PgPair } from '../helpers/pg-pair.js';
 import { sleep, waitFor } from '../helpers/wait.js';
@@ -30,7 +30,7 @@ function member(name: string, port: number, rawRole: string, state = 'running'):
 }
 
 /** A source whose view the test sets; fires onChange like a DCS watch would. */
-class FakeSource implements TopologySourceHandle {
+class FakeSource implements TopologySource {
   readonly kind = 'etcd' as const;
   private listeners: Array<() => void> = [];
   constructor(public view: Topology) {}

@@ -15,9 +15,10 @@ import yaml from 'js-yaml';
 import { configFromObject } from '../../src/config/load.js';
 import { type ControllerConfig } from '../../src/config/types.js';
 import { labDown, labSwitchover, labUp, type LabState } from '../../src/lab/index.js';
-import { chooseSource, ReadLoop, type TopologySourceHandle } from '../../src/topology/read-loop.js';
+import { chooseSource } from '../../src/topology/choose.js';
+import { ReadLoop } from '../../src/topology/read-loop.js';
+import { type TopologySource } from '../../src/topology/reader.js';
 import { ProbeReader } from '../../src/topology/probe.js';
-import { withPromotionConfirmation } from '../../src/topology/promotion.js';
 import { freePort } from '../helpers/pg-pair.js';
 import { runningPrimary, type Topology } from '../../src/topology/model.js';
 
@@ -48,7 +49,7 @@ describe('topology sources on the lab (etcd + Patroni + PostgreSQL)', { timeout:
   let state: LabState;
   let cfg: ControllerConfig;
   let deadPort: number;
-  const handles: Record<'etcd' | 'rest' | 'probe', TopologySourceHandle> = {} as Record<'etcd' | 'rest' | 'probe', TopologySourceHandle>;
+  const handles: Record<'etcd' | 'rest' | 'probe', TopologySource> = {} as Record<'etcd' | 'rest' | 'probe', TopologySource>;
   const logs: Record<string, LogLine[]> = {};
 
   before(async () => {
@@ -77,7 +78,7 @@ describe('topology sources on the lab (etcd + Patroni + PostgreSQL)', { timeout:
     for (const kind of ['etcd', 'rest', 'probe'] as const) {
       const c = captureLog();
       logs[kind] = c.lines;
-      handles[kind] = withPromotionConfirmation(chooseSource(cfg, { force: kind, log: c.log }), cfg, c.log);
+      handles[kind] = chooseSource(cfg, { force: kind, log: c.log });
       await handles[kind].start();
     }
     assert.equal(handles.etcd.kind, 'etcd');

@@ -19,7 +19,9 @@ import { performance } from 'node:perf_hooks';
 import type { Logger } from 'pino';
 import { configFromObject } from '../../src/config/load.js';
 import { type ControllerConfig } from '../../src/config/types.js';
-import { chooseSource, ReadLoop, type TopologySourceHandle } from '../../src/topology/read-loop.js';
+import { chooseSource } from '../../src/topology/choose.js';
+import { ReadLoop } from '../../src/topology/read-loop.js';
+import { type TopologySource } from '../../src/topology/reader.js';
 import { EtcdV3Reader } from '../../src/topology/dcs/etcd3.js';
 import { EtcdV2Reader } from '../../src/topology/dcs/etcd2.js';
 import { PatroniRestReader } from '../../src/topology/rest.js';
@@ -360,7 +362,7 @@ class FakePatroni {
 
 describe('etcd v3 and v2 sources against a real etcd', { timeout: 110_000 }, () => {
   let etcd: EtcdProc;
-  const handles: TopologySourceHandle[] = [];
+  const handles: TopologySource[] = [];
   const CN = { 'cn-a': 15432, 'cn-b': 15434 };
   const WK1 = { 'wk1-a': 16432, 'wk1-b': 16434 };
   const WK2 = { 'wk2-a': 17432, 'wk2-b': 17434 };
@@ -382,15 +384,15 @@ describe('etcd v3 and v2 sources against a real etcd', { timeout: 110_000 }, () 
     etcd?.cleanup();
   });
 
-  function open(cfg: ControllerConfig, log: Logger): TopologySourceHandle {
+  function open(cfg: ControllerConfig, log: Logger): TopologySource {
     const h = chooseSource(cfg, { log });
     handles.push(h);
     return h;
   }
 
-  let v3: TopologySourceHandle;
+  let v3: TopologySource;
   let v3log: LogLine[];
-  let v2: TopologySourceHandle;
+  let v2: TopologySource;
   let v2log: LogLine[];
   let v3changes = 0;
   let v2changes = 0;
@@ -786,7 +788,7 @@ describe('etcd v3 and v2 sources against a real etcd', { timeout: 110_000 }, () 
 describe('Patroni REST source against Patroni 3.0.2-shaped REST servers', { timeout: 60_000 }, () => {
   const fake = new FakePatroni();
   let cfg: ControllerConfig;
-  let h: TopologySourceHandle;
+  let h: TopologySource;
   let lines: LogLine[];
   let changes = 0;
   let deadPort: number;

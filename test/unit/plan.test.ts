@@ -11,7 +11,7 @@ import { applyPlanToDatabases, applyPlanToRows, batchesOf, parkedName, plan, Sim
 import type { Action, DistNodeRow, Finding, NodeRole, Policy, Verdict } from '../../src/citus/model.js';
 import { isValidPort, parseConnUrl } from '../../src/net/address.js';
 import { normalizeRole, runningPrimary } from '../../src/topology/model.js';
-import type { GroupView, MemberView, Topology, TopologySource } from '../../src/topology/model.js';
+import type { GroupView, MemberView, Topology, SourceKind } from '../../src/topology/model.js';
 
 // ---------------------------------------------------------------------------------------------
 // builders
@@ -54,7 +54,7 @@ function g(groupid: number, leader: string | null | undefined, members: MemberVi
   return { groupid, scope, leader, members, problems: [] };
 }
 
-function topo(groups: GroupView[], source: TopologySource = 'etcd', fresh = true, staleReason?: string): Topology {
+function topo(groups: GroupView[], source: SourceKind = 'etcd', fresh = true, staleReason?: string): Topology {
   return { source, observedAt: 1_700_000_000_000, fresh, ...(staleReason !== undefined ? { staleReason } : {}), groups };
 }
 

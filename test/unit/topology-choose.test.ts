@@ -12,7 +12,7 @@ import { pino } from 'pino';
 import { configFromObject } from '../../src/config/load.js';
 import { type ControllerConfig } from '../../src/config/types.js';
 import { ConfigError } from '../../src/util/errors.js';
-import { chooseSource, pickSourceKind } from '../../src/topology/read-loop.js';
+import { chooseSource, pickSourceKind } from '../../src/topology/choose.js';
 import { restAddressesOf } from '../../src/config/groups.js';
 import { probeNodesOf } from '../../src/config/groups.js';
 
@@ -88,7 +88,7 @@ describe('pickSourceKind / chooseSource', () => {
     assert.equal(pickSourceKind(cfg).kind, 'etcd');
     const h = chooseSource(cfg, { log: quietLog().log });
     assert.equal(h.kind, 'etcd');
-    assert.equal(h.describe(), 'etcd3 watch on 127.0.0.1:2379 /service/{cn,wk1,wk2}');
+    assert.equal(h.describe(), 'etcd3 watch on 127.0.0.1:2379 /service/{cn,wk1,wk2} + promotion probe of new leaders');
     await h.stop();
   });
 
@@ -98,7 +98,14 @@ describe('pickSourceKind / chooseSource', () => {
     assert.equal(pickSourceKind(cfg, 'etcd').kind, 'etcd2', '--source etcd with an etcd: section means the v2 API');
     const h = chooseSource(cfg, { log: quietLog().log });
     assert.equal(h.kind, 'etcd2');
-    assert.equal(h.describe(), 'etcd v2 API long-poll on 127.0.0.1:2379 /service/{cn,wk1}');
+    assert.equal(h.describe(), 'etcd v2 API long-poll on 127.0.0.1:2379 /service/{cn,wk1} + promotion probe of new leaders');
+    await h.stop();
+  });
+
+  test('confirm_promotion: false -> the DCS source without the promotion probe', async () => {
+    const cfg = cfgOf(base({ confirm_promotion: false, workers: [{ groupid: 1, scope: 'wk1' }] }, { etcd3: { hosts: ['127.0.0.1:2379'] } }));
+    const h = chooseSource(cfg, { log: quietLog().log });
+    assert.equal(h.describe(), 'etcd3 watch on 127.0.0.1:2379 /service/{cn,wk1}');
     await h.stop();
   });
 

@@ -1,6 +1,7 @@
 import { test, describe } from 'node:test';
 import assert from 'node:assert/strict';
-import { flattenV2Node, groupSignature, parseMember, parseScopeKeys, scopeOfKey, viewSignature, type DcsKv } from '../../src/topology/dcs/layout.js';
+import { flattenV2Node, parseMember, parseScopeKeys, scopeOfKey, type DcsKv } from '../../src/topology/dcs/layout.js';
+import { groupSignature, viewSignature } from '../../src/topology/model.js';
 import type { GroupView } from '../../src/topology/model.js';
 import { runningPrimary } from '../../src/topology/model.js';
 

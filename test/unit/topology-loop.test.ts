@@ -6,7 +6,8 @@ import { test, describe } from 'node:test';
 import assert from 'node:assert/strict';
 import { Writable } from 'node:stream';
 import { pino } from 'pino';
-import { ReadLoop, type ReaderHooks, type TopologyReader } from '../../src/topology/read-loop.js';
+import { ReadLoop } from '../../src/topology/read-loop.js';
+import { type ReaderHooks, type TopologyReader } from '../../src/topology/reader.js';
 import type { GroupView } from '../../src/topology/model.js';
 
 function captureLog() {

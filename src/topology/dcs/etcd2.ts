@@ -23,11 +23,17 @@ import { scopePrefix } from '../../config/groups.js';
 import { type ControllerConfig } from '../../config/types.js';
 import { errorMessage } from '../../util/errors.js';
 import type { Logger } from '../../util/log.js';
-import { basicAuth, bucketByScope } from './etcd3.js';
-import { describeScopes, namespacePrefix, scopeIndex, scopesOf, type ScopeRef } from '../../config/groups.js';
-import { flattenV2Node, parseScopeKeys, scopeOfKey, type DcsKv } from './layout.js';
-import type { ReaderHooks, TopologyReader } from '../read-loop.js';
+import type { ScopeRef } from '../../config/groups.js';
+import { citusLayoutMessage, DcsScopes } from './scopes.js';
+import { flattenV2Node, type DcsKv } from './layout.js';
+import type { ReaderHooks, TopologyReader } from '../reader.js';
 import type { GroupView } from '../model.js';
+
+/** HTTP basic authentication header for etcd's v2 API (and the gRPC gateway). */
+export function basicAuth(username: string | undefined, password: string | undefined): Record<string, string> {
+  if (username === undefined) return {};
+  return { authorization: `Basic ${Buffer.from(`${username}:${password ?? ''}`).toString('base64')}` };
+}
 
 export interface EtcdV2ReaderOptions {
   /** Timeout of each read request (ms). Default: citus.connect_timeout. */
@@ -62,8 +68,7 @@ export class EtcdV2Reader implements TopologyReader {
   readonly kind = 'etcd2' as const;
   readonly target: string;
   readonly periodMs: number;
-  private readonly scopes: ScopeRef[];
-  private readonly byScope: Map<string, ScopeRef[]>;
+  private readonly dcsScopes: DcsScopes;
   private readonly nsPrefix: string;
   private readonly bases: string[];
   /** Index into bases of the host that answered last (tried first). */
@@ -77,9 +82,6 @@ export class EtcdV2Reader implements TopologyReader {
   private closed = false;
   private readonly closing = new AbortController();
   private loop: Promise<void> | null = null;
-  private citusKey: string | null = null;
-  /** Per scope: the first key showing Patroni's own Citus layout at its last read. */
-  private readonly citusKeys = new Map<string, string>();
   private hooks: ReaderHooks | null = null;
   private readonly counters: EtcdV2ReaderStats = { namespaceReads: 0, scopeReads: 0, polls: 0, events: 0, eventsIgnored: 0 };
 
@@ -90,9 +92,8 @@ export class EtcdV2Reader implements TopologyReader {
   ) {
     const dcs = cfg.dcs;
     if (!dcs) throw new Error('EtcdV2Reader needs cfg.dcs');
-    this.scopes = scopesOf(cfg);
-    this.byScope = scopeIndex(this.scopes);
-    this.nsPrefix = namespacePrefix(cfg);
+    this.dcsScopes = new DcsScopes(cfg);
+    this.nsPrefix = this.dcsScopes.nsPrefix;
     this.bases = dcs.hosts.map((h) => `${dcs.protocol}://${formatHostPort(h)}`);
     this.hostsText = dcs.hosts.map(formatHostPort).join(',');
     this.target = `etcd ${this.hostsText} (v2 API)`;
@@ -105,11 +106,11 @@ export class EtcdV2Reader implements TopologyReader {
   }
 
   describe(): string {
-    return `etcd v2 API long-poll on ${this.hostsText} ${describeScopes(this.cfg, this.scopes)}`;
+    return `etcd v2 API long-poll on ${this.hostsText} ${this.dcsScopes.describe()}`;
   }
 
   patroniCitusLayout(): string | null {
-    return this.citusKey;
+    return this.dcsScopes.citusLayoutKey();
   }
 
   /** Requests sent and events seen so far (a copy). */
@@ -161,15 +162,14 @@ export class EtcdV2Reader implements TopologyReader {
   async read(): Promise<GroupView[]> {
     this.counters.namespaceReads++;
     const kvs = await this.getTree(this.keyPath());
-    return this.parse(this.scopes, bucketByScope(kvs, this.nsPrefix, this.byScope));
+    return this.parse(this.dcsScopes.scopes, this.dcsScopes.bucket(kvs));
   }
 
   async readScopes(scopes: readonly string[]): Promise<GroupView[]> {
-    const names = [...new Set(scopes)].filter((s) => this.byScope.has(s));
-    const refs = names.flatMap((s) => this.byScope.get(s) ?? []);
+    const { names, refs } = this.dcsScopes.select(scopes);
     if (names.length > this.partialReadMax) {
       this.counters.namespaceReads++;
-      return this.parse(refs, bucketByScope(await this.getTree(this.keyPath()), this.nsPrefix, this.byScope));
+      return this.parse(refs, this.dcsScopes.bucket(await this.getTree(this.keyPath())));
     }
     const byScope = new Map<string, DcsKv[]>();
     await Promise.all(
@@ -182,27 +182,9 @@ export class EtcdV2Reader implements TopologyReader {
   }
 
   private parse(refs: readonly ScopeRef[], byScope: ReadonlyMap<string, DcsKv[]>): GroupView[] {
-    const groups: GroupView[] = [];
-    for (const s of refs) {
-      const parsed = parseScopeKeys(byScope.get(s.scope) ?? [], s.prefix, s.groupid, s.scope);
-      if (parsed.keyCount === 0) parsed.group.problems.push(`no Patroni keys under ${s.prefix} in etcd's v2 store`);
-      if (parsed.patroniCitusKey !== null) this.citusKeys.set(s.scope, parsed.patroniCitusKey);
-      else this.citusKeys.delete(s.scope);
-      groups.push(parsed.group);
-    }
-    let citusKey: string | null = null;
-    for (const s of this.scopes) {
-      citusKey = this.citusKeys.get(s.scope) ?? null;
-      if (citusKey !== null) break;
-    }
-    if (citusKey !== null && citusKey !== this.citusKey) {
-      this.log.error(
-        { source: 'etcd2', key: citusKey },
-        `Patroni's own Citus layout found (${citusKey}): Patroni itself writes pg_dist_node in this cluster; citus-controller must not`,
-      );
-    }
-    this.citusKey = citusKey;
-    return groups;
+    const r = this.dcsScopes.parse(refs, byScope, "etcd's v2 store");
+    if (r.citusLayoutFound !== null) this.log.error({ source: 'etcd2', key: r.citusLayoutFound }, citusLayoutMessage(r.citusLayoutFound));
+    return r.groups;
   }
 
   start(hooks: ReaderHooks): void {
@@ -227,8 +209,8 @@ export class EtcdV2Reader implements TopologyReader {
       hooks.changed(); // the namespace directory itself (deleted, expired, ...): everything
       return;
     }
-    const scope = scopeOfKey(key, this.nsPrefix);
-    if (scope === null || !this.byScope.has(scope)) {
+    const scope = this.dcsScopes.managedScopeOf(key);
+    if (scope === null) {
       this.counters.eventsIgnored++;
       return;
     }

@@ -27,9 +27,12 @@ import { scopePrefix } from '../../config/groups.js';
 import { type ControllerConfig } from '../../config/types.js';
 import { errorMessage } from '../../util/errors.js';
 import type { Logger } from '../../util/log.js';
-import { describeScopes, namespacePrefix, scopeIndex, scopesOf, type ScopeRef } from '../../config/groups.js';
-import { flattenV2Node, parseScopeKeys, scopeOfKey, type DcsKv } from './layout.js';
-import type { ReaderHooks, TopologyReader } from '../read-loop.js';
+import type { ScopeRef } from '../../config/groups.js';
+import { LogOnce } from '../../util/log-once.js';
+import { basicAuth } from './etcd2.js';
+import { citusLayoutMessage, DcsScopes } from './scopes.js';
+import { flattenV2Node, type DcsKv } from './layout.js';
+import type { ReaderHooks, TopologyReader } from '../reader.js';
 import type { GroupView } from '../model.js';
 
 type FaultHandling = NonNullable<IOptions['faultHandling']>;
@@ -47,19 +50,6 @@ const passThrough = {
 /** Watch reconnect delays: 100, 200, 400, ... capped at maxMs; reset by etcd3 after a successful (re)connect. */
 function watchBackoff(ms: number, maxMs: number): Backoff {
   return { duration: ms, next: () => watchBackoff(Math.min(maxMs, Math.max(100, ms * 2)), maxMs) } as unknown as Backoff;
-}
-
-/** Key/values of the managed scopes among `kvs`, by scope (keys of other scopes dropped). */
-export function bucketByScope(kvs: Iterable<DcsKv>, nsPrefix: string, managed: ReadonlyMap<string, unknown> | ReadonlySet<string>): Map<string, DcsKv[]> {
-  const out = new Map<string, DcsKv[]>();
-  for (const kv of kvs) {
-    const scope = scopeOfKey(kv.key, nsPrefix);
-    if (scope === null || !managed.has(scope)) continue;
-    const list = out.get(scope);
-    if (list) list.push(kv);
-    else out.set(scope, [kv]);
-  }
-  return out;
 }
 
 export interface EtcdV3ReaderOptions {
@@ -90,8 +80,7 @@ export class EtcdV3Reader implements TopologyReader {
   readonly kind = 'etcd' as const;
   readonly target: string;
   readonly periodMs: number;
-  private readonly scopes: ScopeRef[];
-  private readonly byScope: Map<string, ScopeRef[]>;
+  private readonly dcsScopes: DcsScopes;
   private readonly nsPrefix: string;
   private readonly client: Etcd3;
   private watcher: Watcher | null = null;
@@ -100,11 +89,8 @@ export class EtcdV3Reader implements TopologyReader {
   private readonly hostsText: string;
   private hooks: ReaderHooks | null = null;
   private closed = false;
-  private citusKey: string | null = null;
-  /** Per scope: the first key showing Patroni's own Citus layout at its last read. */
-  private readonly citusKeys = new Map<string, string>();
-  /** Scopes whose v3 prefix was empty at the last read (warned once per emptiness). */
-  private readonly emptyWarned = new Set<string>();
+  /** Scopes whose v3 prefix is empty: warned once per emptiness. */
+  private readonly emptyScopes: LogOnce;
   private readonly timers = new Set<NodeJS.Timeout>();
   private readonly counters: EtcdV3ReaderStats = { namespaceRanges: 0, scopeRanges: 0, watchersCreated: 0, events: 0, eventsIgnored: 0 };
 
@@ -115,9 +101,9 @@ export class EtcdV3Reader implements TopologyReader {
   ) {
     const dcs = cfg.dcs;
     if (!dcs) throw new Error('EtcdV3Reader needs cfg.dcs');
-    this.scopes = scopesOf(cfg);
-    this.byScope = scopeIndex(this.scopes);
-    this.nsPrefix = namespacePrefix(cfg);
+    this.dcsScopes = new DcsScopes(cfg);
+    this.nsPrefix = this.dcsScopes.nsPrefix;
+    this.emptyScopes = new LogOnce({ problem: (text) => this.log.warn({ source: 'etcd' }, text) });
     this.hostsText = dcs.hosts.map(formatHostPort).join(',');
     this.target = `etcd ${this.hostsText}`;
     this.periodMs = cfg.citus.resyncInterval * 1000;
@@ -144,11 +130,11 @@ export class EtcdV3Reader implements TopologyReader {
   }
 
   describe(): string {
-    return `etcd3 watch on ${this.hostsText} ${describeScopes(this.cfg, this.scopes)}`;
+    return `etcd3 watch on ${this.hostsText} ${this.dcsScopes.describe()}`;
   }
 
   patroniCitusLayout(): string | null {
-    return this.citusKey;
+    return this.dcsScopes.citusLayoutKey();
   }
 
   /** Requests sent and events seen so far (a copy). */
@@ -164,8 +150,8 @@ export class EtcdV3Reader implements TopologyReader {
   /** A watch event's key -> "re-read its scope" (managed scopes only). */
   private onEvent(hooks: ReaderHooks, key: Uint8Array | string): void {
     this.counters.events++;
-    const scope = scopeOfKey(typeof key === 'string' ? key : decoder.decode(key), this.nsPrefix);
-    if (scope === null || !this.byScope.has(scope)) {
+    const scope = this.dcsScopes.managedScopeOf(typeof key === 'string' ? key : decoder.decode(key));
+    if (scope === null) {
       this.counters.eventsIgnored++;
       return;
     }
@@ -227,8 +213,8 @@ export class EtcdV3Reader implements TopologyReader {
     const out = new Map<string, DcsKv[]>();
     for (const kv of res.kvs) {
       const key = kv.key.toString('utf8');
-      const scope = scopeOfKey(key, this.nsPrefix);
-      if (scope === null || !this.byScope.has(scope)) continue;
+      const scope = this.dcsScopes.managedScopeOf(key);
+      if (scope === null) continue;
       const entry = { key, value: kv.value.toString('utf8') };
       const list = out.get(scope);
       if (list) list.push(entry);
@@ -239,12 +225,11 @@ export class EtcdV3Reader implements TopologyReader {
 
   async read(): Promise<GroupView[]> {
     const byScope = await this.readNamespace();
-    return this.parse(this.scopes, byScope);
+    return this.parse(this.dcsScopes.scopes, byScope);
   }
 
   async readScopes(scopes: readonly string[]): Promise<GroupView[]> {
-    const names = [...new Set(scopes)].filter((s) => this.byScope.has(s));
-    const refs = names.flatMap((s) => this.byScope.get(s) ?? []);
+    const { names, refs } = this.dcsScopes.select(scopes);
     let byScope: Map<string, DcsKv[]>;
     if (names.length > this.partialRangeMax) {
       byScope = await this.readNamespace();
@@ -262,45 +247,24 @@ export class EtcdV3Reader implements TopologyReader {
 
   /** Keys by scope -> the groups of `refs` (every one read: a scope without keys is empty). */
   private async parse(refs: readonly ScopeRef[], byScope: ReadonlyMap<string, DcsKv[]>): Promise<GroupView[]> {
-    const groups: GroupView[] = [];
+    const r = this.dcsScopes.parse(refs, byScope, "etcd's v3 keyspace");
+    const empty = new Set(r.empty.map((s) => s.scope));
     for (const s of refs) {
-      const parsed = parseScopeKeys(byScope.get(s.scope) ?? [], s.prefix, s.groupid, s.scope);
-      if (parsed.patroniCitusKey !== null) this.citusKeys.set(s.scope, parsed.patroniCitusKey);
-      else this.citusKeys.delete(s.scope);
-      if (parsed.keyCount === 0) {
-        parsed.group.problems.push(`no Patroni keys under ${s.prefix} in etcd's v3 keyspace`);
-        if (!this.emptyWarned.has(s.scope)) {
-          this.emptyWarned.add(s.scope);
-          await this.warnEmpty(s);
-        }
-      } else {
-        this.emptyWarned.delete(s.scope);
-      }
-      groups.push(parsed.group);
+      if (!empty.has(s.scope)) this.emptyScopes.ok(s.scope);
+      else if (!this.emptyScopes.active(s.scope)) this.emptyScopes.problem(await this.emptyText(s), s.scope);
     }
-    let citusKey: string | null = null;
-    for (const s of this.scopes) {
-      citusKey = this.citusKeys.get(s.scope) ?? null;
-      if (citusKey !== null) break;
-    }
-    if (citusKey !== this.citusKey && citusKey !== null) {
-      this.log.error(
-        { source: 'etcd', key: citusKey },
-        `Patroni's own Citus layout found (${citusKey}): Patroni itself writes pg_dist_node in this cluster; citus-controller must not`,
-      );
-    }
-    this.citusKey = citusKey;
-    return groups;
+    if (r.citusLayoutFound !== null) this.log.error({ source: 'etcd', key: r.citusLayoutFound }, citusLayoutMessage(r.citusLayoutFound));
+    return r.groups;
   }
 
   /** "Never watch an empty v3 keyspace silently": say so, and whether the v2 store has the keys. */
-  private async warnEmpty(s: ScopeRef): Promise<void> {
+  private async emptyText(s: ScopeRef): Promise<string> {
     const v2 = await v2KeyCount(this.cfg, s.scope, 1000);
     const hint =
       v2 !== null && v2 > 0
         ? `but etcd's v2 store has ${v2} key(s) under it: this Patroni uses the etcd: (v2 API) section; write etcd: instead of etcd3: in the controller config, or use --source rest`
         : 'nor in the v2 store: is Patroni running, and are namespace and scope right?';
-    this.log.warn({ source: 'etcd', prefix: s.prefix }, `etcd3: no keys under ${s.prefix} (group ${s.groupid}) in etcd's v3 keyspace, ${hint}`);
+    return `etcd3: no keys under ${s.prefix} (group ${s.groupid}) in etcd's v3 keyspace, ${hint}`;
   }
 
   async close(): Promise<void> {
@@ -339,7 +303,3 @@ export async function v2KeyCount(cfg: ControllerConfig, scope: string, timeoutMs
   return null;
 }
 
-export function basicAuth(username: string | undefined, password: string | undefined): Record<string, string> {
-  if (username === undefined) return {};
-  return { authorization: `Basic ${Buffer.from(`${username}:${password ?? ''}`).toString('base64')}` };
-}

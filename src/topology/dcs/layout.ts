@@ -181,26 +181,6 @@ export function flattenV2Node(node: unknown, out: DcsKv[] = [], depth = 0): DcsK
 }
 
 /**
- * The part of one group that matters for "did something change": everything except lag (which
- * moves with every WAL write). Members in a stable order.
- */
-export function groupSignature(g: GroupView): string {
-  return JSON.stringify({
-    ...g,
-    members: [...g.members].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0)).map((m) => ({ ...m, lagBytes: null })),
-  });
-}
-
-/**
- * The part of a view that matters for "did something change": everything except lag (which moves
- * with every WAL write) and observedAt. Groups and members in a stable order. (The same text as
- * the JSON of the array of groupSignature objects: the read loop compares group by group.)
- */
-export function viewSignature(groups: readonly GroupView[]): string {
-  return `[${[...groups].sort((a, b) => a.groupid - b.groupid).map(groupSignature).join(',')}]`;
-}
-
-/**
  * The Patroni scope a DCS key belongs to: the first path segment after the namespace prefix
  * (`/<namespace>/`, both slashes), e.g. `/service/wk1/members/a` -> `wk1`. Also the scope's own
  * directory key (etcd v2: `/service/wk1`). null: not under the namespace, or the namespace's own key.
