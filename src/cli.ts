@@ -1,32 +1,51 @@
 #!/usr/bin/env node
 /**
- * citus-controller command line. Wiring only: each command lives in its own module.
+ * citus-controller command line. Wiring only: each command lives in its own module under
+ * commands/ (the lab's in lab/cli.ts) and is loaded only when it is the one asked for, so the
+ * Patroni callback (`citus-controller callback ...`) starts without loading etcd3/gRPC, pino or
+ * the lab. Help, and an unknown command, load them all.
  * Errors a user can cause print ONE line on stderr and exit non-zero (2 = config/usage).
  */
 import { Command, CommanderError } from 'commander';
 import { UserError, errorMessage } from './util/errors.js';
-import { registerConfigCommand } from './commands/config-check.js';
-import { registerCallbackCommand } from './commands/callback.js';
-import { registerLabCommand } from './lab/cli.js';
-import { registerControllerCommands } from './commands/controller-commands.js';
 
-export function buildProgram(): Command {
+export const VERSION = '0.1.0';
+
+type Register = (program: Command) => void;
+
+/** Command name -> the module that registers it. */
+const COMMANDS: Readonly<Record<string, () => Promise<Register>>> = {
+  watch: () => import('./commands/controller-commands.js').then((m) => m.registerControllerCommands),
+  reconcile: () => import('./commands/controller-commands.js').then((m) => m.registerControllerCommands),
+  status: () => import('./commands/controller-commands.js').then((m) => m.registerControllerCommands),
+  config: () => import('./commands/config-check.js').then((m) => m.registerConfigCommand),
+  callback: () => import('./commands/callback.js').then((m) => m.registerCallbackCommand),
+  lab: () => import('./lab/cli.js').then((m) => m.registerLabCommand),
+};
+
+/** The command `argv` asks for (its first word that is not an option), if it is a known one. */
+export function requestedCommand(argv: readonly string[]): string | undefined {
+  const first = argv.slice(2).find((a) => !a.startsWith('-'));
+  return first !== undefined && Object.hasOwn(COMMANDS, first) ? first : undefined;
+}
+
+export async function buildProgram(argv: readonly string[] = process.argv): Promise<Command> {
   const program = new Command();
   program
     .name('citus-controller')
     .description('Keeps a Patroni-managed Citus cluster pointed at the right nodes (pg_dist_node, use_secondary_nodes, VIPs).')
-    .version('0.1.0')
+    .version(VERSION)
     .showHelpAfterError('(run with --help for usage)')
     .exitOverride();
-  registerControllerCommands(program);
-  registerConfigCommand(program);
-  registerCallbackCommand(program);
-  registerLabCommand(program);
+  const wanted = requestedCommand(argv);
+  const loaders = wanted !== undefined ? [COMMANDS[wanted] as () => Promise<Register>] : Object.values(COMMANDS);
+  const registers = new Set(await Promise.all(loaders.map((load) => load())));
+  for (const register of registers) register(program);
   return program;
 }
 
 export async function main(argv: string[]): Promise<number> {
-  const program = buildProgram();
+  const program = await buildProgram(argv);
   try {
     await program.parseAsync(argv);
     return typeof process.exitCode === 'number' ? process.exitCode : 0;

@@ -25,13 +25,13 @@ import { errorMessage } from '../util/errors.js';
 import { createLogger, type Logger } from '../util/log.js';
 import { oneLine } from '../pg/errors.js';
 import { batchesOf, describeAction, validateAction, type Batch } from './actions.js';
-import { BatchCheckError, classifyBatchFailure, type FailureClass, type FailureCode } from './failure.js';
+import { BatchCheckError, classifyBatchFailure, type FailureClass } from './failure.js';
 import { checkCoordinatorPrimary } from './metadata.js';
 import type { Action, DistNodeRow, Plan } from './model.js';
-import { CoordinatorSessions, type LockStatus, type WriterState } from './sessions.js';
+import type { AppliedAction, ApplyResult, DetectedAt, LockStatus, SkippedDatabase, WriterState } from './results.js';
+import { CoordinatorSessions } from './sessions.js';
 import { APPLY_SQL } from './sql.js';
 
-export type { FailureCode, LockStatus, WriterState };
 
 export type ApplierConfig = Pick<ControllerConfig, 'postgresql' | 'citus'>;
 
@@ -43,39 +43,6 @@ export interface ApplierOptions {
   outOfSyncRetry?: { attempts?: number; minDelayMs?: number; maxDelayMs?: number };
   /** How to open a connection to `database` on the CN (default: pgConnect, purpose applier). */
   connect?: (database: string) => Promise<pg.Client>;
-}
-
-/** When the change behind a group was first seen (ms since the epoch), by groupid; or one time for all. */
-export type DetectedAt = number | ReadonlyMap<number, number>;
-
-export type AppliedAction = Action & {
-  /** From detection (detectedAt) to COMMIT, in ms (0.1 ms resolution). */
-  latencyMs: number;
-  /** epochNowMs() right after COMMIT returned. */
-  committedAt: number;
-  /** add_node: nodeid of the group's primary row afterwards. */
-  addedNodeid?: number;
-};
-
-export interface FailedAction extends Pick<FailureClass, 'error' | 'code' | 'retryNextPass'> {
-  action: Action;
-}
-
-export interface SkippedDatabase {
-  database: string;
-  reason: string;
-  /** Actions of this database that were not attempted. */
-  actions: Action[];
-}
-
-export interface ApplyResult {
-  applied: AppliedAction[];
-  failed: FailedAction[];
-  skipped: SkippedDatabase[];
-  /** Set when the CN refused writes (replica, not the coordinator, no Citus): nothing more was written. */
-  notPrimary?: string;
-  /** Whether this applier holds the writer lock after the pass. */
-  lockHeld: boolean;
 }
 
 interface NodeRowRaw {

@@ -5,7 +5,7 @@
  * The statement texts are in sql.ts.
  */
 import type pg from 'pg';
-import type { DistNodeRow, NodeRole } from './model.js';
+import type { DistNodeRow, DistNodeRole } from './model.js';
 import { IS_COORDINATOR_SQL, READ_DIST_NODES_SQL, RECOVERY_AND_CITUS_SQL } from './sql.js';
 
 export const REASON_IN_RECOVERY = 'node is in recovery (a replica)';
@@ -24,7 +24,7 @@ interface RawRow {
   shouldhaveshards: boolean | null;
 }
 
-function toRole(value: string): NodeRole {
+function toRole(value: string): DistNodeRole {
   if (value === 'primary' || value === 'secondary' || value === 'unavailable') return value;
   throw new Error(`pg_dist_node has an unknown noderole ${JSON.stringify(value)}`);
 }

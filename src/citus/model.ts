@@ -12,7 +12,7 @@
  */
 import type { HostPort } from '../net/address.js';
 
-export type NodeRole = 'primary' | 'secondary' | 'unavailable';
+export type DistNodeRole = 'primary' | 'secondary' | 'unavailable';
 
 /** One row of pg_dist_node (Citus 13.0 columns; always select them by name). */
 export interface DistNodeRow {
@@ -20,7 +20,7 @@ export interface DistNodeRow {
   groupid: number;
   nodename: string;
   nodeport: number;
-  noderole: NodeRole;
+  noderole: DistNodeRole;
   nodecluster: string;
   isactive: boolean;
   hasmetadata?: boolean;
@@ -29,7 +29,7 @@ export interface DistNodeRow {
 }
 
 /** Planner policy, from CitusConfig (registerNewGroups, force, lockCooldownMs). */
-export interface Policy {
+export interface PlanPolicy {
   /** Add a primary row (citus_add_node) for a group Patroni knows but pg_dist_node lacks. */
   registerNewGroups: boolean;
   /** citus_update_node(force): terminate backends blocking the update after lockCooldownMs. */
@@ -52,7 +52,7 @@ interface ActionBase {
 interface RowMoveFields extends ActionBase {
   nodeid: number;
   /** Role of the row being moved (a secondary row is moved only to finish a swap). */
-  noderole: NodeRole;
+  noderole: DistNodeRole;
   from: HostPort;
   to: HostPort;
   force: boolean;

@@ -1,5 +1,5 @@
 /**
- * The planner: Topology + pg_dist_node rows (per database) + Policy -> ordered actions and one
+ * The planner: Topology + pg_dist_node rows (per database) + PlanPolicy -> ordered actions and one
  * finding per (database, group). PURE: no I/O, no clock, no randomness; the same inputs give the
  * same plan, and applying a plan (applyPlanToRows) makes the next plan empty.
  *
@@ -23,7 +23,7 @@ import { formatHostPort, isValidHost } from '../net/address.js';
 import type { HostPort } from '../net/address.js';
 import { memberAddress, runningPrimary, showName } from '../topology/model.js';
 import type { GroupView, MemberView, Topology } from '../topology/model.js';
-import type { Action, AddNodeAction, DistNodeRow, Finding, ParkNodeAction, Plan, Policy, UpdateNodeAction } from './model.js';
+import type { Action, AddNodeAction, DistNodeRow, Finding, ParkNodeAction, Plan, PlanPolicy, UpdateNodeAction } from './model.js';
 
 type RowsInput = ReadonlyMap<string, readonly DistNodeRow[]> | Readonly<Record<string, readonly DistNodeRow[]>>;
 
@@ -219,7 +219,7 @@ function desires(topology: Topology, managed: number[]): Map<number, Desire> {
 
 interface DbContext {
   database: string;
-  policy: Policy;
+  policy: PlanPolicy;
   managed: Set<number>;
   desire: Map<number, Desire>;
   /** Working copy of the rows: each resolved group's steps are applied to it. */
@@ -371,7 +371,7 @@ function planGroup(ctx: DbContext, g: number, final: boolean): GroupResult | 'bl
   };
 }
 
-function planDatabase(database: string, input: readonly DistNodeRow[], topology: Topology, policy: Policy, managedList: number[], desire: Map<number, Desire>): { findings: Finding[]; batches: Step[][] } {
+function planDatabase(database: string, input: readonly DistNodeRow[], topology: Topology, policy: PlanPolicy, managedList: number[], desire: Map<number, Desire>): { findings: Finding[]; batches: Step[][] } {
   const ctx: DbContext = {
     database,
     policy,
@@ -426,7 +426,7 @@ function planDatabase(database: string, input: readonly DistNodeRow[], topology:
  * The plan for every database in `rowsByDatabase` (in its order). `knownGroups`: the groups this
  * controller manages (0 plus citus.workers[].groupid).
  */
-export function plan(topology: Topology, rowsByDatabase: RowsInput, policy: Policy, knownGroups: readonly number[]): Plan {
+export function plan(topology: Topology, rowsByDatabase: RowsInput, policy: PlanPolicy, knownGroups: readonly number[]): Plan {
   const managed = [...new Set(knownGroups)].sort((a, b) => a - b);
   const desire = desires(topology, managed);
   const actions: Action[] = [];

@@ -18,14 +18,10 @@ import { errorMessage } from '../util/errors.js';
 import type { Logger } from '../util/log.js';
 import { checkCoordinatorPrimary, readDistNodes } from './metadata.js';
 import type { DistNodeRow } from './model.js';
+import type { LockStatus, WriterState } from './results.js';
 import { APPLY_SQL, WRITER_LOCK_KEY } from './sql.js';
 
 export type SessionConfig = Pick<ControllerConfig, 'postgresql' | 'citus'>;
-
-export type LockStatus = { held: true } | { held: false; reason: string };
-
-/** checkWriter(): `notPrimary` = the CN is a replica / not the coordinator (not: the lock is taken). */
-export type WriterState = { writer: true } | { writer: false; notPrimary: boolean; reason: string };
 
 export interface SessionOptions {
   log: Logger;

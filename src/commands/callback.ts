@@ -20,7 +20,8 @@ import { type ControllerConfig } from '../config/types.js';
 import { errorMessage, UserError } from '../util/errors.js';
 import { CallbackArgsError, parseCallbackArgs, planCallback, type CallbackArgs } from '../node/callback-plan.js';
 import { convergeNode, type StepOutcome } from '../node/converge.js';
-import { nudgeSocketPath, runtimeDir, sendNudge } from '../runtime/nudge.js';
+import { nudgeSocketPath, runtimeDir } from '../node/runtime-dir.js';
+import { sendNudge } from '../runtime/nudge.js';
 
 /** Overall limit, measured from process start (ms): the watchdog exits 1 with one line. */
 export const CALLBACK_DEADLINE_MS = 1750;
@@ -85,7 +86,7 @@ export async function runCallback(
       },
       journalDir: runtimeDir(cfg.scope, process.env, cfg.citus.socket),
       // ~1 s, but always ending before the watchdog so the line names the host:port that did not answer
-      connectTimeoutMs: Math.max(100, Math.min(CONNECT_TIMEOUT_MS, cfg.citus.connectTimeoutMs, deadlineMs - performance.now() - 350)),
+      connectTimeoutMs: Math.round(Math.max(100, Math.min(CONNECT_TIMEOUT_MS, cfg.citus.connectTimeoutMs, deadlineMs - performance.now() - 350))),
       statementTimeoutMs: STATEMENT_TIMEOUT_MS,
       reloadWaitMs: 500,
       purpose: 'callback',

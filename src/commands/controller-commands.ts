@@ -8,7 +8,8 @@ import { loadConfig } from '../config/load.js';
 import { type ControllerConfig } from '../config/types.js';
 import { UserError } from '../util/errors.js';
 import { createLogger, type Logger } from '../util/log.js';
-import { Controller, type PassOutcome } from '../runtime/controller.js';
+import { Controller } from '../runtime/controller.js';
+import { exitCodeOf, type PassOutcome } from '../runtime/outcome.js';
 import { describeAction } from '../citus/actions.js';
 import type { Finding } from '../citus/model.js';
 import { Daemon } from '../runtime/daemon.js';
@@ -35,17 +36,6 @@ export function table(header: string[], rows: string[][]): string {
       .join('  ')
       .trimEnd();
   return [line(header), ...rows.map(line)].join('\n');
-}
-
-/** Exit code of a pass: 0 in sync (or everything applied), 1 drift left, 2 cannot tell (stale, unreadable, refused). */
-export function exitCodeOf(o: PassOutcome, applied: boolean): number {
-  if (o.refusal || !o.topology.fresh || o.readErrors.length > 0) return 2;
-  const drift = o.plan.findings.some((f) => f.verdict === 'ambiguous' || f.verdict === 'unregistered' || f.verdict === 'stale');
-  if (drift) return 1;
-  if (!applied) return o.plan.actions.length > 0 ? 1 : 0;
-  const a = o.applied;
-  if (!a) return o.plan.actions.length > 0 ? 1 : 0;
-  return a.failed.length > 0 || a.skipped.length > 0 || a.notPrimary ? 1 : 0;
 }
 
 function leaderOf(o: PassOutcome, groupid: number): { name: string; state: string } {

@@ -23,7 +23,7 @@ const PACKAGE_ROOT = fileURLToPath(new URL('../../', import.meta.url));
 /** hooks/patroni-callback of this package. */
 export const HOOK_PATH = join(PACKAGE_ROOT, 'hooks', 'patroni-callback');
 /** The built entry point the hook runs. */
-export const BUILT_CLI = join(PACKAGE_ROOT, 'dist', 'callback-cli.js');
+export const BUILT_CLI = join(PACKAGE_ROOT, 'dist', 'cli.js');
 
 /** The controller config for this lab, in the seed's shape (standalone file). */
 export function controllerConfigDoc(state: LabState, cnPrimary: LabMember, workerPrimaries: Map<string, LabMember>): Record<string, unknown> {

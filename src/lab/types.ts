@@ -99,7 +99,7 @@ export interface LabUpOptions {
   keepOnFailure?: boolean;
   /**
    * Wire the repo's hooks/patroni-callback as every member's Patroni callback (`lab up
-   * --callbacks`). Needs the built CLI (dist/callback-cli.js, which the hook runs). Each member gets its own controller config
+   * --callbacks`). Needs the built CLI (dist/cli.js, which the hook runs). Each member gets its own controller config
    * D/<member>/citus-controller.yml (written before Patroni starts).
    */
   callbacks?: boolean;

@@ -16,7 +16,7 @@ export const CALLBACK_ROLES = ['primary', 'master', 'promoted', 'replica', 'demo
 export type CallbackRole = (typeof CALLBACK_ROLES)[number];
 
 /** The role after folding the spellings: what the node is (or is becoming). */
-export type NodeRole = 'primary' | 'replica' | 'demoted' | 'standby_leader';
+export type PatroniNodeRole = 'primary' | 'replica' | 'demoted' | 'standby_leader';
 
 export type UseSecondaryNodes = 'never' | 'always';
 
@@ -24,7 +24,7 @@ export interface CallbackArgs {
   action: CallbackAction;
   /** The role exactly as Patroni passed it (shown in log lines). */
   rawRole: CallbackRole;
-  role: NodeRole;
+  role: PatroniNodeRole;
   scope: string;
 }
 
@@ -36,7 +36,7 @@ export class CallbackArgsError extends Error {
   }
 }
 
-export function normalizeCallbackRole(raw: CallbackRole): NodeRole {
+export function normalizeCallbackRole(raw: CallbackRole): PatroniNodeRole {
   switch (raw) {
     case 'primary':
     case 'master':
@@ -88,7 +88,7 @@ export function parseCallbackArgs(args: readonly string[]): CallbackArgs {
  *   read-only, so `always` is safe there, and ensureUseSecondaryNodes refuses `always` on a node
  *   that is not in recovery anyway.
  */
-export function desiredUseSecondary(role: NodeRole, cfg: Pick<ControllerConfig, 'citus'>): UseSecondaryNodes {
+export function desiredUseSecondary(role: PatroniNodeRole, cfg: Pick<ControllerConfig, 'citus'>): UseSecondaryNodes {
   if (role === 'primary') return 'never';
   return cfg.citus.readFromSecondaries ? 'always' : 'never';
 }
@@ -96,7 +96,7 @@ export function desiredUseSecondary(role: NodeRole, cfg: Pick<ControllerConfig, 
 /** What to do with the read/write VIP for a callback: bind on a primary, release elsewhere. */
 export type VipIntent = 'bind' | 'unbind' | 'keep';
 
-export function desiredVip(action: CallbackAction, role: NodeRole, keepOnStop: boolean): VipIntent {
+export function desiredVip(action: CallbackAction, role: PatroniNodeRole, keepOnStop: boolean): VipIntent {
   if (action === 'on_stop') {
     // PostgreSQL is going away on this node. A demoted node never keeps the address.
     return keepOnStop && role !== 'demoted' ? 'keep' : 'unbind';

@@ -6,7 +6,7 @@
  */
 import { formatHostPort } from '../net/address.js';
 import { type ControllerConfig } from '../config/types.js';
-import { planCallback, type CallbackPlan, type NodeRole } from './callback-plan.js';
+import { planCallback, type CallbackPlan, type PatroniNodeRole } from './callback-plan.js';
 import { closeQuietly, pgConnect, type ConnectOptions, type PgConnectError } from '../pg/connect.js';
 import { ensureUseSecondaryNodes, type EnsureResult, type MiniLogger } from './use-secondary-nodes.js';
 import { bind, gratuitousArp, unbind, vipText, type GarpOptions } from './vip.js';
@@ -41,7 +41,7 @@ export interface ConvergeOptions {
 }
 
 /** The daemon's per-pass plan: the same desired state as an `on_reload <role> <cn scope>` callback. */
-export function planForLocalRole(role: NodeRole, cfg: Pick<ControllerConfig, 'scope' | 'citus'>): CallbackPlan {
+export function planForLocalRole(role: PatroniNodeRole, cfg: Pick<ControllerConfig, 'scope' | 'citus'>): CallbackPlan {
   return planCallback({ action: 'on_reload', rawRole: role, role, scope: cfg.scope }, cfg);
 }
 

@@ -19,10 +19,12 @@ import { formatHostPort } from '../net/address.js';
 import { type ControllerConfig } from '../config/types.js';
 import { errorMessage } from '../util/errors.js';
 import type { Logger } from '../util/log.js';
-import type { PassOutcome } from '../runtime/controller.js';
 import { runningPrimary, type MemberView, type Topology } from '../topology/model.js';
 import { releaseVip } from './vip.js';
-import { runtimeDir } from '../runtime/nudge.js';
+import { runtimeDir } from './runtime-dir.js';
+import { Backoff } from '../util/backoff.js';
+import { Coalescer } from '../util/coalesce.js';
+import { LogOnce } from '../util/log-once.js';
 import { convergeNode, planForLocalRole } from './converge.js';
 import { closeQuietly, pgConnect } from '../pg/connect.js';
 import { describePgError } from '../pg/errors.js';
@@ -63,36 +65,43 @@ const RETRY_MIN_MS = 1000;
 const RETRY_MAX_MS = 10000;
 
 export class LocalNodeKeeper {
-  private inFlight: Promise<void> | null = null;
-  private next: PassOutcome | null = null;
+  /** One check at a time, each on the latest pass's view. */
+  private readonly checks: Coalescer<Topology>;
   private stopped = false;
   private retryTimer: NodeJS.Timeout | undefined;
-  private retryDelay = RETRY_MIN_MS;
-  /** Last logged verdict / failures, so each is logged once. */
+  private readonly retry = new Backoff({ initialMs: RETRY_MIN_MS, maxMs: RETRY_MAX_MS });
+  /** Last logged verdict, so each change of role is logged once. */
   private lastVerdict = '';
-  private lastFailures = '';
+  /** Repairs that fail: one warning per streak. */
+  private readonly failures: LogOnce;
 
   constructor(
     private readonly cfg: ControllerConfig,
     private readonly opts: LocalNodeKeeperOptions,
-  ) {}
+  ) {
+    this.checks = new Coalescer<Topology>(
+      (t) => this.check(t),
+      (_older, newer) => newer,
+      (err) => this.failed([`self-check failed: ${errorMessage(err)}`]),
+    );
+    this.failures = new LogOnce({
+      problem: (text) => {
+        for (const l of text.split('\n')) this.opts.log.warn(l);
+      },
+    });
+  }
 
   /** Re-checks the node against this pass's view, now or right after the check in flight. */
-  offer(outcome: PassOutcome): void {
+  offer(topology: Topology): void {
     if (this.stopped) return;
-    this.next = outcome;
-    if (this.inFlight) return;
-    this.inFlight = this.drain().finally(() => {
-      this.inFlight = null;
-    });
+    void this.checks.trigger(topology);
   }
 
   /** Waits for the check in flight; then releases the VIP unless keep_on_stop. Returns the line logged. */
   async stop(): Promise<string | null> {
     this.stopped = true;
-    this.next = null;
     clearTimeout(this.retryTimer);
-    await this.inFlight;
+    await this.checks.stop();
     const vip = this.cfg.citus.vip;
     if (!vip) return null;
     const line = await releaseVip(vip, { timeoutMs: 1000 });
@@ -100,21 +109,9 @@ export class LocalNodeKeeper {
     return line;
   }
 
-  private async drain(): Promise<void> {
-    while (this.next && !this.stopped) {
-      const o = this.next;
-      this.next = null;
-      try {
-        await this.check(o);
-      } catch (err) {
-        this.failed([`self-check failed: ${errorMessage(err)}`]);
-      }
-    }
-  }
-
-  private async check(o: PassOutcome): Promise<void> {
+  private async check(topology: Topology): Promise<void> {
     const log = this.opts.log;
-    let role = localRoleFromTopology(o.topology, this.cfg);
+    let role = localRoleFromTopology(topology, this.cfg);
     // not o.applied?.notPrimary: it also says "not the Citus coordinator" (pg_dist_node not yet
     // pointing at this node), which says nothing about this node's role
     if (role.kind === 'primary') {
@@ -143,8 +140,8 @@ export class LocalNodeKeeper {
     const failures = outcomes.filter((s) => !s.ok).map((s) => `self-check: cannot repair: ${s.line}`);
     if (failures.length > 0) this.failed(failures);
     else {
-      this.lastFailures = '';
-      this.retryDelay = RETRY_MIN_MS;
+      this.failures.ok();
+      this.retry.reset();
     }
   }
 
@@ -167,14 +164,9 @@ export class LocalNodeKeeper {
   }
 
   private failed(lines: string[]): void {
-    const text = lines.join('\n');
-    if (text !== this.lastFailures) {
-      this.lastFailures = text;
-      for (const l of lines) this.opts.log.warn(l);
-    }
+    this.failures.problem(lines.join('\n'));
     if (this.stopped || this.retryTimer) return;
-    const delay = this.retryDelay;
-    this.retryDelay = Math.min(RETRY_MAX_MS, this.retryDelay * 2);
+    const delay = this.retry.next();
     this.retryTimer = setTimeout(() => {
       this.retryTimer = undefined;
       if (!this.stopped) this.opts.retry();

@@ -153,7 +153,7 @@ export async function pgConnect(cfg: PgConfig, o: ConnectOptions): Promise<Clien
   const base = pgClientConfig(cfg, o);
   const where = formatHostPort({ host: base.host as string, port: base.port as number });
   const user = cfg.postgresql.superuser.username;
-  const connectTimeoutMs = base.connectionTimeoutMillis ?? cfg.citus.connectTimeoutMs;
+  const connectTimeoutMs = Math.round(base.connectionTimeoutMillis ?? cfg.citus.connectTimeoutMs);
   const deadline = Date.now() + connectTimeoutMs;
   for (;;) {
     const client = new pg.Client({ ...base, connectionTimeoutMillis: Math.max(50, deadline - Date.now()) });

@@ -1,54 +1,58 @@
 /**
  * One pass, observe -> plan -> apply, shared by `watch` (in a loop), `reconcile` (once) and
- * `status` (plan, never apply): three commands, one code path (design.md).
+ * `status` (plan, never apply): three commands, one code path.
  *
- * Sources never write; the applier never decides; this module only wires them together.
+ * Sources never write; the applier never decides (citus/plan.ts does); this module only wires
+ * them together. What a pass means (mode, exit code, retry) is runtime/outcome.ts.
  */
-import type { ControllerConfig } from '../config/types.js';
+import { Applier } from '../citus/apply.js';
+import type { DistNodeRow, Plan, PlanPolicy } from '../citus/model.js';
+import { plan } from '../citus/plan.js';
+import type { ApplyResult, DetectedAt, WriterState } from '../citus/results.js';
+import { managedGroups } from '../config/groups.js';
+import type { ControllerConfig, SourceChoice } from '../config/types.js';
+import { chooseSource } from '../topology/choose.js';
+import type { TopologySource } from '../topology/reader.js';
 import { errorMessage } from '../util/errors.js';
 import type { Logger } from '../util/log.js';
-import { Applier, type ApplyResult, type DetectedAt } from '../citus/apply.js';
-import { plan } from '../citus/plan.js';
-import type { DistNodeRow, Plan, Policy } from '../citus/model.js';
-import { chooseSource } from '../topology/choose.js';
-import { type TopologySource } from '../topology/reader.js';
-import type { Topology } from '../topology/model.js';
+import type { PassOutcome } from './outcome.js';
 
-export interface PassOutcome {
-  topology: Topology;
-  /** Which source produced the topology, in words. */
-  sourceDescription: string;
-  /** pg_dist_node per database, as read from the configured coordinator node. */
-  rows: Map<string, DistNodeRow[]>;
-  /** Databases whose rows could not be read (nothing is planned for them). */
-  readErrors: Array<{ database: string; error: string }>;
-  plan: Plan;
-  /** Set when the controller refuses to write at all (e.g. Patroni's own Citus mode in the DCS). */
-  refusal?: string;
-  /** What the applier did (only when the pass was asked to apply). */
-  applied?: ApplyResult;
+export type { PassOutcome };
+
+/** What a pass needs of the applier (the Applier; a fake in unit tests). */
+export interface PassApplier {
+  readDistNodes(database: string): Promise<DistNodeRow[]>;
+  apply(plan: Plan, detectedAt: DetectedAt): Promise<ApplyResult>;
+  checkWriter(): Promise<WriterState>;
+  close(): Promise<void>;
 }
 
 export interface ControllerOptions {
   log: Logger;
   /** Force a topology source (CLI --source); otherwise the config decides. */
-  source?: 'etcd' | 'rest' | 'probe';
+  source?: SourceChoice;
   /** application_name of the controller's sessions on the coordinator. */
   applicationName?: string;
+  /** Use these instead of building them from the config (unit tests). */
+  topology?: TopologySource;
+  applier?: PassApplier;
 }
 
-export function policyOf(cfg: ControllerConfig): Policy {
+export function policyOf(cfg: ControllerConfig): PlanPolicy {
   return { registerNewGroups: cfg.citus.registerNewGroups, force: cfg.citus.force, lockCooldownMs: cfg.citus.lockCooldownMs };
 }
 
-/** The groups this controller manages: 0 (the coordinator) and every configured worker group. */
-export function managedGroups(cfg: ControllerConfig): number[] {
-  return [0, ...cfg.citus.workers.map((w) => w.groupid)];
+/** The refusal when the DCS holds Patroni's own Citus layout. */
+export function patroniCitusRefusal(key: string): string {
+  return (
+    `the DCS holds Patroni's own Citus layout (${key}): Patroni itself writes pg_dist_node there, ` +
+    'and two writers must never fight; citus-controller will not write'
+  );
 }
 
 export class Controller {
   readonly source: TopologySource;
-  readonly applier: Applier;
+  readonly applier: PassApplier;
   private readonly log: Logger;
 
   constructor(
@@ -57,8 +61,8 @@ export class Controller {
   ) {
     this.log = opts.log;
     // the reader, its read loop and (DCS sources) promotion confirmation: topology/choose.ts
-    this.source = chooseSource(cfg, { log: opts.log, ...(opts.source ? { force: opts.source } : {}) });
-    this.applier = new Applier(cfg, { logger: opts.log, ...(opts.applicationName ? { applicationName: opts.applicationName } : {}) });
+    this.source = opts.topology ?? chooseSource(cfg, { log: opts.log, ...(opts.source ? { force: opts.source } : {}) });
+    this.applier = opts.applier ?? new Applier(cfg, { logger: opts.log, ...(opts.applicationName ? { applicationName: opts.applicationName } : {}) });
   }
 
   /** Starts the topology source (first full read). */
@@ -88,15 +92,18 @@ export class Controller {
     const outcome: PassOutcome = { topology, sourceDescription: this.source.describe(), rows, readErrors, plan: p };
     const layoutKey = this.source.patroniCitusLayout();
     if (layoutKey !== null) {
-      outcome.refusal =
-        `the DCS holds Patroni's own Citus layout (${layoutKey}): Patroni itself writes pg_dist_node there, ` +
-        'and two writers must never fight; citus-controller will not write';
+      outcome.refusal = patroniCitusRefusal(layoutKey);
       return outcome;
     }
     if (opts.apply && p.actions.length > 0) {
       outcome.applied = await this.applier.apply(p, opts.detectedAt ?? Date.now());
     }
     return outcome;
+  }
+
+  /** Is this process the writer now? (the CN is a primary and the coordinator; the writer lock is held, taken if free) */
+  checkWriter(): Promise<WriterState> {
+    return this.applier.checkWriter();
   }
 
   async close(): Promise<void> {

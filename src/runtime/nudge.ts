@@ -6,7 +6,7 @@
  * closes. Best effort on the sending side: no daemon, a stale socket file or a daemon that does not
  * answer within the cap (300 ms) all end in `{ delivered: false }`, never in an exception.
  *
- * Socket path (the same rule on both sides, see nudgeSocketPath; `watch --socket` comes first):
+ * Socket path (the same rule on both sides, see nudgeSocketPath in node/runtime-dir.ts; `watch --socket` comes first):
  *   1. $CITUS_CONTROLLER_SOCKET
  *   2. citus.socket in the config
  *   3. /run/citus-controller/<scope>.sock when /run/citus-controller exists (systemd creates it:
@@ -16,10 +16,10 @@
  * The directory of the socket is also the controller's runtime state directory (runtimeDir).
  */
 import { chmodSync, chownSync, lstatSync, mkdirSync, readFileSync, statSync, unlinkSync } from 'node:fs';
+import { isDir } from '../node/runtime-dir.js';
 import { createConnection, createServer, type Server, type Socket } from 'node:net';
-import { dirname, join } from 'node:path';
+import { dirname } from 'node:path';
 
-export const RUN_DIR = '/run/citus-controller';
 const MAX_MESSAGE = 4096;
 
 export interface Nudge {
@@ -33,40 +33,6 @@ export interface NudgeResult {
   delivered: boolean;
   /** One line: `daemon nudged (path)`, `no daemon listening on path`, ... */
   detail: string;
-}
-
-function isDir(path: string): boolean {
-  try {
-    return statSync(path).isDirectory();
-  } catch {
-    return false;
-  }
-}
-
-/**
- * Where the daemon of coordinator scope `scope` listens (see the module comment). `configured`:
- * the config's citus.socket.
- */
-export function nudgeSocketPath(scope: string, env: NodeJS.ProcessEnv = process.env, configured?: string): string {
-  const explicit = env.CITUS_CONTROLLER_SOCKET;
-  if (explicit !== undefined && explicit !== '') return explicit;
-  if (configured !== undefined && configured !== '') return configured;
-  const file = `${scope}.sock`;
-  if (isDir(RUN_DIR)) return join(RUN_DIR, file);
-  const xdg = env.XDG_RUNTIME_DIR;
-  if (xdg !== undefined && xdg !== '' && isDir(xdg)) return join(xdg, 'citus-controller', file);
-  return join('/tmp', `citus-controller-${process.getuid?.() ?? 0}`, file);
-}
-
-/** The controller's runtime state directory: the socket's directory. */
-export function runtimeDir(scope: string, env: NodeJS.ProcessEnv = process.env, configured?: string): string {
-  return dirname(nudgeSocketPath(scope, env, configured));
-}
-
-/** Creates the runtime directory when it is one of ours (fallback locations), mode 0700. */
-export function ensureRuntimeDir(dir: string): void {
-  if (isDir(dir)) return;
-  mkdirSync(dir, { recursive: true, mode: 0o700 });
 }
 
 /** Tells the daemon listening on `path` to reconcile now. Never throws, never waits past timeoutMs. */

@@ -2,7 +2,7 @@
  * hooks/patroni-callback against real processes: a PostgreSQL 15 primary + hot standby
  * (test/helpers/pg-pair.ts), interfaces created by this test (dummy, or a veth pair where the
  * kernel has no dummy driver) with TEST-NET addresses, and the nudge socket.
- * Runs the BUILT hook (dist/callback-cli.js): `npm run build` first.
+ * Runs the BUILT hook (dist/cli.js): `npm run build` first.
  */
 import { test, describe, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -27,7 +27,7 @@ chmodSync(work, 0o755);
 after(() => rmSync(work, { recursive: true, force: true }));
 
 before(() => {
-  assert.ok(existsSync(join(root, 'dist/callback-cli.js')), 'dist/callback-cli.js is missing: run `npm run build` first');
+  assert.ok(existsSync(join(root, 'dist/cli.js')), 'dist/cli.js is missing: run `npm run build` first');
 });
 
 interface HookRun {

@@ -14,7 +14,7 @@ import {
   parseCallbackArgs,
   planCallback,
   type CallbackAction,
-  type NodeRole,
+  type PatroniNodeRole,
 } from '../../src/node/callback-plan.js';
 import { desiredUseSecondary } from '../../src/node/use-secondary-nodes.js';
 import { testConfig } from '../helpers/config.js';
@@ -42,7 +42,7 @@ function cfg(over: { readFromSecondaries?: boolean; vip?: ControllerConfig['citu
 const VIP4 = { address: '192.0.2.10', prefix: 32, interface: 'eth0', keepOnStop: false };
 
 describe('callback arguments', () => {
-  const expected: Record<string, NodeRole> = {
+  const expected: Record<string, PatroniNodeRole> = {
     primary: 'primary',
     master: 'primary',
     promoted: 'primary',
@@ -83,7 +83,7 @@ describe('callback arguments', () => {
 });
 
 describe('desiredUseSecondary', () => {
-  const table: Array<[NodeRole, boolean, 'never' | 'always']> = [
+  const table: Array<[PatroniNodeRole, boolean, 'never' | 'always']> = [
     ['primary', true, 'never'],
     ['primary', false, 'never'],
     ['replica', true, 'always'],
@@ -101,7 +101,7 @@ describe('desiredUseSecondary', () => {
 });
 
 describe('desiredVip', () => {
-  const table: Array<[CallbackAction, NodeRole, boolean, 'bind' | 'unbind' | 'keep']> = [
+  const table: Array<[CallbackAction, PatroniNodeRole, boolean, 'bind' | 'unbind' | 'keep']> = [
     ['on_start', 'primary', false, 'bind'],
     ['on_restart', 'primary', false, 'bind'],
     ['on_role_change', 'primary', false, 'bind'],

@@ -5,7 +5,8 @@ import { createConnection, createServer, type Server } from 'node:net';
 import { spawn } from 'node:child_process';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { listenForNudges, nudgeSocketPath, runtimeDir, sendNudge, RUN_DIR, type Nudge } from '../../src/runtime/nudge.js';
+import { listenForNudges, sendNudge, type Nudge } from '../../src/runtime/nudge.js';
+import { nudgeSocketPath, runtimeDir, RUN_DIR } from '../../src/node/runtime-dir.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'cc-nudge-'));
 after(() => rmSync(dir, { recursive: true, force: true }));

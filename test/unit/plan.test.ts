@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import { isValidHost, parseHostPort } from '../../src/net/address.js';
 import type { HostPort } from '../../src/net/address.js';
 import { applyPlanToDatabases, applyPlanToRows, batchesOf, parkedName, plan, SimulatedCitusError } from '../../src/citus/plan.js';
-import type { Action, DistNodeRow, Finding, NodeRole, Policy, Verdict } from '../../src/citus/model.js';
+import type { Action, DistNodeRow, Finding, DistNodeRole, PlanPolicy, Verdict } from '../../src/citus/model.js';
 import { isValidPort, parseConnUrl } from '../../src/net/address.js';
 import { normalizeRole, runningPrimary } from '../../src/topology/model.js';
 import type { GroupView, MemberView, Topology, SourceKind } from '../../src/topology/model.js';
@@ -16,8 +16,8 @@ import type { GroupView, MemberView, Topology, SourceKind } from '../../src/topo
 // ---------------------------------------------------------------------------------------------
 // builders
 
-const POLICY: Policy = { registerNewGroups: false, force: false, lockCooldownMs: 10000 };
-const FORCE: Policy = { registerNewGroups: false, force: true, lockCooldownMs: 2500 };
+const POLICY: PlanPolicy = { registerNewGroups: false, force: false, lockCooldownMs: 10000 };
+const FORCE: PlanPolicy = { registerNewGroups: false, force: true, lockCooldownMs: 2500 };
 const KNOWN = [0, 1, 2];
 const APP = 'app';
 
@@ -65,7 +65,7 @@ const WK2 = () => g(2, 'wk2-a', [m('wk2-a', url('10.0.2.1:5432'), 'primary'), m(
 /** wk1 after a switchover to wk1-b (rawRole = Patroni's spelling of primary). */
 const WK1B = (rawRole = 'master') => g(1, 'wk1-b', [m('wk1-a', url('10.0.1.1:5432')), m('wk1-b', url('10.0.1.2:5432'), rawRole)]);
 
-function row(nodeid: number, groupid: number, address: string, noderole: NodeRole = 'primary'): DistNodeRow {
+function row(nodeid: number, groupid: number, address: string, noderole: DistNodeRole = 'primary'): DistNodeRow {
   const a = hp(address);
   return {
     nodeid,
@@ -88,7 +88,7 @@ const ROWS_SEC = () => [...ROWS(), row(4, 1, '10.0.1.2:5432', 'secondary'), row(
 // Expected actions: exact objects, except `reason`, which is a pattern for its key content.
 type Expected = (Omit<Action, 'reason'> & { reason: RegExp }) | ({ reason: RegExp } & Record<string, unknown>);
 
-function upd(batch: number, groupid: number, nodeid: number, from: string, to: string, reason: RegExp, o: { db?: string; role?: NodeRole; policy?: Policy } = {}): Expected {
+function upd(batch: number, groupid: number, nodeid: number, from: string, to: string, reason: RegExp, o: { db?: string; role?: DistNodeRole; policy?: PlanPolicy } = {}): Expected {
   const p = o.policy ?? POLICY;
   return {
     kind: 'update_node',
@@ -105,7 +105,7 @@ function upd(batch: number, groupid: number, nodeid: number, from: string, to: s
   };
 }
 
-function park(batch: number, groupid: number, nodeid: number, from: string, to: string, reason: RegExp, o: { db?: string; role?: NodeRole; policy?: Policy } = {}): Expected {
+function park(batch: number, groupid: number, nodeid: number, from: string, to: string, reason: RegExp, o: { db?: string; role?: DistNodeRole; policy?: PlanPolicy } = {}): Expected {
   const p = o.policy ?? POLICY;
   return {
     kind: 'park_node',
@@ -138,7 +138,7 @@ interface Case {
   name: string;
   topology: Topology;
   rows: Map<string, DistNodeRow[]> | Record<string, DistNodeRow[]>;
-  policy?: Policy;
+  policy?: PlanPolicy;
   known?: number[];
   actions: Expected[];
   findings: F[];

@@ -36,7 +36,7 @@ import type { ReaderHooks, TopologyReader } from '../reader.js';
 import type { GroupView } from '../model.js';
 
 type FaultHandling = NonNullable<IOptions['faultHandling']>;
-type Policy = NonNullable<FaultHandling['global']>;
+type RetryPolicy = NonNullable<FaultHandling['global']>;
 type Backoff = NonNullable<FaultHandling['watchBackoff']>;
 
 /** A cockatiel-compatible policy that just runs the call once (no retry, no circuit breaker). */
@@ -45,7 +45,7 @@ const passThrough = {
   onSuccess: noopEvent,
   onFailure: noopEvent,
   execute: <T>(fn: (ctx: { signal: AbortSignal }) => PromiseLike<T> | T) => Promise.resolve().then(() => fn({ signal: new AbortController().signal })),
-} as unknown as Policy;
+} as unknown as RetryPolicy;
 
 /** Watch reconnect delays: 100, 200, 400, ... capped at maxMs; reset by etcd3 after a successful (re)connect. */
 function watchBackoff(ms: number, maxMs: number): Backoff {
