@@ -3,7 +3,7 @@
  * finding per (database, group). PURE: no I/O, no clock, no randomness; the same inputs give the
  * same plan, and applying a plan (applyPlanToRows) makes the next plan empty.
  *
- * Rules (design.md, domain-facts.md "Citus node metadata"):
+ * Rules (docs/behaviour.md "Citus node metadata", docs/architecture.md):
  * - A group's PRIMARY row keeps its nodeid; only its name/port move (citus_update_node).
  *   Group 0 (the coordinator) is handled like any other group.
  * - Act only when the group has exactly one running primary (runningPrimary); otherwise keep the

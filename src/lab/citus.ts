@@ -1,7 +1,7 @@
 /**
  * Citus for the lab and the tests: real Citus when the server has it (pg_available_extensions),
  * else the test-only SQL EMULATION of Citus's node-metadata API in ./sql/citus-emulation.sql
- * (pg_dist_node + citus_update_node & co., behaving as documented in docs/domain-facts.md).
+ * (pg_dist_node + citus_update_node & co., behaving as docs/behaviour.md "Citus node metadata" describes).
  */
 import { readFile } from 'node:fs/promises';
 import type pg from 'pg';

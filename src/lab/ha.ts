@@ -1,6 +1,6 @@
 /**
  * Who leads a group, and moving the leadership: Patroni switchover and kill -9 failover.
- * "Running primary" means what docs/domain-facts.md says: the leader key names X, X's Patroni
+ * "Running primary" means what docs/behaviour.md "Patroni" says: the leader key names X, X's Patroni
  * reports role master|primary and state running (and, unless told otherwise, X's member key in
  * etcd says the same).
  */

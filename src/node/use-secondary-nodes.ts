@@ -2,7 +2,7 @@
  * citus.use_secondary_nodes on the LOCAL coordinator node.
  *
  * The value can only be changed with ALTER SYSTEM + pg_reload_conf() and only NEW sessions see it
- * (domain-facts "citus.use_secondary_nodes"), so a change ends with terminating the client sessions
+ * (docs/behaviour.md "citus.use_secondary_nodes"), so a change ends with terminating the client sessions
  * that started before the reload took effect, except Patroni's, replication, the controller's own,
  * Citus-internal ones and the users / application names in citus.terminate_exclude.
  *

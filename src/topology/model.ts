@@ -2,7 +2,7 @@
  * The per-group view every topology source (etcd v3 watch, etcd v2, Patroni REST, pg_is_in_recovery
  * probes) produces, and the pure helpers that interpret it. Nothing here does I/O.
  *
- * The one rule that matters (domain-facts "Patroni"): a group has a running primary when the
+ * The one rule that matters (docs/behaviour.md "Patroni"): a group has a running primary when the
  * leader key names X AND X's member reports role primary (or `master`) AND state running AND X
  * has a usable address. Anything else (no leader key, leader not yet promoted, two writable
  * members, ...) is ambiguity: the planner keeps the current pg_dist_node row.

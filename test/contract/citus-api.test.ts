@@ -1,6 +1,6 @@
 /**
  * Contract suite: Citus's node-metadata API and citus.use_secondary_nodes, as documented in
- * docs/domain-facts.md ("Citus node metadata", "citus.use_secondary_nodes"), shown on one
+ * docs/behaviour.md ("Citus node metadata", "citus.use_secondary_nodes"), shown on one
  * coordinator PRIMARY plus one hot STANDBY of it.
  *
  * It runs against real Citus 13 when the database has the extension, else against the SQL
@@ -119,7 +119,7 @@ async function expectPgError(p: Promise<unknown>, message: string, code?: string
 /**
  * Node-changing calls that Citus propagates to metadata workers fail while a worker is out of
  * sync (after citus_update_node, until the maintenance daemon resyncs it): wait and retry, as
- * domain-facts.md says. Only for autocommit calls.
+ * docs/behaviour.md says. Only for autocommit calls.
  */
 async function retryOutOfSync<T>(fn: () => Promise<T>): Promise<T> {
   const deadline = Date.now() + 60_000;

@@ -7,7 +7,7 @@
  * scopes are dropped while parsing); the partial re-read after an event is one range request per
  * touched scope (a burst touching many scopes reads the namespace once instead).
  *
- * etcd3 1.1.2 traps handled here (domain-facts "etcd3 (npm) client"):
+ * etcd3 1.1.2 traps handled here (docs/behaviour.md "etcd and the etcd3 npm client"):
  * - the Watcher gets an `error` listener BEFORE it can emit (an unhandled EventEmitter `error`
  *   kills the daemon); after a watch error (e.g. compaction) the watcher is re-created and the
  *   loop re-reads everything. (The Etcd3 client itself is not an EventEmitter: its errors are

@@ -3,7 +3,7 @@
  * into a GroupView. No I/O, never throws: whatever Patroni (or anyone with write access to the
  * DCS) put there, the result is a GroupView whose `problems` say what was wrong with it.
  *
- * Layout (domain-facts "Patroni"): `/<namespace>/<scope>/leader` = plain member name,
+ * Layout (docs/behaviour.md "Patroni"): `/<namespace>/<scope>/leader` = plain member name,
  * `/<namespace>/<scope>/members/<name>` = member JSON, plus config, status, history, ...
  * With Patroni's own Citus mode the keys live one level deeper: `/<namespace>/<scope>/<group>/...`.
  */
