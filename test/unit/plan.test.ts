@@ -5,85 +5,22 @@
  */
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { isValidHost, parseHostPort } from '../../src/net/address.js';
+import { isValidHost } from '../../src/net/address.js';
 import type { HostPort } from '../../src/net/address.js';
 import { applyPlanToDatabases, applyPlanToRows, batchesOf, parkedName, plan, SimulatedCitusError } from '../../src/citus/plan.js';
 import type { Action, DistNodeRow, Finding, DistNodeRole, PlanPolicy, Verdict } from '../../src/citus/model.js';
 import { isValidPort, parseConnUrl } from '../../src/net/address.js';
 import { normalizeRole, runningPrimary } from '../../src/topology/model.js';
-import type { GroupView, MemberView, Topology, SourceKind } from '../../src/topology/model.js';
+import type { Topology } from '../../src/topology/model.js';
+import { CN, g, hp, m, mRaw, row, ROWS, ROWS_SEC, topo, url, WK1, WK1B, WK2 } from '../helpers/builders.js';
 
 // ---------------------------------------------------------------------------------------------
-// builders
+// builders (shared ones: test/helpers/builders.ts)
 
 const POLICY: PlanPolicy = { registerNewGroups: false, force: false, lockCooldownMs: 10000 };
 const FORCE: PlanPolicy = { registerNewGroups: false, force: true, lockCooldownMs: 2500 };
 const KNOWN = [0, 1, 2];
 const APP = 'app';
-
-function hp(text: string): HostPort {
-  const r = parseHostPort(text);
-  if (typeof r === 'string') throw new Error(r);
-  return r;
-}
-
-/** A member as the etcd source builds it: address from conn_url, role normalized. */
-function m(name: string, connUrl: string, rawRole = 'replica', state = 'running'): MemberView {
-  const a = parseConnUrl(connUrl);
-  return {
-    name,
-    host: a ? a.host : null,
-    port: a ? a.port : null,
-    role: normalizeRole(rawRole),
-    rawRole,
-    state,
-    timeline: 3,
-    lagBytes: rawRole === 'replica' ? 0 : null,
-    tags: {},
-  };
-}
-
-/** A member whose address a source took as given (REST /cluster host + port). */
-function mRaw(name: string, host: string | null, port: number | null, rawRole = 'replica', state = 'running'): MemberView {
-  return { name, host, port, role: normalizeRole(rawRole), rawRole, state, timeline: 3, lagBytes: null, tags: {} };
-}
-
-const url = (hostPort: string) => `postgres://${hostPort}/postgres`;
-
-function g(groupid: number, leader: string | null | undefined, members: MemberView[], scope: string | null = groupid === 0 ? 'cn' : `wk${groupid}`): GroupView {
-  return { groupid, scope, leader, members, problems: [] };
-}
-
-function topo(groups: GroupView[], source: SourceKind = 'etcd', fresh = true, staleReason?: string): Topology {
-  return { source, observedAt: 1_700_000_000_000, fresh, ...(staleReason !== undefined ? { staleReason } : {}), groups };
-}
-
-// The healthy cluster: cn-1, wk1-a, wk2-a lead.
-const CN = () => g(0, 'cn-1', [m('cn-1', url('10.0.0.1:5432'), 'master'), m('cn-2', url('10.0.0.2:5432'))]);
-const WK1 = () => g(1, 'wk1-a', [m('wk1-a', url('10.0.1.1:5432'), 'master'), m('wk1-b', url('10.0.1.2:5432'))]);
-const WK2 = () => g(2, 'wk2-a', [m('wk2-a', url('10.0.2.1:5432'), 'primary'), m('wk2-b', url('10.0.2.2:5432'))]);
-/** wk1 after a switchover to wk1-b (rawRole = Patroni's spelling of primary). */
-const WK1B = (rawRole = 'master') => g(1, 'wk1-b', [m('wk1-a', url('10.0.1.1:5432')), m('wk1-b', url('10.0.1.2:5432'), rawRole)]);
-
-function row(nodeid: number, groupid: number, address: string, noderole: DistNodeRole = 'primary'): DistNodeRow {
-  const a = hp(address);
-  return {
-    nodeid,
-    groupid,
-    nodename: a.host,
-    nodeport: a.port,
-    noderole,
-    nodecluster: 'default',
-    isactive: true,
-    hasmetadata: true,
-    metadatasynced: true,
-    shouldhaveshards: groupid !== 0,
-  };
-}
-
-const ROWS = () => [row(1, 0, '10.0.0.1:5432'), row(2, 1, '10.0.1.1:5432'), row(3, 2, '10.0.2.1:5432')];
-/** ROWS plus a secondary row for every group's replica. */
-const ROWS_SEC = () => [...ROWS(), row(4, 1, '10.0.1.2:5432', 'secondary'), row(5, 2, '10.0.2.2:5432', 'secondary'), row(6, 0, '10.0.0.2:5432', 'secondary')];
 
 // Expected actions: exact objects, except `reason`, which is a pattern for its key content.
 type Expected = (Omit<Action, 'reason'> & { reason: RegExp }) | ({ reason: RegExp } & Record<string, unknown>);
