@@ -8,8 +8,11 @@ import type { Action } from './model.js';
 const fmt = formatHostPort;
 
 export interface Batch {
-  database: string;
   batch: number;
+  database: string;
+  /** The group whose primary row the batch moves or adds (a park may touch a row of another group). */
+  groupid: number;
+  /** Run in this order, in one transaction. */
   actions: Action[];
 }
 
@@ -73,13 +76,17 @@ export function validateAction(action: Action, databases: readonly string[]): st
   }
 }
 
-/** Contiguous actions with the same `batch` (see types.ts). */
+/** The plan's actions cut into transactions (contiguous actions of one batch and database), in the order they must run. */
 export function batchesOf(actions: readonly Action[]): Batch[] {
   const out: Batch[] = [];
   for (const a of actions) {
     const last = out[out.length - 1];
     if (last && last.batch === a.batch && last.database === a.database) last.actions.push(a);
-    else out.push({ database: a.database, batch: a.batch, actions: [a] });
+    else out.push({ batch: a.batch, database: a.database, groupid: a.groupid, actions: [a] });
+  }
+  for (const b of out) {
+    const main = b.actions.find((a) => a.kind !== 'park_node');
+    if (main) b.groupid = main.groupid;
   }
   return out;
 }

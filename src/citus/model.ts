@@ -115,3 +115,14 @@ export interface Plan {
   actions: Action[];
   findings: Finding[];
 }
+
+/** pg_dist_node rows by database. */
+export type RowsInput = ReadonlyMap<string, readonly DistNodeRow[]> | Readonly<Record<string, readonly DistNodeRow[]>>;
+
+export function entriesOf(rows: RowsInput): Array<[string, readonly DistNodeRow[]]> {
+  if (rows instanceof Map) return [...rows.entries()];
+  return Object.entries(rows as Readonly<Record<string, readonly DistNodeRow[]>>);
+}
+
+/** An action without its batch number (the planner assigns batches at the end, in plan order). */
+export type Step = Omit<UpdateNodeAction, 'batch'> | Omit<ParkNodeAction, 'batch'> | Omit<AddNodeAction, 'batch'>;

@@ -1,7 +1,7 @@
 /**
  * The planner: Topology + pg_dist_node rows (per database) + PlanPolicy -> ordered actions and one
  * finding per (database, group). PURE: no I/O, no clock, no randomness; the same inputs give the
- * same plan, and applying a plan (applyPlanToRows) makes the next plan empty.
+ * same plan, and applying a plan (simulate.ts, applyPlanToRows) makes the next plan empty.
  *
  * Rules (docs/behaviour.md "Citus node metadata", docs/architecture.md):
  * - A group's PRIMARY row keeps its nodeid; only its name/port move (citus_update_node).
@@ -23,15 +23,11 @@ import { formatHostPort, isValidHost } from '../net/address.js';
 import type { HostPort } from '../net/address.js';
 import { memberAddress, runningPrimary, showName } from '../topology/model.js';
 import type { GroupView, MemberView, Topology } from '../topology/model.js';
-import type { Action, AddNodeAction, DistNodeRow, Finding, ParkNodeAction, Plan, PlanPolicy, UpdateNodeAction } from './model.js';
-
-type RowsInput = ReadonlyMap<string, readonly DistNodeRow[]> | Readonly<Record<string, readonly DistNodeRow[]>>;
+import { entriesOf, type Action, type AddNodeAction, type DistNodeRow, type Finding, type ParkNodeAction, type Plan, type PlanPolicy, type RowsInput, type Step, type UpdateNodeAction } from './model.js';
+import { applyStep } from './simulate.js';
 
 /** What Patroni says a group's primary is, independent of any database. */
 type Desire = { ok: true; member: MemberView; address: HostPort } | { ok: false; reason: string };
-
-/** Actions without the batch number (assigned at the end, in plan order). */
-type Step = Omit<UpdateNodeAction, 'batch'> | Omit<ParkNodeAction, 'batch'> | Omit<AddNodeAction, 'batch'>;
 
 interface GroupResult {
   finding: Finding;
@@ -52,10 +48,6 @@ function byNodeid(a: DistNodeRow, b: DistNodeRow): number {
   return a.nodeid - b.nodeid;
 }
 
-function entriesOf(rows: RowsInput): Array<[string, readonly DistNodeRow[]]> {
-  if (rows instanceof Map) return [...rows.entries()];
-  return Object.entries(rows as Readonly<Record<string, readonly DistNodeRow[]>>);
-}
 
 /**
  * A temporary name for a parked row: `<host>-demoted-<nodeid>` (IPv6 colons become dashes), or
@@ -72,100 +64,6 @@ export function parkedName(host: string, nodeid: number, port: number, taken: (a
   let name = stem;
   for (let i = 2; taken({ host: name, port }); i++) name = `${stem}-${i}`;
   return name;
-}
-
-/** Error thrown by applyPlanToRows where Citus would raise one (the planner must never cause it). */
-export class SimulatedCitusError extends Error {
-  constructor(message: string) {
-    super(message);
-    this.name = 'SimulatedCitusError';
-  }
-}
-
-function applyOne(rows: DistNodeRow[], action: Action | Step): void {
-  if (action.kind === 'add_node') {
-    // citus_add_node: an existing (name, port) returns its id and changes nothing.
-    if (rows.some((r) => r.nodename === action.to.host && r.nodeport === action.to.port)) return;
-    const nodeid = rows.reduce((m, r) => Math.max(m, r.nodeid), 0) + 1;
-    if (rows.some((r) => r.groupid === action.groupid && r.noderole === 'primary')) {
-      throw new SimulatedCitusError(`group ${action.groupid} already has a primary node`);
-    }
-    rows.push({
-      nodeid,
-      groupid: action.groupid,
-      nodename: action.to.host,
-      nodeport: action.to.port,
-      noderole: 'primary',
-      nodecluster: 'default',
-      isactive: true,
-      hasmetadata: true,
-      metadatasynced: true,
-      shouldhaveshards: action.groupid !== 0,
-    });
-    return;
-  }
-  const row = rows.find((r) => r.nodeid === action.nodeid);
-  if (!row) throw new SimulatedCitusError(`node ${action.nodeid} not found`);
-  if (row.nodename === action.to.host && row.nodeport === action.to.port) return; // same address: no-op
-  if (rows.some((r) => r !== row && r.nodename === action.to.host && r.nodeport === action.to.port)) {
-    throw new SimulatedCitusError('there is already another node with the specified hostname and port');
-  }
-  row.nodename = action.to.host;
-  row.nodeport = action.to.port;
-}
-
-/**
- * What citus_update_node / citus_add_node do to one database's rows, for the given actions in
- * order (the caller passes that database's actions). Returns new rows; the input is not changed.
- * Throws SimulatedCitusError where Citus would fail (address held by another row, unknown nodeid).
- */
-export function applyPlanToRows(rows: readonly DistNodeRow[], actions: readonly Action[]): DistNodeRow[] {
-  const out = rows.map((r) => ({ ...r }));
-  for (const a of actions) applyOne(out, a);
-  return out;
-}
-
-/** applyPlanToRows for every database: each action goes to the rows of its `database`. */
-export function applyPlanToDatabases(rowsByDatabase: RowsInput, actions: readonly Action[]): Map<string, DistNodeRow[]> {
-  const out = new Map<string, DistNodeRow[]>();
-  for (const [db, rows] of entriesOf(rowsByDatabase)) {
-    out.set(
-      db,
-      applyPlanToRows(
-        rows,
-        actions.filter((a) => a.database === db),
-      ),
-    );
-  }
-  for (const a of actions) {
-    if (!out.has(a.database)) throw new SimulatedCitusError(`action for unknown database ${a.database}`);
-  }
-  return out;
-}
-
-export interface Batch {
-  batch: number;
-  database: string;
-  groupid: number;
-  /** Run in this order, in one transaction. */
-  actions: Action[];
-}
-
-/** The plan's actions cut into transactions, in the order they must run. */
-export function batchesOf(actions: readonly Action[]): Batch[] {
-  const out: Batch[] = [];
-  for (const a of actions) {
-    const last = out[out.length - 1];
-    if (last && last.batch === a.batch) last.actions.push(a);
-    else out.push({ batch: a.batch, database: a.database, groupid: a.groupid, actions: [a] });
-  }
-  // A batch belongs to the group whose primary row it moves or adds (a park may touch a row of
-  // another group).
-  for (const b of out) {
-    const main = b.actions.find((a) => a.kind !== 'park_node');
-    if (main) b.groupid = main.groupid;
-  }
-  return out;
 }
 
 /** Per managed group: the one running primary, or why not. Also catches two groups claiming one address. */
@@ -400,7 +298,7 @@ function planDatabase(database: string, input: readonly DistNodeRow[], topology:
         ctx.pending.delete(g);
         findings.push(r.finding);
         if (r.steps.length > 0) {
-          for (const s of r.steps) applyOne(ctx.rows, s);
+          for (const s of r.steps) applyStep(ctx.rows, s);
           batches.push(r.steps);
         }
         progress = true;
