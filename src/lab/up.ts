@@ -10,11 +10,11 @@ import { dirname, join } from 'node:path';
 import yaml from 'js-yaml';
 import { loadConfig } from '../config/load.js';
 import { ConfigError, UserError, errorMessage } from '../util/errors.js';
-import { citusLabel, ensureCitus, type CitusMode } from './citus.js';
+import { citusLabel } from './citus.js';
 import { etcdGet, etcdHealthy, scopeKey, startEtcd } from './etcd.js';
 import { memberRole, patroniBinary, waitForLeader, waitForReplica } from './ha.js';
 import { LAB_DCS_TIMINGS, citusPgpass, startPatroni, writePatroniConfig } from './patroni.js';
-import { pgConnect, readDistNodes, type DistNodeRow } from './pg.js';
+import { SAMPLE_TABLE, setupCitus } from './setup-citus.js';
 import { citusInstalled, findPgBin } from './pg-server.js';
 import { LOOPBACK, findLabProcesses, isAlive, isAliveWith, pickFreePorts, resolveRunAs, sleep, tailFile, type RunAs } from './proc.js';
 import { STATE_FILE, readLabState, redact, resolveLabDir, saveLabState } from './state.js';
@@ -22,9 +22,8 @@ import { stopLabProcesses } from './down.js';
 import { HOOK_PATH, callbackCommand, checkCallbackHook, controllerConfigDoc, writeMemberControllerConfig } from './member-config.js';
 import type { LabCallbacks, LabGroup, LabMember, LabState, LabUpOptions, LabVip } from './types.js';
 
-export { controllerConfigDoc };
+export { controllerConfigDoc, SAMPLE_TABLE };
 
-export const SAMPLE_TABLE = 'lab_sample';
 const DB_NAME = /^[a-z_][a-z0-9_]{0,62}$/;
 const MEMBER_DIR = /^(cn|wk\d+)-\d+$/;
 
@@ -139,23 +138,6 @@ function deathWatch(state: LabState): { promise: Promise<never>; stop: () => voi
 
 function elapsed(t0: number): string {
   return `${((Date.now() - t0) / 1000).toFixed(1)}s`;
-}
-
-/** Retries a Citus metadata call while a node is `out of sync` (SQLSTATE 55000) for up to 30 s. */
-async function retryOutOfSync<T>(what: string, fn: () => Promise<T>): Promise<T> {
-  const t0 = Date.now();
-  for (;;) {
-    try {
-      return await fn();
-    } catch (err) {
-      const e = err as { code?: string; message?: string };
-      if (e.code === '55000' && /out of sync/.test(e.message ?? '') && Date.now() - t0 < 30000) {
-        await sleep(500);
-        continue;
-      }
-      throw new UserError(`${what} failed: ${errorMessage(err)}`);
-    }
-  }
 }
 
 /**
@@ -436,113 +418,6 @@ function failWithLog(state: LabState, member: LabMember, what: string, err: unkn
   return new UserError(`lab up: ${what}: ${errorMessage(err)}${last ? ` (log ${member.logFile}: ${last.trim()})` : ''}`);
 }
 
-async function setupCitus(state: LabState, primaries: Map<string, LabMember>, progress: (l: string) => void, t0: number): Promise<CitusMode> {
-  // databases and the Citus extension (or its emulation) on every group's primary
-  const modes = await Promise.all(
-    state.groups.map(async (g) => {
-      const p = primaries.get(g.scope)!;
-      const admin = await pgConnect(state, p, 'postgres');
-      try {
-        for (const db of state.databases) {
-          const r = await admin.query('SELECT 1 FROM pg_catalog.pg_database WHERE datname = $1', [db]);
-          if (r.rowCount === 0) await admin.query(`CREATE DATABASE ${admin.escapeIdentifier(db)}`);
-        }
-      } finally {
-        await admin.end().catch(() => undefined);
-      }
-      const out: CitusMode[] = [];
-      for (const db of state.databases) {
-        const c = await pgConnect(state, p, db);
-        try {
-          out.push(await ensureCitus(c));
-        } catch (err) {
-          throw new UserError(`Citus setup on ${p.name} (database ${db}) failed: ${errorMessage(err)}`);
-        } finally {
-          await c.end().catch(() => undefined);
-        }
-      }
-      return out;
-    }),
-  );
-  const all = modes.flat();
-  const mode = all[0] ?? { mode: 'emulated', version: null };
-  if (all.some((m) => m.mode !== mode.mode)) throw new UserError('Citus setup: some members have real Citus and some do not');
-  progress(`Citus on every primary: ${citusLabel(mode)} (${elapsed(t0)})`);
-
-  // register the cluster on the coordinator primary, in every database
-  const cn = primaries.get('cn')!;
-  const workerGroups = state.groups.filter((g) => g.groupid > 0);
-  for (const db of state.databases) {
-    const c = await pgConnect(state, cn, db);
-    try {
-      await retryOutOfSync(`citus_set_coordinator_host on ${cn.name}`, () => c.query('SELECT citus_set_coordinator_host($1, $2)', [cn.host, cn.pgPort]));
-      for (const g of workerGroups) {
-        const p = primaries.get(g.scope)!;
-        await retryOutOfSync(`citus_add_node(${p.host}:${p.pgPort}, group ${g.groupid}) on ${cn.name}`, () =>
-          c.query('SELECT citus_add_node($1, $2, $3)', [p.host, p.pgPort, g.groupid]),
-        );
-      }
-      // explicit group ids do not advance the sequence (as in Citus): keep a later
-      // citus_add_node(..., groupid => -1) from drawing a group id that is taken
-      await c.query("SELECT pg_catalog.setval('pg_catalog.pg_dist_groupid_seq', (SELECT max(groupid) FROM pg_catalog.pg_dist_node))");
-    } finally {
-      await c.end().catch(() => undefined);
-    }
-    if (mode.mode === 'emulated') {
-      // real Citus sets a worker's local group when it activates the node; the emulation cannot
-      for (const g of workerGroups) {
-        const w = await pgConnect(state, primaries.get(g.scope)!, db);
-        try {
-          await w.query('UPDATE pg_catalog.pg_dist_local_group SET groupid = $1', [g.groupid]);
-        } finally {
-          await w.end().catch(() => undefined);
-        }
-      }
-    }
-    const rows = await readDistNodes(state, cn, db);
-    verifyDistNodes(rows, cn, workerGroups.map((g) => ({ groupid: g.groupid, primary: primaries.get(g.scope)! })), db);
-  }
-  progress(`pg_dist_node: coordinator + ${workerGroups.length} worker group(s) registered (${elapsed(t0)})`);
-
-  // the sample table
-  state.sampleTable = SAMPLE_TABLE;
-  for (const db of state.databases) {
-    const c = await pgConnect(state, cn, db);
-    try {
-      await c.query(`CREATE TABLE IF NOT EXISTS ${SAMPLE_TABLE} (id bigint PRIMARY KEY, payload text NOT NULL DEFAULT '')`);
-      if (mode.mode === 'real' && workerGroups.length > 0) {
-        const d = await c.query('SELECT 1 FROM pg_dist_partition WHERE logicalrelid = $1::regclass', [SAMPLE_TABLE]);
-        if (d.rowCount === 0) {
-          await c.query('SET citus.shard_count TO 8');
-          await retryOutOfSync(`create_distributed_table(${SAMPLE_TABLE})`, () => c.query('SELECT create_distributed_table($1, $2)', [SAMPLE_TABLE, 'id']));
-        }
-      }
-      await c.query(`INSERT INTO ${SAMPLE_TABLE} (id, payload) SELECT g, 'row ' || g FROM generate_series(1, 100) g ON CONFLICT (id) DO NOTHING`);
-    } finally {
-      await c.end().catch(() => undefined);
-    }
-  }
-  progress(
-    mode.mode === 'real' && workerGroups.length > 0
-      ? `sample table ${SAMPLE_TABLE}: distributed by id over the workers`
-      : `sample table ${SAMPLE_TABLE}: a plain table on the coordinator (${mode.mode === 'real' ? 'no worker to distribute it over' : 'the emulation cannot distribute tables'})`,
-  );
-  return mode;
-}
-
-function verifyDistNodes(rows: DistNodeRow[], cn: LabMember, workers: Array<{ groupid: number; primary: LabMember }>, db: string): void {
-  const want = [{ groupid: 0, primary: cn }, ...workers];
-  for (const w of want) {
-    const row = rows.find((r) => r.groupid === w.groupid && r.noderole === 'primary');
-    if (!row || row.nodename !== w.primary.host || row.nodeport !== w.primary.pgPort) {
-      throw new UserError(
-        `pg_dist_node in ${db} on ${cn.name}: group ${w.groupid} should have primary ${w.primary.host}:${w.primary.pgPort}, has ${row ? `${row.nodename}:${row.nodeport}` : 'no primary row'}`,
-      );
-    }
-  }
-}
-
-/** Is any process of this lab alive (by recorded pid or by /proc scan)? */
 export function labProcessesAlive(state: LabState): boolean {
   if (isAliveWith(state.etcd.pid, state.dir)) return true;
   if (state.groups.some((g) => g.members.some((m) => isAliveWith(m.patroniPid, m.patroniConfigFile)))) return true;
