@@ -214,6 +214,8 @@ function etcdConfig(etcd: EtcdProc, section: 'etcd3' | 'etcd', scopes: { cn: str
         databases: ['postgres'],
         resync_interval: 30,
         connect_timeout: 1000,
+        // these tests are about the readers and the read loop; promotion confirmation has its own
+        confirm_promotion: false,
         workers: scopes.workers.map(([groupid, scope]) => ({ groupid, scope })),
       },
     },
