@@ -17,8 +17,8 @@ const PURE = [
   '^src/runtime/outcome\\.ts$',
 ];
 
-/** npm packages pure code may use: neither does I/O. */
-const PURE_PACKAGES = ['^node_modules/ipaddr\\.js/', '^node_modules/zod/'];
+/** npm packages pure code may use (no I/O). */
+const PURE_PACKAGES = ['^node_modules/zod/'];
 
 /** Single modules of another room that `room` may import: the planner plans from the topology's model. */
 const EXCEPTIONS = { citus: ['^src/topology/model\\.ts$'] };

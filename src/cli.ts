@@ -6,7 +6,7 @@
  * the lab. Help, and an unknown command, load them all.
  * Errors a user can cause print ONE line on stderr and exit non-zero (2 = config/usage).
  */
-import { Command, CommanderError } from 'commander';
+import type { Command } from 'commander';
 import { UserError, errorMessage } from './util/errors.js';
 
 export const VERSION = '0.1.0';
@@ -30,18 +30,24 @@ export function requestedCommand(argv: readonly string[]): string | undefined {
 }
 
 export async function buildProgram(argv: readonly string[] = process.argv): Promise<Command> {
-  const program = new Command();
+  const wanted = requestedCommand(argv);
+  const loaders = wanted !== undefined ? [COMMANDS[wanted] as () => Promise<Register>] : Object.values(COMMANDS);
+  // commander and the command modules load in parallel (start-up time of the Patroni callback)
+  const [{ Command: CommandClass }, ...registers] = await Promise.all([import('commander'), ...loaders.map((load) => load())]);
+  const program = new CommandClass();
   program
     .name('citus-controller')
     .description('Keeps a Patroni-managed Citus cluster pointed at the right nodes (pg_dist_node, use_secondary_nodes, VIPs).')
     .version(VERSION)
     .showHelpAfterError('(run with --help for usage)')
     .exitOverride();
-  const wanted = requestedCommand(argv);
-  const loaders = wanted !== undefined ? [COMMANDS[wanted] as () => Promise<Register>] : Object.values(COMMANDS);
-  const registers = new Set(await Promise.all(loaders.map((load) => load())));
-  for (const register of registers) register(program);
+  for (const register of new Set(registers)) register(program);
   return program;
+}
+
+/** commander's own errors (help shown, usage errors already printed), told apart without loading commander first. */
+function isCommanderError(err: unknown): err is { code: string } {
+  return err instanceof Error && err.name === 'CommanderError' && typeof (err as { code?: unknown }).code === 'string';
 }
 
 export async function main(argv: string[]): Promise<number> {
@@ -50,7 +56,7 @@ export async function main(argv: string[]): Promise<number> {
     await program.parseAsync(argv);
     return typeof process.exitCode === 'number' ? process.exitCode : 0;
   } catch (err) {
-    if (err instanceof CommanderError) {
+    if (isCommanderError(err)) {
       // help and --version "errors" are normal exits; usage errors were already printed
       if (err.code === 'commander.helpDisplayed' || err.code === 'commander.version' || err.code === 'commander.help') return 0;
       return 2;

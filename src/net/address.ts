@@ -4,7 +4,6 @@
  * Hosts are kept as exact text: pg_dist_node compares `(nodename, nodeport)` as text, so
  * `127.0.0.1` and `localhost` are different rows and nothing here lower-cases or resolves a name.
  */
-import ipaddr from 'ipaddr.js';
 
 export interface HostPort {
   host: string;
@@ -13,14 +12,30 @@ export interface HostPort {
 
 const HOSTNAME = /^(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$/;
 
-/** A dotted-quad IPv4 address (four decimal parts, each 0-255). */
+const IPV4 = /^(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)$/;
+
+/** A dotted-quad IPv4 address (four decimal parts, each 0-255, no leading zeros). */
 export function isIPv4(text: string): boolean {
-  return ipaddr.IPv4.isValidFourPartDecimal(text);
+  return IPV4.test(text);
+}
+
+/**
+ * The WHATWG URL parser's IPv6 form of `text` (compressed, lower case), or null when `text` is not
+ * an IPv6 address (brackets, zone ids and anything else refused). Built in, no I/O: the callback's
+ * start-up pays for no address library.
+ */
+function ipv6Canonical(text: string): string | null {
+  if (!text.includes(':') || !/^[0-9A-Fa-f:.]+$/.test(text)) return null;
+  try {
+    return new URL(`http://[${text}]/`).hostname.slice(1, -1);
+  } catch {
+    return null;
+  }
 }
 
 /** An IPv6 address without brackets and without a zone id. */
 export function isIPv6(text: string): boolean {
-  return text.includes(':') && !text.includes('%') && ipaddr.IPv6.isValid(text);
+  return ipv6Canonical(text) !== null;
 }
 
 /** An IPv4 or IPv6 address (no host names). */
@@ -96,8 +111,7 @@ export function dedupeHostPorts(list: readonly HostPort[]): HostPort[] {
 
 /** Canonical text of an IP address (IPv6 compressed, lower case) for exact comparisons. */
 export function canonicalAddress(address: string): string {
-  if (!isIPv6(address)) return address;
-  return ipaddr.IPv6.parse(address).toString();
+  return ipv6Canonical(address) ?? address;
 }
 
 /**
