@@ -28,6 +28,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import pg from 'pg';
 import { citusLabel, detectCitus, ensureCitus } from '../../src/lab/citus.js';
+import { sleep, waitFor } from '../helpers/wait.js';
 import type { LabState } from '../../src/lab/types.js';
 
 const RUN = randomBytes(4).toString('hex');
@@ -64,9 +65,6 @@ let fakeSeq = 0;
 // helpers
 // ------------------------------------------------------------------------------------------
 
-function sleep(ms: number): Promise<void> {
-  return new Promise((resolve) => setTimeout(resolve, ms));
-}
 
 async function connect(url: string, options?: string): Promise<pg.Client> {
   const client = new pg.Client({
@@ -229,14 +227,6 @@ async function isInRecovery(url: string): Promise<boolean> {
   });
 }
 
-async function waitFor(what: string, check: () => Promise<boolean>, timeoutMs = 30_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  for (;;) {
-    if (await check()) return;
-    if (Date.now() > deadline) assert.fail(`timed out waiting for ${what}`);
-    await sleep(200);
-  }
-}
 
 async function guc(c: pg.ClientBase, name: string): Promise<string | null> {
   const r = await c.query<{ v: string | null }>('SELECT current_setting($1, true) AS v', [name]);
@@ -296,7 +286,7 @@ before(async () => {
   const coord = await coordinatorRow(db);
   // the standby must have replayed the coordinator row before the standby tests use it
   await withClient(standbyUrl, (s) =>
-    waitFor('the standby to replay pg_dist_node', async () => (await rowsById(s, [coord.nodeid])).length === 1),
+    waitFor(async () => (await rowsById(s, [coord.nodeid])).length === 1, { timeoutMs: 30_000, intervalMs: 200, what: 'the standby to replay pg_dist_node' }),
   );
 });
 
@@ -951,17 +941,21 @@ describe('citus.use_secondary_nodes', () => {
     const newValue = oldValue === 'always' ? 'never' : 'always';
     try {
       await alterSystem(admin, newValue);
-      await waitFor(`${label}: a new session to see ${NAME}=${newValue}`, () =>
-        withClient(url, async (c) => (await guc(c, NAME)) === newValue),
-      );
+      await waitFor(() => withClient(url, async (c) => (await guc(c, NAME)) === newValue), {
+        timeoutMs: 30_000,
+        intervalMs: 200,
+        what: `${label}: a new session to see ${NAME}=${newValue}`,
+      });
       if (mode === 'real') {
         // PGC_SU_BACKEND: a reload does not reach sessions that already exist
         assert.equal(await guc(existing, NAME), oldValue, `${label}: an existing session keeps the old value`);
       }
       await alterSystem(admin, original);
-      await waitFor(`${label}: new sessions to see ${NAME}=${oldValue} again`, () =>
-        withClient(url, async (c) => ((await guc(c, NAME)) ?? 'never') === oldValue),
-      );
+      await waitFor(() => withClient(url, async (c) => ((await guc(c, NAME)) ?? 'never') === oldValue), {
+        timeoutMs: 30_000,
+        intervalMs: 200,
+        what: `${label}: new sessions to see ${NAME}=${oldValue} again`,
+      });
     } finally {
       await alterSystem(admin, original).catch(() => undefined);
       await existing.end().catch(() => undefined);

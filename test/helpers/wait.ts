@@ -6,11 +6,30 @@
 export interface WaitForOptions {
   timeoutMs?: number;
   intervalMs?: number;
-  /** Shown in the timeout error: "timed out after 10s waiting for <what>". */
-  what?: string;
+  /** Shown in the timeout error: "timed out after 10s waiting for <what>" (a function: computed then). */
+  what?: string | (() => string);
 }
 
-export const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout(resolve, ms));
+export { sleep } from '../../src/util/clock.js';
+import { sleep } from '../../src/util/clock.js';
+
+/**
+ * Polls `cond` every `intervalMs` (default 5: for latency measurements) until it holds; returns
+ * how long that took (ms). Throws naming `what` after `timeoutMs`.
+ */
+export async function waitUntil(cond: () => boolean | Promise<boolean>, opts: WaitForOptions = {}): Promise<number> {
+  const t0 = performance.now();
+  const timeoutMs = opts.timeoutMs ?? 30000;
+  for (;;) {
+    if (await cond()) return performance.now() - t0;
+    if (performance.now() - t0 > timeoutMs) throw new Error(`timed out after ${timeoutMs} ms waiting for ${whatOf(opts)}`);
+    await sleep(opts.intervalMs ?? 5);
+  }
+}
+
+function whatOf(o: WaitForOptions): string {
+  return typeof o.what === 'function' ? o.what() : (o.what ?? 'a condition');
+}
 
 export async function waitFor<T>(cond: () => T | Promise<T>, opts: WaitForOptions = {}): Promise<NonNullable<T>> {
   const timeoutMs = opts.timeoutMs ?? 30000;
@@ -31,7 +50,7 @@ export async function waitFor<T>(cond: () => T | Promise<T>, opts: WaitForOption
     await sleep(intervalMs);
   }
   const why = lastError ? `last error: ${lastError instanceof Error ? lastError.message : String(lastError)}` : `last value: ${JSON.stringify(lastValue)}`;
-  throw new Error(`timed out after ${(timeoutMs / 1000).toFixed(1)}s waiting for ${opts.what ?? 'a condition'} (${why})`);
+  throw new Error(`timed out after ${(timeoutMs / 1000).toFixed(1)}s waiting for ${whatOf(opts)} (${why})`);
 }
 
 /** Runs `fn` and returns its result with the elapsed milliseconds. */

@@ -13,11 +13,9 @@ import assert from 'node:assert/strict';
 import { chownSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
-import { Writable } from 'node:stream';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { pino } from 'pino';
-import type { Logger } from 'pino';
 import { APPLY_SQL, WRITER_LOCK_KEY } from '../../src/citus/sql.js';
 import { Applier } from '../../src/citus/apply.js';
 import { describeAction, validateAction } from '../../src/citus/actions.js';
@@ -29,6 +27,8 @@ import { checkCoordinatorPrimary, readDistNodes } from '../../src/citus/metadata
 import type { Action, AddNodeAction, DistNodeRow, ParkNodeAction, Plan, UpdateNodeAction } from '../../src/citus/model.js';
 import type { CitusConfig } from '../../src/config/types.js';
 import { testConfig } from '../helpers/config.js';
+import { captureLog } from '../helpers/log.js';
+import { waitFor } from '../helpers/wait.js';
 import { UserError } from '../../src/util/errors.js';
 import { detectCitus, ensureCitus } from '../../src/lab/citus.js';
 import { pickFreePorts, resolveRunAs } from '../../src/lab/proc.js';
@@ -85,22 +85,6 @@ let w1b: Server;
 let w2a: Server;
 let w2b: Server;
 
-const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
-
-async function waitFor<T>(what: string, timeoutMs: number, fn: () => Promise<T | undefined>): Promise<T> {
-  const deadline = Date.now() + timeoutMs;
-  let last: unknown;
-  for (;;) {
-    try {
-      const v = await fn();
-      if (v !== undefined) return v;
-    } catch (err) {
-      last = err;
-    }
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}${last ? `: ${String(last)}` : ''}`);
-    await sleep(100);
-  }
-}
 
 // ---------------------------------------------------------------------------------------------
 // per-test databases with registered nodes
@@ -199,23 +183,6 @@ function plan(...actions: Action[]): Plan {
   return { actions, findings: [] };
 }
 
-interface Captured {
-  logger: Logger;
-  lines: Array<Record<string, unknown>>;
-}
-
-function captureLogger(): Captured {
-  const lines: Array<Record<string, unknown>> = [];
-  const stream = new Writable({
-    write(chunk: Buffer, _enc, cb) {
-      for (const line of chunk.toString('utf8').split('\n')) {
-        if (line.trim() !== '') lines.push(JSON.parse(line) as Record<string, unknown>);
-      }
-      cb();
-    },
-  });
-  return { logger: pino({ level: 'debug' }, stream), lines };
-}
 
 interface Recorded {
   database: string;
@@ -296,8 +263,8 @@ describe('Applier against PostgreSQL', () => {
     const beforeA = await rowsOf(cn.port, 't_upd_a');
     const beforeB = await rowsOf(cn.port, 't_upd_b');
     const cfg = applierConfig(cn.port, ['t_upd_a', 't_upd_b']);
-    const log = captureLogger();
-    const applier = newApplier(cfg, { logger: log.logger, applicationName: 'cc-test-update' });
+    const log = captureLog();
+    const applier = newApplier(cfg, { logger: log.log, applicationName: 'cc-test-update' });
     const p = plan(update('t_upd_a', 1, a.primary.get(1)!, w1a, w1b, 1), update('t_upd_b', 1, b.primary.get(1)!, w1a, w1b, 2));
     const detected = epochNowMs() - 50;
 
@@ -490,10 +457,13 @@ describe('Applier against PostgreSQL', () => {
     const reg = await createRegisteredDb('t_standby');
     const primaryRows = await rowsOf(cn.port, 't_standby');
     // wait until the standby has replayed the database and its rows
-    await waitFor('the standby to replay t_standby', 30_000, async () => {
-      const rows = await rowsOf(cnStandby.port, 't_standby');
-      return rows.length === primaryRows.length ? rows : undefined;
-    });
+    await waitFor(
+      async () => {
+        const rows = await rowsOf(cnStandby.port, 't_standby');
+        return rows.length === primaryRows.length ? rows : undefined;
+      },
+      { timeoutMs: 30_000, what: 'the standby to replay t_standby' },
+    );
     const cfg = applierConfig(cnStandby.port, ['t_standby']);
     const applier = newApplier(cfg);
     const res = await applier.apply(plan(update('t_standby', 1, reg.primary.get(1)!, w1a, w1b, 1)), epochNowMs());
@@ -633,9 +603,9 @@ describe('Applier against PostgreSQL', () => {
     const outOfSync = (): Error => Object.assign(new Error(`${HOST}:${w2a.port} is a metadata node, but is out of sync`), { code: '55000' });
     let failuresLeft = 2;
     const recorded: Recorded[] = [];
-    const log = captureLogger();
+    const log = captureLog();
     const applier = newApplier(cfg, {
-      logger: log.logger,
+      logger: log.log,
       outOfSyncRetry: { attempts: 5, minDelayMs: 20, maxDelayMs: 50 },
       connect: recordingConnect(cfg, recorded, (text) => {
         if (text === APPLY_SQL.updateNode && failuresLeft > 0) {
@@ -675,7 +645,7 @@ describe('Applier against PostgreSQL', () => {
     const applier = newApplier(cfg, { applicationName: 'cc-test-reconnect' });
     assert.deepEqual(await applier.acquireWriterLock(), { held: true });
     await withClient(cn.port, 'postgres', (c) => c.query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'cc-test-reconnect'"));
-    await waitFor('the applier to notice the lost session', 5000, async () => (applier.holdsLock() ? undefined : true));
+    await waitFor(() => !applier.holdsLock(), { timeoutMs: 5000, what: 'the applier to notice the lost session' });
     const res = await applier.apply(plan(update('t_reconnect', 1, reg.primary.get(1)!, w1a, w1b, 1)), epochNowMs());
     assert.equal(res.applied.length, 1, JSON.stringify(res));
     assert.equal(res.lockHeld, true);
@@ -727,7 +697,7 @@ describe('Applier against PostgreSQL', () => {
     const c = await pgConnect(applierConfig(cn.port, ['postgres']), { purpose: 'applier', database: 'postgres', applicationName: 'cc-test-broken' });
     assert.equal(isBroken(c), false);
     await withClient(cn.port, 'postgres', (h) => h.query("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'cc-test-broken'"));
-    await waitFor('the client to be marked broken', 5000, async () => (isBroken(c) ? true : undefined));
+    await waitFor(() => isBroken(c), { timeoutMs: 5000, what: 'the client to be marked broken' });
     await c.end().catch(() => undefined);
   });
 });

@@ -20,18 +20,9 @@ import { ReadLoop } from '../../src/topology/read-loop.js';
 import { type TopologySource } from '../../src/topology/reader.js';
 import { ProbeReader } from '../../src/topology/probe.js';
 import { freePort } from '../helpers/pg-pair.js';
+import { sleep, waitUntil } from '../helpers/wait.js';
 import { runningPrimary, type Topology } from '../../src/topology/model.js';
 
-const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
-
-async function waitUntil(cond: () => boolean, timeoutMs: number, what: () => string): Promise<number> {
-  const t0 = performance.now();
-  for (;;) {
-    if (cond()) return performance.now() - t0;
-    if (performance.now() - t0 > timeoutMs) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what()}`);
-    await sleep(10);
-  }
-}
 
 
 
@@ -128,7 +119,7 @@ describe('topology sources on the lab (etcd + Patroni + PostgreSQL)', { timeout:
       const ps = Object.values(handles).map((h) => primaryAddr(h.snapshot(), 1));
       return ps.every((p) => p === ps[0]) && !ps[0]?.startsWith('!') && ps[0] !== old;
     };
-    await waitUntil(agree, 10000, () => JSON.stringify(Object.fromEntries(Object.entries(handles).map(([k, h]) => [k, primaryAddr(h.snapshot(), 1)]))));
+    await waitUntil(agree, { timeoutMs: 10000, what: () => JSON.stringify(Object.fromEntries(Object.entries(handles).map(([k, h]) => [k, primaryAddr(h.snapshot(), 1)]))), intervalMs: 10 });
     const now = primaryAddr(handles.etcd.snapshot(), 1);
     const to = state.groups.find((g) => g.scope === 'wk1')?.members.find((m) => m.name === r.to);
     assert.equal(now, `${to?.host}:${to?.pgPort}`, 'the switchover target');

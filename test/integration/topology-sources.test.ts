@@ -8,6 +8,7 @@
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { freePort } from '../helpers/pg-pair.js';
+import { sleep, waitUntil } from '../helpers/wait.js';
 import { captureLog, type LogLine } from '../helpers/log.js';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, openSync, closeSync, rmSync, existsSync } from 'node:fs';
@@ -33,16 +34,6 @@ const HOST = '127.0.0.1';
 // ------------------------------------------------------------------------------------------------
 // helpers
 
-const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
-
-async function waitUntil(cond: () => boolean | Promise<boolean>, timeoutMs: number, what: string): Promise<number> {
-  const t0 = performance.now();
-  for (;;) {
-    if (await cond()) return performance.now() - t0;
-    if (performance.now() - t0 > timeoutMs) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await sleep(5);
-  }
-}
 
 
 
@@ -113,8 +104,7 @@ class EtcdProc {
           return false;
         }
       },
-      15000,
-      'etcd healthy',
+      { timeoutMs: 15000, what: 'etcd healthy' },
     );
   }
 
@@ -453,15 +443,15 @@ describe('etcd v3 and v2 sources against a real etcd', { timeout: 110_000 }, () 
 
   test('etcd3: leader key moved before promotion, then promoted; leader key gone', async () => {
     await etcd.txn({ '/service/wk2/leader': 'wk2-b' });
-    await waitUntil(() => group(v3.snapshot(), 2).leader === 'wk2-b', 2000, 'leader wk2-b');
+    await waitUntil(() => group(v3.snapshot(), 2).leader === 'wk2-b', { timeoutMs: 2000, what: 'leader wk2-b' });
     assert.match(primaryOf(v3.snapshot(), 2), /^!leader wk2-b not yet promoted/);
     await etcd.txn({ '/service/wk2/members/wk2-b': memberJson(17434, 'master'), '/service/wk2/members/wk2-a': memberJson(17432, 'replica') });
-    await waitUntil(() => primaryOf(v3.snapshot(), 2) === 'wk2-b', 2000, 'wk2-b primary');
+    await waitUntil(() => primaryOf(v3.snapshot(), 2) === 'wk2-b', { timeoutMs: 2000, what: 'wk2-b primary' });
     await etcd.txn({}, ['/service/wk2/leader']);
-    await waitUntil(() => group(v3.snapshot(), 2).leader === null, 2000, 'no leader');
+    await waitUntil(() => group(v3.snapshot(), 2).leader === null, { timeoutMs: 2000, what: 'no leader' });
     assert.match(primaryOf(v3.snapshot(), 2), /^!no leader/);
     await etcd.txn({ '/service/wk2/leader': 'wk2-b' });
-    await waitUntil(() => primaryOf(v3.snapshot(), 2) === 'wk2-b', 2000, 'wk2-b primary again');
+    await waitUntil(() => primaryOf(v3.snapshot(), 2) === 'wk2-b', { timeoutMs: 2000, what: 'wk2-b primary again' });
   });
 
   test('etcd3: an empty v3 scope is never watched silently (v2 has the keys: say so)', async () => {
@@ -499,8 +489,8 @@ describe('etcd v3 and v2 sources against a real etcd', { timeout: 110_000 }, () 
       await loop.start();
       assert.equal(loop.snapshot().fresh, true);
       // attached: one watcher for three scopes, and one full re-read after the attach
-      await waitUntil(() => loop.stats().fullReads === 2, 3000, 'the full re-read after the watch attached');
-      await waitUntil(async () => (await etcd.watchers()) === watchersBefore + 1, 3000, 'one more watcher in etcd');
+      await waitUntil(() => loop.stats().fullReads === 2, { timeoutMs: 3000, what: 'the full re-read after the watch attached' });
+      await waitUntil(async () => (await etcd.watchers()) === watchersBefore + 1, { timeoutMs: 3000, what: 'one more watcher in etcd' });
       assert.deepEqual(reader.stats(), { namespaceRanges: 2, scopeRanges: 0, watchersCreated: 1, events: 0, eventsIgnored: 0 });
       const before = loop.snapshot();
       const r0 = reader.stats();
@@ -510,7 +500,7 @@ describe('etcd v3 and v2 sources against a real etcd', { timeout: 110_000 }, () 
       // group 2 replaced, the others kept as they were
       assert.equal(primaryOf(before, 2), 'wk2-b');
       await etcd.txn(scopeKeys('wk2', WK2, 'wk2-a'));
-      await waitUntil(() => primaryOf(loop.snapshot(), 2) === 'wk2-a', 2000, 'wk2-a primary');
+      await waitUntil(() => primaryOf(loop.snapshot(), 2) === 'wk2-a', { timeoutMs: 2000, what: 'wk2-a primary' });
       let r1 = reader.stats();
       assert.equal(r1.namespaceRanges, r0.namespaceRanges, 'no full read');
       assert.equal(r1.scopeRanges, r0.scopeRanges + 1, 'one range');
@@ -525,7 +515,7 @@ describe('etcd v3 and v2 sources against a real etcd', { timeout: 110_000 }, () 
       const lp = loop.stats();
       r1 = reader.stats();
       await etcd.txn({ ...scopeKeys('wk1', WK1, 'wk1-a'), ...scopeKeys('wk2', WK2, 'wk2-b') });
-      await waitUntil(() => primaryOf(loop.snapshot(), 2) === 'wk2-b', 2000, 'wk2-b primary');
+      await waitUntil(() => primaryOf(loop.snapshot(), 2) === 'wk2-b', { timeoutMs: 2000, what: 'wk2-b primary' });
       await sleep(30);
       const lq = loop.stats();
       assert.equal(lq.fullReads, lp.fullReads);
@@ -533,14 +523,14 @@ describe('etcd v3 and v2 sources against a real etcd', { timeout: 110_000 }, () 
       assert.equal(lq.scopesReread, lp.scopesReread + 2);
       assert.equal(reader.stats().scopeRanges, r1.scopeRanges + 2);
       await etcd.txn(scopeKeys('wk2', WK2, 'wk2-a'));
-      await waitUntil(() => primaryOf(loop.snapshot(), 2) === 'wk2-a', 2000, 'wk2-a primary again');
+      await waitUntil(() => primaryOf(loop.snapshot(), 2) === 'wk2-a', { timeoutMs: 2000, what: 'wk2-a primary again' });
 
       // keys of an unmanaged scope (and outside the namespace): no read, no onChange
       const r2 = reader.stats();
       const l2 = loop.stats();
       const c2 = changes;
       await etcd.txn({ '/service/unmanaged/leader': 'u-a', '/service/unmanaged/members/u-a': memberJson(23432, 'master'), '/elsewhere/wk1/leader': 'nope' });
-      await waitUntil(() => reader.stats().eventsIgnored === r2.eventsIgnored + 2, 2000, 'the two namespace events seen and ignored');
+      await waitUntil(() => reader.stats().eventsIgnored === r2.eventsIgnored + 2, { timeoutMs: 2000, what: 'the two namespace events seen and ignored' });
       await sleep(50);
       assert.deepEqual(loop.stats(), l2, 'no read');
       assert.equal(reader.stats().scopeRanges, r2.scopeRanges);
@@ -558,18 +548,18 @@ describe('etcd v3 and v2 sources against a real etcd', { timeout: 110_000 }, () 
     const loop = new ReadLoop(reader, c.log);
     try {
       await loop.start();
-      await waitUntil(() => loop.stats().fullReads === 2, 3000, 'attached');
+      await waitUntil(() => loop.stats().fullReads === 2, { timeoutMs: 3000, what: 'attached' });
       const r0 = reader.stats();
       const l0 = loop.stats();
       await etcd.txn({ ...scopeKeys('wk1', WK1, 'wk1-a'), ...scopeKeys('wk2', WK2, 'wk2-b') });
-      await waitUntil(() => primaryOf(loop.snapshot(), 2) === 'wk2-b', 2000, 'wk2-b primary');
+      await waitUntil(() => primaryOf(loop.snapshot(), 2) === 'wk2-b', { timeoutMs: 2000, what: 'wk2-b primary' });
       assert.deepEqual(
         [reader.stats().namespaceRanges - r0.namespaceRanges, reader.stats().scopeRanges - r0.scopeRanges, loop.stats().partialReads - l0.partialReads, loop.stats().fullReads - l0.fullReads],
         [1, 0, 1, 0],
       );
       assert.equal(loop.snapshot().groups.length, 3);
       await etcd.txn(scopeKeys('wk2', WK2, 'wk2-a'));
-      await waitUntil(() => primaryOf(loop.snapshot(), 2) === 'wk2-a', 2000, 'wk2-a primary again');
+      await waitUntil(() => primaryOf(loop.snapshot(), 2) === 'wk2-a', { timeoutMs: 2000, what: 'wk2-a primary again' });
     } finally {
       await loop.stop();
     }
@@ -591,20 +581,20 @@ describe('etcd v3 and v2 sources against a real etcd', { timeout: 110_000 }, () 
     const loop = new ReadLoop(reader, c.log);
     try {
       await loop.start();
-      await waitUntil(() => loop.stats().fullReads === 2, 3000, 'attached');
+      await waitUntil(() => loop.stats().fullReads === 2, { timeoutMs: 3000, what: 'attached' });
       const r0 = reader.stats();
       reader.failNext = true;
       await etcd.txn({ '/service/wk2/leader': 'wk2-b' });
-      await waitUntil(() => !loop.snapshot().fresh, 2000, 'stale after the failed partial read');
+      await waitUntil(() => !loop.snapshot().fresh, { timeoutMs: 2000, what: 'stale after the failed partial read' });
       assert.match(loop.snapshot().staleReason ?? '', /^etcd 127\.0\.0\.1:\d+ unreachable since .*injected: deadline exceeded/);
       assert.equal(group(loop.snapshot(), 2).leader, 'wk2-a', 'last view kept');
-      await waitUntil(() => loop.snapshot().fresh, 3000, 'fresh again');
+      await waitUntil(() => loop.snapshot().fresh, { timeoutMs: 3000, what: 'fresh again' });
       assert.equal(group(loop.snapshot(), 2).leader, 'wk2-b');
       assert.equal(reader.stats().namespaceRanges, r0.namespaceRanges + 1, 'recovered by one full read');
       assert.equal(c.lines.filter((l) => l.level === 40 && /unreachable since/.test(l.msg)).length, 1);
       assert.equal(c.lines.filter((l) => l.level === 30 && /reachable again/.test(l.msg)).length, 1);
       await etcd.txn({ '/service/wk2/leader': 'wk2-a' });
-      await waitUntil(() => group(loop.snapshot(), 2).leader === 'wk2-a', 2000, 'back to wk2-a');
+      await waitUntil(() => group(loop.snapshot(), 2).leader === 'wk2-a', { timeoutMs: 2000, what: 'back to wk2-a' });
     } finally {
       await loop.stop();
     }
@@ -624,18 +614,18 @@ describe('etcd v3 and v2 sources against a real etcd', { timeout: 110_000 }, () 
       assert.equal(primaryOf(h.snapshot(), 0), 'cmp-a');
       await sleep(200); // watch attached
       proxy.cut();
-      await waitUntil(() => !h.snapshot().fresh, 5000, 'stale behind the cut');
+      await waitUntil(() => !h.snapshot().fresh, { timeoutMs: 5000, what: 'stale behind the cut' });
       for (let i = 0; i < 5; i++) await etcd.txn(scopeKeys('cmp', CMP, i % 2 === 0 ? 'cmp-b' : 'cmp-a'));
       await etcd.txn(scopeKeys('cmp', CMP, 'cmp-b'));
       await etcd.compact(await etcd.revision());
       proxy.heal();
-      await waitUntil(() => h.snapshot().fresh, 8000, 'fresh after heal');
+      await waitUntil(() => h.snapshot().fresh, { timeoutMs: 8000, what: 'fresh after heal' });
       assert.equal(primaryOf(h.snapshot(), 0), 'cmp-b');
-      await waitUntil(() => c.lines.some((l) => l.level === 40 && /etcd watch on \/service\/ failed; re-creating it/.test(l.msg)), 5000, 'watch error logged');
+      await waitUntil(() => c.lines.some((l) => l.level === 40 && /etcd watch on \/service\/ failed; re-creating it/.test(l.msg)), { timeoutMs: 5000, what: 'watch error logged' });
       await sleep(400); // the new watcher attached
       const t0 = performance.now();
       await etcd.txn(scopeKeys('cmp', CMP, 'cmp-a'));
-      await waitUntil(() => primaryOf(h.snapshot(), 0) === 'cmp-a', 1000, 'change seen by the re-created watch (resync is 30 s)');
+      await waitUntil(() => primaryOf(h.snapshot(), 0) === 'cmp-a', { timeoutMs: 1000, what: 'change seen by the re-created watch (resync is 30 s)' });
       console.log(`# after compaction: change seen ${(performance.now() - t0).toFixed(0)} ms after the write`);
       await h.stop();
     } finally {
@@ -665,7 +655,7 @@ describe('etcd v3 and v2 sources against a real etcd', { timeout: 110_000 }, () 
       await etcd.v2put(`/service/wk1/members/${other}`, memberJson(WK1[other], 'replica'));
       await etcd.v2put(`/service/wk1/members/${want}`, memberJson(WK1[want], 'master'));
       await etcd.v2put('/service/wk1/leader', want);
-      await waitUntil(() => primaryOf(v2.snapshot(), 1) === want, 2000, `v2 ${want}`);
+      await waitUntil(() => primaryOf(v2.snapshot(), 1) === want, { timeoutMs: 2000, what: `v2 ${want}` });
       lat.push(performance.now() - t0);
     }
     const p95 = pct(lat, 95);
@@ -683,16 +673,16 @@ describe('etcd v3 and v2 sources against a real etcd', { timeout: 110_000 }, () 
     try {
       await loop.start();
       assert.deepEqual([primaryOf(loop.snapshot(), 0), primaryOf(loop.snapshot(), 1)], ['cn-a', 'wk1-a']);
-      await waitUntil(() => loop.stats().fullReads === 2 && reader.stats().polls === 1, 3000, 'the long-poll issued after the first re-read');
+      await waitUntil(() => loop.stats().fullReads === 2 && reader.stats().polls === 1, { timeoutMs: 3000, what: 'the long-poll issued after the first re-read' });
       assert.equal(reader.stats().namespaceReads, 2);
       const r0 = reader.stats();
       await etcd.v2put('/service/wk1/leader', 'wk1-a'); // same value: an event, no change
-      await waitUntil(() => reader.stats().scopeReads === r0.scopeReads + 1, 2000, 'partial re-read of wk1');
+      await waitUntil(() => reader.stats().scopeReads === r0.scopeReads + 1, { timeoutMs: 2000, what: 'partial re-read of wk1' });
       assert.equal(reader.stats().namespaceReads, r0.namespaceReads, 'no full read');
       assert.deepEqual(loop.stats().partialReads, 1);
       const r1 = reader.stats();
       await etcd.v2put('/service/legacy/leader', 'lg-a'); // a scope this config does not manage
-      await waitUntil(() => reader.stats().eventsIgnored === r1.eventsIgnored + 1, 2000, 'the event seen and ignored');
+      await waitUntil(() => reader.stats().eventsIgnored === r1.eventsIgnored + 1, { timeoutMs: 2000, what: 'the event seen and ignored' });
       await sleep(50);
       assert.equal(reader.stats().scopeReads, r1.scopeReads);
       assert.equal(reader.stats().namespaceReads, r1.namespaceReads);
@@ -709,8 +699,8 @@ describe('etcd v3 and v2 sources against a real etcd', { timeout: 110_000 }, () 
     const c3 = v3changes;
     const c2 = v2changes;
     await etcd.kill();
-    const tStale3 = await waitUntil(() => !v3.snapshot().fresh, 5000, 'etcd3 source stale');
-    await waitUntil(() => !v2.snapshot().fresh, 5000, 'etcd2 source stale');
+    const tStale3 = await waitUntil(() => !v3.snapshot().fresh, { timeoutMs: 5000, what: 'etcd3 source stale' });
+    await waitUntil(() => !v2.snapshot().fresh, { timeoutMs: 5000, what: 'etcd2 source stale' });
     console.log(`# etcd3 source stale ${tStale3.toFixed(0)} ms after SIGKILL`);
     await sleep(3000); // several retries with backoff
     for (const [name, h, before] of [
@@ -730,9 +720,9 @@ describe('etcd v3 and v2 sources against a real etcd', { timeout: 110_000 }, () 
 
     const t0 = performance.now();
     await etcd.start();
-    await waitUntil(() => v3.snapshot().fresh, 10000, 'etcd3 source fresh again');
+    await waitUntil(() => v3.snapshot().fresh, { timeoutMs: 10000, what: 'etcd3 source fresh again' });
     const tFresh3 = performance.now() - t0;
-    await waitUntil(() => v2.snapshot().fresh, 10000, 'etcd2 source fresh again');
+    await waitUntil(() => v2.snapshot().fresh, { timeoutMs: 10000, what: 'etcd2 source fresh again' });
     console.log(`# etcd3 source fresh ${tFresh3.toFixed(0)} ms after etcd was healthy again`);
     assert.ok(v3changes >= c3 + 2, 'etcd3: onChange after recovery');
     assert.ok(v2changes >= c2 + 2, 'etcd2: onChange after recovery');
@@ -744,12 +734,12 @@ describe('etcd v3 and v2 sources against a real etcd', { timeout: 110_000 }, () 
     await sleep(300);
     const t1 = performance.now();
     await etcd.txn(scopeKeys('wk1', WK1, 'wk1-b'));
-    await waitUntil(() => primaryOf(v3.snapshot(), 1) === 'wk1-b', 3000, 'etcd3 sees wk1-b after restart');
+    await waitUntil(() => primaryOf(v3.snapshot(), 1) === 'wk1-b', { timeoutMs: 3000, what: 'etcd3 sees wk1-b after restart' });
     console.log(`# etcd3 change after restart seen in ${(performance.now() - t1).toFixed(1)} ms`);
     await etcd.v2put('/service/wk1/leader', 'wk1-b');
     await etcd.v2put('/service/wk1/members/wk1-b', memberJson(WK1['wk1-b'], 'master'));
     await etcd.v2put('/service/wk1/members/wk1-a', memberJson(WK1['wk1-a'], 'replica'));
-    await waitUntil(() => primaryOf(v2.snapshot(), 1) === 'wk1-b', 3000, 'etcd2 sees wk1-b after restart');
+    await waitUntil(() => primaryOf(v2.snapshot(), 1) === 'wk1-b', { timeoutMs: 3000, what: 'etcd2 sees wk1-b after restart' });
   });
 
   test('stop() leaves no handles: a process running each source exits promptly', async () => {
@@ -848,12 +838,12 @@ describe('Patroni REST source against Patroni 3.0.2-shaped REST servers', { time
   test('/cluster says leader but /patroni says replica: not yet promoted; promoted: running primary', async () => {
     fake.get('wk1-a').clusterRole = 'replica';
     fake.get('wk1-b').clusterRole = 'leader'; // the leader key moved, promotion still running
-    await waitUntil(() => group(h.snapshot(), 1).leader === 'wk1-b', 3000, 'leader wk1-b');
+    await waitUntil(() => group(h.snapshot(), 1).leader === 'wk1-b', { timeoutMs: 3000, what: 'leader wk1-b' });
     assert.match(primaryOf(h.snapshot(), 1), /^!leader wk1-b not yet promoted \(role replica\)/);
     const c0 = changes;
     fake.get('wk1-b').patroniRole = 'master';
     fake.get('wk1-a').patroniRole = 'replica';
-    const ms = await waitUntil(() => primaryOf(h.snapshot(), 1) === 'wk1-b', 3000, 'wk1-b primary');
+    const ms = await waitUntil(() => primaryOf(h.snapshot(), 1) === 'wk1-b', { timeoutMs: 3000, what: 'wk1-b primary' });
     assert.ok(changes > c0);
     console.log(`# rest: promotion seen after ${ms.toFixed(0)} ms (poll 200 ms)`);
   });
@@ -901,14 +891,14 @@ describe('Patroni REST source against Patroni 3.0.2-shaped REST servers', { time
   test('every group unreachable: stale view (last one kept), one "unreachable" line; back: fresh', async () => {
     const before = h.snapshot();
     for (const m of fake.members) m.down = true;
-    await waitUntil(() => !h.snapshot().fresh, 3000, 'rest stale');
+    await waitUntil(() => !h.snapshot().fresh, { timeoutMs: 3000, what: 'rest stale' });
     await sleep(1200);
     const s = h.snapshot();
     assert.match(s.staleReason ?? '', /^Patroni REST API unreachable since/);
     assert.deepEqual(s.groups, before.groups);
     assert.equal(lines.filter((l) => l.level === 40 && /unreachable since/.test(l.msg)).length, 1);
     for (const m of fake.members) m.down = false;
-    await waitUntil(() => h.snapshot().fresh, 5000, 'rest fresh');
+    await waitUntil(() => h.snapshot().fresh, { timeoutMs: 5000, what: 'rest fresh' });
     assert.equal(primaryOf(h.snapshot(), 1), 'wk1-b');
   });
 

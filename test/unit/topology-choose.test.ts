@@ -5,10 +5,9 @@
  */
 import { test, describe } from 'node:test';
 import assert from 'node:assert/strict';
+import { captureLog } from '../helpers/log.js';
 import { readFileSync } from 'node:fs';
-import { Writable } from 'node:stream';
 import yaml from 'js-yaml';
-import { pino } from 'pino';
 import { configFromObject } from '../../src/config/load.js';
 import { type ControllerConfig } from '../../src/config/types.js';
 import { ConfigError } from '../../src/util/errors.js';
@@ -43,21 +42,7 @@ function base(citus: Record<string, unknown>, extra: Record<string, unknown> = {
   };
 }
 
-function quietLog() {
-  const lines: string[] = [];
-  return {
-    log: pino(
-      { level: 'info' },
-      new Writable({
-        write(c: Buffer, _e, cb) {
-          lines.push(c.toString());
-          cb();
-        },
-      }),
-    ),
-    lines,
-  };
-}
+const quietLog = captureLog;
 
 function configError(fn: () => unknown, key: string, re: RegExp): void {
   assert.throws(fn, (err: unknown) => {
@@ -78,7 +63,7 @@ describe('pickSourceKind / chooseSource', () => {
     const h = chooseSource(cfg, { log });
     assert.equal(h.kind, 'probe');
     assert.match(h.describe(), /pg_is_in_recovery\(\) probes every 10s on 0:192\.168\.234\.201:5432 1:192\.168\.234\.203:5432,192\.168\.234\.204:5432/);
-    assert.ok(lines.some((l) => l.includes('topology source: pg_is_in_recovery')));
+    assert.ok(lines.some((l) => l.msg.includes('topology source: pg_is_in_recovery')));
     assert.equal(h.patroniCitusLayout(), null);
     await h.stop();
   });

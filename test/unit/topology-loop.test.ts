@@ -1,27 +1,48 @@
 /**
- * The read loop every topology source shares (src/topology/read-loop.ts ReadLoop), driven by a fake
+ * The read loop every topology source shares (src/topology/read-loop.ts ReadLoop), on node:test's
+ * mock timers (virtual time: no test sleeps), driven by a fake
  * reader: debounce, single flight, refresh, stale/fresh transitions logged once, backoff, stop.
  */
-import { test, describe } from 'node:test';
+import { afterEach, beforeEach, describe, mock, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { Writable } from 'node:stream';
-import { pino } from 'pino';
+import { captureLog } from '../helpers/log.js';
 import { ReadLoop } from '../../src/topology/read-loop.js';
 import { type ReaderHooks, type TopologyReader } from '../../src/topology/reader.js';
 import type { GroupView } from '../../src/topology/model.js';
 
-function captureLog() {
-  const lines: Array<{ level: number; msg: string }> = [];
-  const stream = new Writable({
-    write(chunk: Buffer, _enc, cb) {
-      for (const l of chunk.toString('utf8').split('\n')) if (l.trim()) lines.push(JSON.parse(l) as { level: number; msg: string });
-      cb();
-    },
-  });
-  return { log: pino({ level: 'debug' }, stream), lines };
+
+/** A reader's own wait: on the mocked setTimeout, so it takes virtual time only. */
+const delay = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** Lets everything that is ready run (promise chains, I/O callbacks), without moving the clock. */
+const flush = () => new Promise<void>((r) => setImmediate(r));
+
+/** Moves the mocked clock `ms` forward, 1 ms at a time, letting the loop run in between. */
+async function advance(ms: number): Promise<void> {
+  for (let i = 0; i < ms; i++) {
+    mock.timers.tick(1);
+    await flush();
+  }
+  await flush();
 }
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+/** Advances the mocked clock until `cond` holds (at most `maxMs` of virtual time). */
+async function until(cond: () => boolean, maxMs = 10_000): Promise<void> {
+  await flush();
+  for (let t = 0; !cond(); t++) {
+    if (t > maxMs) throw new Error(`not true after ${maxMs} ms of virtual time`);
+    mock.timers.tick(1);
+    await flush();
+  }
+}
+
+/** Awaits `p` while advancing the mocked clock (a read in flight waits on a mocked timer). */
+async function settle<T>(p: Promise<T>, maxMs = 10_000): Promise<T> {
+  let done = false;
+  const out = p.finally(() => (done = true));
+  await until(() => done, maxMs);
+  return out;
+}
 
 class FakeReader implements TopologyReader {
   readonly kind = 'etcd' as const;
@@ -42,7 +63,7 @@ class FakeReader implements TopologyReader {
   }
   async read(): Promise<GroupView[]> {
     this.reads++;
-    if (this.delayMs) await sleep(this.delayMs);
+    if (this.delayMs) await delay(this.delayMs);
     if (this.fail) throw this.fail;
     const members = this.withMembers
       ? [{ name: 'a', host: 'h', port: 5432, role: 'primary' as const, rawRole: 'master', state: 'running', timeline: 1, lagBytes: 0, tags: {} }]
@@ -54,15 +75,11 @@ class FakeReader implements TopologyReader {
   }
 }
 
-async function waitFor(cond: () => boolean, ms = 3000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > end) throw new Error('timed out waiting');
-    await sleep(2);
-  }
-}
 
 describe('ReadLoop', () => {
+  beforeEach(() => mock.timers.enable({ apis: ['setTimeout', 'Date'], now: 1_700_000_000_000 }));
+  afterEach(() => mock.timers.reset());
+
   test('start reads once, is fresh, fires onChange once', async () => {
     const { log } = captureLog();
     const r = new FakeReader();
@@ -70,14 +87,14 @@ describe('ReadLoop', () => {
     let changes = 0;
     loop.onChange(() => changes++);
     assert.equal(loop.snapshot().fresh, false);
-    await loop.start();
+    await settle(loop.start());
     assert.equal(r.reads, 1);
     const s = loop.snapshot();
     assert.equal(s.fresh, true);
     assert.equal(s.source, 'etcd');
     assert.equal(s.groups[0]?.leader, 'a');
     assert.equal(changes, 1);
-    await loop.stop();
+    await settle(loop.stop());
     assert.ok(r.closed);
   });
 
@@ -87,50 +104,50 @@ describe('ReadLoop', () => {
     const loop = new ReadLoop(r, log, { debounceMs: 10 });
     let changes = 0;
     loop.onChange(() => changes++);
-    await loop.start();
+    await settle(loop.start());
     for (let i = 0; i < 20; i++) r.hooks?.changed();
-    await sleep(60);
+    await advance(60);
     assert.equal(r.reads, 2);
     assert.equal(changes, 1, 'same view: no onChange');
     r.leader = 'b';
     const t0 = Date.now();
     r.hooks?.changed();
-    await waitFor(() => changes === 2);
+    await until(() => changes === 2);
     assert.ok(Date.now() - t0 < 100);
     assert.equal(loop.snapshot().groups[0]?.leader, 'b');
-    await loop.stop();
+    await settle(loop.stop());
   });
 
   test('events during a read cause exactly one more read after it', async () => {
     const { log } = captureLog();
     const r = new FakeReader();
     const loop = new ReadLoop(r, log, { debounceMs: 1 });
-    await loop.start();
+    await settle(loop.start());
     r.delayMs = 40;
     r.hooks?.changed();
-    await sleep(10); // read in flight
+    await advance(10); // read in flight
     r.leader = 'c';
     for (let i = 0; i < 5; i++) r.hooks?.changed();
-    await sleep(150);
+    await advance(150);
     assert.equal(r.reads, 3);
     assert.equal(loop.snapshot().groups[0]?.leader, 'c');
-    await loop.stop();
+    await settle(loop.stop());
   });
 
   test('refresh() during a read waits for a read that started after the call', async () => {
     const { log } = captureLog();
     const r = new FakeReader();
     const loop = new ReadLoop(r, log);
-    await loop.start();
+    await settle(loop.start());
     r.delayMs = 30;
     const first = loop.refresh();
-    await sleep(5);
+    await advance(5);
     r.leader = 'z';
-    const second = await loop.refresh();
-    await first;
+    const second = await settle(loop.refresh());
+    await settle(first);
     assert.equal(second.groups[0]?.leader, 'z');
     assert.equal(r.reads, 3);
-    await loop.stop();
+    await settle(loop.stop());
   });
 
   test('failure: last view kept, fresh=false, ONE warn line across retries; recovery: fresh, onChange, one info line', async () => {
@@ -139,13 +156,13 @@ describe('ReadLoop', () => {
     const loop = new ReadLoop(r, log, { backoffInitialMs: 10, backoffMaxMs: 40 });
     let changes = 0;
     loop.onChange(() => changes++);
-    await loop.start();
+    await settle(loop.start());
     r.fail = new Error('connect ECONNREFUSED 127.0.0.1:2379');
     r.hooks?.disconnected(new Error('stream broke'));
-    await waitFor(() => !loop.snapshot().fresh);
+    await until(() => !loop.snapshot().fresh);
     assert.equal(changes, 2, 'going stale fires onChange');
     const readsAtStale = r.reads;
-    await sleep(300);
+    await advance(300);
     assert.ok(r.reads >= readsAtStale + 4, `retries with backoff (${r.reads - readsAtStale})`);
     assert.ok(r.reads <= readsAtStale + 15, `backoff caps the retry rate (${r.reads - readsAtStale})`);
     // disconnected() while failing does not add reads beyond the retry timer
@@ -157,11 +174,11 @@ describe('ReadLoop', () => {
     assert.equal(warns.length, 1, JSON.stringify(warns));
     assert.match(warns[0]?.msg ?? '', /fake etcd unreachable since/);
     r.fail = null;
-    await waitFor(() => loop.snapshot().fresh);
+    await until(() => loop.snapshot().fresh);
     assert.equal(changes, 3, 'recovery fires onChange even though the view is the same');
     assert.equal(lines.filter((l) => l.level === 30 && /reachable again/.test(l.msg)).length, 1);
     assert.equal(loop.snapshot().staleReason, undefined);
-    await loop.stop();
+    await settle(loop.stop());
   });
 
   test('first read failing: start() resolves, view not fresh', async () => {
@@ -169,10 +186,10 @@ describe('ReadLoop', () => {
     const r = new FakeReader();
     r.fail = new Error('nope');
     const loop = new ReadLoop(r, log, { backoffInitialMs: 1000 });
-    await loop.start();
+    await settle(loop.start());
     assert.equal(loop.snapshot().fresh, false);
     assert.match(loop.snapshot().staleReason ?? '', /nope/);
-    await loop.stop();
+    await settle(loop.stop());
   });
 
   test('reconnected() forces a re-read and onChange even when nothing differs', async () => {
@@ -181,11 +198,11 @@ describe('ReadLoop', () => {
     const loop = new ReadLoop(r, log);
     let changes = 0;
     loop.onChange(() => changes++);
-    await loop.start();
+    await settle(loop.start());
     r.hooks?.reconnected();
-    await waitFor(() => changes === 2);
+    await until(() => changes === 2);
     assert.equal(r.reads, 2);
-    await loop.stop();
+    await settle(loop.stop());
   });
 
   test('periodic resync re-reads without events', async () => {
@@ -193,12 +210,12 @@ describe('ReadLoop', () => {
     const r = new FakeReader();
     r.periodMs = 20;
     const loop = new ReadLoop(r, log);
-    await loop.start();
-    await sleep(110);
+    await settle(loop.start());
+    await advance(110);
     assert.ok(r.reads >= 4, String(r.reads));
-    await loop.stop();
+    await settle(loop.stop());
     const n = r.reads;
-    await sleep(60);
+    await advance(60);
     assert.equal(r.reads, n, 'no reads after stop');
   });
 
@@ -214,11 +231,11 @@ describe('ReadLoop', () => {
       throw new Error('async boom');
     }) as () => void);
     loop.onChange(() => ok++);
-    await loop.start();
-    await sleep(5);
+    await settle(loop.start());
+    await advance(5);
     assert.equal(ok, 1);
     assert.equal(lines.filter((l) => l.level === 50).length, 2);
-    await loop.stop();
+    await settle(loop.stop());
   });
 
   test('snapshot is deep-frozen (not a copy per call): mutations throw and leave the view as it was', async () => {
@@ -226,7 +243,7 @@ describe('ReadLoop', () => {
     const r = new FakeReader();
     r.withMembers = true;
     const loop = new ReadLoop(r, log);
-    await loop.start();
+    await settle(loop.start());
     try {
       const s = loop.snapshot();
       assert.equal(loop.snapshot(), s, 'the same object until the next read changes it');
@@ -247,7 +264,7 @@ describe('ReadLoop', () => {
       assert.equal(loop.snapshot().groups.length, 1);
       assert.equal(loop.snapshot().groups[0]?.leader, 'a');
     } finally {
-      await loop.stop();
+      await settle(loop.stop());
     }
   });
 });
@@ -281,13 +298,13 @@ class ScopedReader implements TopologyReader {
   }
   async read(): Promise<GroupView[]> {
     this.fullReads++;
-    if (this.delayMs) await sleep(this.delayMs);
+    if (this.delayMs) await delay(this.delayMs);
     if (this.failFull) throw this.failFull;
     return [...this.leaders.keys()].map((s) => this.group(s));
   }
   async readScopes(scopes: readonly string[]): Promise<GroupView[]> {
     this.partialReads.push([...scopes].sort());
-    if (this.delayMs) await sleep(this.delayMs);
+    if (this.delayMs) await delay(this.delayMs);
     if (this.failPartial) throw this.failPartial;
     return scopes.map((s) => this.group(s));
   }
@@ -295,19 +312,22 @@ class ScopedReader implements TopologyReader {
 }
 
 describe('ReadLoop: partial re-reads (changed(scopes))', () => {
+  beforeEach(() => mock.timers.enable({ apis: ['setTimeout', 'Date'], now: 1_700_000_000_000 }));
+  afterEach(() => mock.timers.reset());
+
   test('an event naming one scope re-reads only that scope; its group is replaced, the others are the same objects', async () => {
     const { log } = captureLog();
     const r = new ScopedReader();
     const loop = new ReadLoop(r, log, { debounceMs: 1 });
     let changes = 0;
     loop.onChange(() => changes++);
-    await loop.start();
+    await settle(loop.start());
     try {
       const before = loop.snapshot();
       assert.equal(r.fullReads, 1);
       r.leaders.set('wk1', 'a2');
       r.hooks?.changed(['wk1']);
-      await waitFor(() => changes === 2);
+      await until(() => changes === 2);
       assert.equal(r.fullReads, 1, 'no full read');
       assert.deepEqual(r.partialReads, [['wk1']]);
       const after = loop.snapshot();
@@ -327,11 +347,11 @@ describe('ReadLoop: partial re-reads (changed(scopes))', () => {
       assert.deepEqual(loop.stats(), { fullReads: 1, partialReads: 1, scopesReread: 1, failedReads: 0 });
       // a partial read that finds nothing new: no onChange
       r.hooks?.changed(['wk2']);
-      await waitFor(() => r.partialReads.length === 2);
-      await sleep(10);
+      await until(() => r.partialReads.length === 2);
+      await advance(10);
       assert.equal(changes, 2);
     } finally {
-      await loop.stop();
+      await settle(loop.stop());
     }
   });
 
@@ -339,14 +359,14 @@ describe('ReadLoop: partial re-reads (changed(scopes))', () => {
     const { log } = captureLog();
     const r = new ScopedReader();
     const loop = new ReadLoop(r, log, { debounceMs: 10 });
-    await loop.start();
+    await settle(loop.start());
     try {
       for (const s of ['wk2', 'wk1', 'wk2', 'wk1', 'wk2']) r.hooks?.changed([s]);
-      await sleep(60);
+      await advance(60);
       assert.deepEqual(r.partialReads, [['wk1', 'wk2']]);
       assert.equal(r.fullReads, 1);
     } finally {
-      await loop.stop();
+      await settle(loop.stop());
     }
   });
 
@@ -354,23 +374,23 @@ describe('ReadLoop: partial re-reads (changed(scopes))', () => {
     const { log } = captureLog();
     const r = new ScopedReader();
     const loop = new ReadLoop(r, log, { debounceMs: 5 });
-    await loop.start();
+    await settle(loop.start());
     try {
       r.hooks?.changed(['wk1']);
       r.hooks?.changed();
-      await waitFor(() => r.fullReads === 2);
-      await sleep(20);
+      await until(() => r.fullReads === 2);
+      await advance(20);
       assert.deepEqual(r.partialReads, [], 'a full read covers the scopes named in the same burst');
       r.hooks?.changed(['wk1']);
       r.hooks?.reconnected();
-      await waitFor(() => r.fullReads === 3);
-      await loop.refresh();
+      await until(() => r.fullReads === 3);
+      await settle(loop.refresh());
       assert.equal(r.fullReads, 4);
       r.hooks?.changed(['not-a-group-of-this-view']);
-      await waitFor(() => r.fullReads === 5);
+      await until(() => r.fullReads === 5);
       assert.deepEqual(r.partialReads, []);
     } finally {
-      await loop.stop();
+      await settle(loop.stop());
     }
   });
 
@@ -380,30 +400,30 @@ describe('ReadLoop: partial re-reads (changed(scopes))', () => {
     const loop = new ReadLoop(r, log, { debounceMs: 1, backoffInitialMs: 20, backoffMaxMs: 40 });
     let changes = 0;
     loop.onChange(() => changes++);
-    await loop.start();
+    await settle(loop.start());
     try {
       r.failPartial = new Error('deadline exceeded');
       r.failFull = new Error('connect ECONNREFUSED');
       r.leaders.set('wk1', 'a2');
       r.hooks?.changed(['wk1']);
-      await waitFor(() => !loop.snapshot().fresh);
+      await until(() => !loop.snapshot().fresh);
       assert.equal(changes, 2, 'going stale fires onChange');
       assert.match(loop.snapshot().staleReason ?? '', /^fake etcd unreachable since .*deadline exceeded/);
       assert.equal(loop.snapshot().groups[1]?.leader, 'a1', 'last view kept');
       assert.equal(lines.filter((l) => l.level === 40).length, 1);
       // while failing every read is a full one, events naming scopes included
       r.hooks?.changed(['wk2']);
-      await waitFor(() => r.fullReads >= 3);
+      await until(() => r.fullReads >= 3);
       assert.deepEqual(r.partialReads, [['wk1']]);
       r.failFull = null;
       r.failPartial = null;
-      await waitFor(() => loop.snapshot().fresh);
+      await until(() => loop.snapshot().fresh);
       assert.equal(loop.snapshot().groups[1]?.leader, 'a2');
       assert.equal(changes, 3);
       assert.deepEqual(r.partialReads, [['wk1']], 'recovery by a full read');
       assert.ok(loop.stats().failedReads >= 2);
     } finally {
-      await loop.stop();
+      await settle(loop.stop());
     }
   });
 
@@ -412,17 +432,17 @@ describe('ReadLoop: partial re-reads (changed(scopes))', () => {
     const r = new ScopedReader();
     r.periodMs = 60;
     const loop = new ReadLoop(r, log, { debounceMs: 1 });
-    await loop.start();
+    await settle(loop.start());
     try {
       const end = Date.now() + 260;
       while (Date.now() < end) {
         r.hooks?.changed(['wk1']);
-        await sleep(8);
+        await advance(8);
       }
       assert.ok(r.partialReads.length >= 10, `partial reads ${r.partialReads.length}`);
       assert.ok(r.fullReads >= 4, `full resyncs while events kept coming: ${r.fullReads - 1}`);
     } finally {
-      await loop.stop();
+      await settle(loop.stop());
     }
   });
 
@@ -433,7 +453,7 @@ describe('ReadLoop: partial re-reads (changed(scopes))', () => {
     let changes = 0;
     loop.onChange(() => changes++);
     const t0 = Date.now();
-    await loop.start();
+    await settle(loop.start());
     try {
       const first = loop.snapshot().changedAt;
       assert.ok(first !== undefined && first >= t0 && first <= Date.now(), 'the start read');
@@ -441,19 +461,19 @@ describe('ReadLoop: partial re-reads (changed(scopes))', () => {
       r.leaders.set('wk2', 'b2');
       const tEvent = Date.now();
       r.hooks?.changed(['wk2']);
-      await sleep(10);
+      await advance(10);
       r.hooks?.changed(['wk2']); // same burst
-      await waitFor(() => changes === 2);
+      await until(() => changes === 2);
       const s = loop.snapshot();
       assert.ok(s.changedAt !== undefined && s.changedAt >= tEvent && s.changedAt <= tEvent + 5, `changedAt ${String(s.changedAt)} vs event ${tEvent}`);
       assert.ok(s.observedAt - s.changedAt >= 45, 'debounce + read time are before observedAt, not before changedAt');
       r.hooks?.changed(['wk1']); // nothing new
-      await waitFor(() => r.partialReads.length === 2);
-      await sleep(5);
+      await until(() => r.partialReads.length === 2);
+      await advance(5);
       assert.equal(loop.snapshot().changedAt, s.changedAt);
       assert.equal(changes, 2);
     } finally {
-      await loop.stop();
+      await settle(loop.stop());
     }
   });
 
@@ -461,13 +481,13 @@ describe('ReadLoop: partial re-reads (changed(scopes))', () => {
     const { log } = captureLog();
     const r = new FakeReader();
     const loop = new ReadLoop(r, log, { debounceMs: 1 });
-    await loop.start();
+    await settle(loop.start());
     try {
       r.hooks?.changed(['wk1']);
-      await waitFor(() => r.reads === 2);
+      await until(() => r.reads === 2);
       assert.deepEqual(loop.stats(), { fullReads: 2, partialReads: 0, scopesReread: 0, failedReads: 0 });
     } finally {
-      await loop.stop();
+      await settle(loop.stop());
     }
   });
 });
