@@ -17,6 +17,7 @@ import { closeQuietly, pgConnect, PgConnectError } from '../pg/connect.js';
 import { describePgError, errorCode } from '../pg/errors.js';
 import { readRecovery } from '../pg/recovery.js';
 import { maskSecrets } from '../util/errors.js';
+import { LogOnce } from '../util/log-once.js';
 import { probeNodesOf, type NodeGroupRef } from '../config/groups.js';
 import { formatHostPort, type HostPort } from '../net/address.js';
 import { type ControllerConfig } from '../config/types.js';
@@ -44,7 +45,8 @@ export class ProbeReader implements TopologyReader {
   readonly target = 'PostgreSQL nodes';
   readonly periodMs: number;
   private readonly groups: NodeGroupRef[];
-  private readonly authWarned = new Set<string>();
+  /** Nodes that reject the controller's login: one warning per node and streak. */
+  private readonly authRejected: LogOnce;
   private readonly open = new Set<pg.Client>();
   private closed = false;
 
@@ -55,6 +57,9 @@ export class ProbeReader implements TopologyReader {
   ) {
     this.groups = probeNodesOf(cfg);
     this.periodMs = opts.periodMs ?? cfg.citus.loopWait * 1000;
+    this.authRejected = new LogOnce({
+      problem: (text, node) => this.log.warn({ source: 'probe', node, user: cfg.postgresql.superuser.username }, text),
+    });
   }
 
   describe(): string {
@@ -96,12 +101,9 @@ export class ProbeReader implements TopologyReader {
         else {
           firstError ??= `${name}: ${r.error ?? 'failed'}`;
           problems.push(`node ${name} unreachable: ${r.error ?? 'failed'}`);
-          if ((r.code === '28P01' || r.code === '28000') && !this.authWarned.has(name)) {
-            this.authWarned.add(name);
-            this.log.warn({ source: 'probe', node: name, user: this.cfg.postgresql.superuser.username }, `probe of ${name} rejected: ${r.error ?? ''}`);
-          }
+          if (r.code === '28P01' || r.code === '28000') this.authRejected.problem(`probe of ${name} rejected: ${r.error ?? ''}`, name);
         }
-        if (r.ok) this.authWarned.delete(name);
+        if (r.ok) this.authRejected.ok(name);
         return {
           name,
           host: node.host,

@@ -19,6 +19,7 @@
 import type pg from 'pg';
 import { closeQuietly, pgConnect } from '../pg/connect.js';
 import { isInRecovery } from '../pg/recovery.js';
+import { Listeners } from '../util/listeners.js';
 import type { ControllerConfig } from '../config/types.js';
 import { errorMessage } from '../util/errors.js';
 import type { Logger } from '../util/log.js';
@@ -40,7 +41,7 @@ const key = (groupid: number, member: string, host: string, port: number) => `${
 
 export class PromotionConfirmer implements TopologySource {
   readonly kind: TopologySource['kind'];
-  private readonly listeners: Array<() => void> = [];
+  private readonly listeners: Listeners;
   private readonly pending = new Map<string, Pending>();
   /** Keys confirmed writable while holding the leader key. */
   private readonly confirmed = new Set<string>();
@@ -55,6 +56,7 @@ export class PromotionConfirmer implements TopologySource {
     opts: { pollMs?: number; giveUpMs?: number } = {},
   ) {
     this.kind = inner.kind;
+    this.listeners = new Listeners((err) => this.log.error({ err: errorMessage(err) }, 'topology listener failed'));
     this.pollMs = opts.pollMs ?? 10;
     this.giveUpMs = opts.giveUpMs ?? 60000;
     inner.onChange(() => {
@@ -73,7 +75,7 @@ export class PromotionConfirmer implements TopologySource {
   }
 
   onChange(listener: () => void): void {
-    this.listeners.push(listener);
+    this.listeners.add(listener);
   }
 
   async refresh(): Promise<Topology> {
@@ -223,12 +225,7 @@ export class PromotionConfirmer implements TopologySource {
   }
 
   private emit(): void {
-    for (const l of this.listeners) {
-      try {
-        l();
-      } catch (err) {
-        this.log.error({ err: errorMessage(err) }, 'topology listener failed');
-      }
-    }
+    this.listeners.emit();
   }
+
 }

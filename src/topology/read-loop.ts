@@ -16,7 +16,9 @@
  * Views are handed out deep-frozen (no copy per snapshot); each group's change signature is
  * computed once per group object, so a partial re-read only signs the groups it replaced.
  */
+import { Backoff } from '../util/backoff.js';
 import { errorMessage, maskSecrets } from '../util/errors.js';
+import { Listeners } from '../util/listeners.js';
 import type { Logger } from '../util/log.js';
 import { groupSignature, type GroupView, type SourceKind, type Topology } from './model.js';
 import type { TopologyReader, TopologySource } from './reader.js';
@@ -65,7 +67,7 @@ function deepFreeze<T>(value: T): T {
 export class ReadLoop implements TopologySource {
   readonly kind: SourceKind;
   private view: Topology;
-  private readonly listeners: Array<() => void> = [];
+  private readonly listeners: Listeners;
   private debounceTimer: NodeJS.Timeout | undefined;
   private periodicTimer: NodeJS.Timeout | undefined;
   private running: Promise<void> | null = null;
@@ -81,13 +83,12 @@ export class ReadLoop implements TopologySource {
   /** The scopes of the view's groups (recomputed when the groups array changes). */
   private knownScopes: { groups: readonly GroupView[]; scopes: Set<string | null> } | null = null;
   private failingSince: number | null = null;
-  private failures = 0;
   private forceEmit = false;
   private started: Promise<void> | null = null;
   private stopped = false;
   private readonly debounceMs: number;
-  private readonly backoffInitialMs: number;
-  private readonly backoffMaxMs: number;
+  /** Retry delays while reads fail. */
+  private readonly backoff: Backoff;
   private readonly counters: LoopStats = { fullReads: 0, partialReads: 0, scopesReread: 0, failedReads: 0 };
 
   constructor(
@@ -97,8 +98,8 @@ export class ReadLoop implements TopologySource {
   ) {
     this.kind = reader.kind;
     this.debounceMs = opts.debounceMs ?? 5;
-    this.backoffInitialMs = opts.backoffInitialMs ?? 200;
-    this.backoffMaxMs = opts.backoffMaxMs ?? 3000;
+    this.backoff = new Backoff({ initialMs: opts.backoffInitialMs ?? 200, maxMs: opts.backoffMaxMs ?? 3000 });
+    this.listeners = new Listeners((err) => this.log.error({ err: errorMessage(err) }, 'topology onChange listener failed'));
     this.view = Object.freeze({ source: reader.kind, observedAt: 0, fresh: false, staleReason: `${reader.target}: not read yet`, groups: Object.freeze([]) as unknown as GroupView[] });
   }
 
@@ -133,7 +134,7 @@ export class ReadLoop implements TopologySource {
   }
 
   onChange(listener: () => void): void {
-    this.listeners.push(listener);
+    this.listeners.add(listener);
   }
 
   async refresh(): Promise<Topology> {
@@ -229,7 +230,7 @@ export class ReadLoop implements TopologySource {
     const delay =
       this.failingSince === null
         ? this.reader.periodMs
-        : Math.min(this.reader.periodMs, this.backoffInitialMs * 2 ** Math.min(this.failures - 1, 20), this.backoffMaxMs);
+        : Math.min(this.reader.periodMs, this.backoff.next());
     this.periodicTimer = setTimeout(() => {
       this.periodicTimer = undefined;
       void this.requestRead(true);
@@ -307,7 +308,6 @@ export class ReadLoop implements TopologySource {
     } catch (err) {
       if (this.stopped) return;
       this.counters.failedReads++;
-      this.failures++;
       const msg = maskSecrets(errorMessage(err));
       if (this.failingSince === null) {
         this.failingSince = Date.now();
@@ -319,7 +319,7 @@ export class ReadLoop implements TopologySource {
         this.view = Object.freeze({ ...this.view, fresh: false, staleReason: `${this.reader.target} unreachable since ${since}: ${msg}` });
         this.emit();
       } else {
-        this.log.debug({ source: this.kind, err: msg, failures: this.failures }, 'topology source: read failed again');
+        this.log.debug({ source: this.kind, err: msg, failures: this.counters.failedReads }, 'topology source: read failed again');
         this.view = Object.freeze({
           ...this.view,
           staleReason: `${this.reader.target} unreachable since ${new Date(this.failingSince).toISOString()}: ${msg}`,
@@ -338,18 +338,12 @@ export class ReadLoop implements TopologySource {
       this.log.info({ source: this.kind }, `${this.reader.target} reachable again after ${secs}s; view is fresh`);
     }
     this.failingSince = null;
-    this.failures = 0;
+    this.backoff.reset();
     if (changed) this.emit();
   }
 
   private emit(): void {
-    for (const listener of this.listeners) {
-      try {
-        const r: unknown = listener();
-        if (r instanceof Promise) r.catch((err: unknown) => this.log.error({ err: errorMessage(err) }, 'topology onChange listener failed'));
-      } catch (err) {
-        this.log.error({ err: errorMessage(err) }, 'topology onChange listener failed');
-      }
-    }
+    this.listeners.emit();
   }
+
 }

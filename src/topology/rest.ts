@@ -15,6 +15,7 @@
  * naming the addresses; only when NO group answers is the whole view stale (read throws).
  */
 import { errorMessage } from '../util/errors.js';
+import { LogOnce } from '../util/log-once.js';
 import { restAddressesOf, type NodeGroupRef } from '../config/groups.js';
 import { formatHostPort, isValidHost } from '../net/address.js';
 import { type ControllerConfig } from '../config/types.js';
@@ -94,8 +95,8 @@ export class PatroniRestReader implements TopologyReader {
   private readonly timeoutMs: number;
   private readonly closing = new AbortController();
   private last = new Map<number, GroupView>();
-  /** Groups whose last read failed (logged once per transition). */
-  private readonly failing = new Set<number>();
+  /** Groups whose reads fail: one warning when a streak starts, one line when it answers again. */
+  private readonly failing: LogOnce;
 
   constructor(
     cfg: ControllerConfig,
@@ -105,6 +106,10 @@ export class PatroniRestReader implements TopologyReader {
     this.groups = restAddressesOf(cfg);
     this.timeoutMs = opts.timeoutMs ?? 1000;
     this.periodMs = opts.periodMs ?? cfg.citus.restInterval * 1000;
+    this.failing = new LogOnce({
+      problem: (text, group) => this.log.warn({ source: 'rest', group: Number(group) }, text),
+      recovered: (_text, group) => this.log.info({ source: 'rest', group: Number(group) }, `Patroni REST API of group ${group} answers again`),
+    });
   }
 
   describe(): string {
@@ -187,15 +192,13 @@ export class PatroniRestReader implements TopologyReader {
       if (r.status === 'fulfilled') {
         out.push(r.value);
         this.last.set(g.groupid, r.value);
-        if (this.failing.delete(g.groupid)) this.log.info({ source: 'rest', group: g.groupid }, `Patroni REST API of group ${g.groupid} answers again`);
+        this.failing.ok(String(g.groupid));
         return;
       }
       const prev = this.last.get(g.groupid);
       const reason = errorMessage(r.reason);
-      if (!this.failing.has(g.groupid)) {
-        this.failing.add(g.groupid);
-        this.log.warn({ source: 'rest', group: g.groupid, err: reason }, `${reason}; group ${g.groupid} shown without a running primary until one answers`);
-      }
+      // once per streak, whatever the next failures say
+      if (!this.failing.active(String(g.groupid))) this.failing.problem(`${reason}; group ${g.groupid} shown without a running primary until one answers`, String(g.groupid));
       out.push({
         groupid: g.groupid,
         scope: g.scope,

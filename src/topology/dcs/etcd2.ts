@@ -21,6 +21,7 @@
 import { formatHostPort } from '../../net/address.js';
 import { scopePrefix } from '../../config/groups.js';
 import { type ControllerConfig } from '../../config/types.js';
+import { Backoff } from '../../util/backoff.js';
 import { errorMessage } from '../../util/errors.js';
 import type { Logger } from '../../util/log.js';
 import type { ScopeRef } from '../../config/groups.js';
@@ -220,7 +221,7 @@ export class EtcdV2Reader implements TopologyReader {
   private async watchLoop(hooks: ReaderHooks): Promise<void> {
     let index: number | null = null;
     let failing = false;
-    let backoff = 100;
+    const backoff = new Backoff({ initialMs: 100, maxMs: Math.max(100, this.watchBackoffMaxMs) });
     const path = this.keyPath();
     while (!this.closed) {
       try {
@@ -264,14 +265,13 @@ export class EtcdV2Reader implements TopologyReader {
         } else {
           throw new Error(`watch ${path} answered HTTP ${ans.status}`);
         }
-        backoff = 100;
+        backoff.reset();
       } catch (err) {
         if (this.closed) break;
         if (!failing) this.log.debug({ source: 'etcd2', err: errorMessage(err) }, 'etcd v2 long-poll failed');
         failing = true;
         hooks.disconnected(err);
-        await this.sleep(backoff);
-        backoff = Math.min(backoff * 2, this.watchBackoffMaxMs);
+        await this.sleep(backoff.next());
       }
     }
   }
