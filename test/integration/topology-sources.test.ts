@@ -490,8 +490,10 @@ describe('etcd v3 and v2 sources against a real etcd', { timeout: 110_000 }, () 
       assert.equal(loop.snapshot().fresh, true);
       // attached: one watcher for three scopes, and one full re-read after the attach
       await waitUntil(() => loop.stats().fullReads === 2, { timeoutMs: 3000, what: 'the full re-read after the watch attached' });
+      // the attach read counts when it STARTS: let it finish before changing etcd (refresh waits for a read started after it)
+      await loop.refresh();
       await waitUntil(async () => (await etcd.watchers()) === watchersBefore + 1, { timeoutMs: 3000, what: 'one more watcher in etcd' });
-      assert.deepEqual(reader.stats(), { namespaceRanges: 2, scopeRanges: 0, watchersCreated: 1, events: 0, eventsIgnored: 0 });
+      assert.deepEqual(reader.stats(), { namespaceRanges: 3, scopeRanges: 0, watchersCreated: 1, events: 0, eventsIgnored: 0 }, 'start, attach, refresh');
       const before = loop.snapshot();
       const r0 = reader.stats();
       const c0 = changes;
@@ -549,6 +551,8 @@ describe('etcd v3 and v2 sources against a real etcd', { timeout: 110_000 }, () 
     try {
       await loop.start();
       await waitUntil(() => loop.stats().fullReads === 2, { timeoutMs: 3000, what: 'attached' });
+      // the attach read counts when it STARTS: let it finish before changing etcd (refresh waits for a read started after it)
+      await loop.refresh();
       const r0 = reader.stats();
       const l0 = loop.stats();
       await etcd.txn({ ...scopeKeys('wk1', WK1, 'wk1-a'), ...scopeKeys('wk2', WK2, 'wk2-b') });
@@ -582,6 +586,8 @@ describe('etcd v3 and v2 sources against a real etcd', { timeout: 110_000 }, () 
     try {
       await loop.start();
       await waitUntil(() => loop.stats().fullReads === 2, { timeoutMs: 3000, what: 'attached' });
+      // the attach read counts when it STARTS: let it finish before changing etcd (refresh waits for a read started after it)
+      await loop.refresh();
       const r0 = reader.stats();
       reader.failNext = true;
       await etcd.txn({ '/service/wk2/leader': 'wk2-b' });
@@ -674,7 +680,9 @@ describe('etcd v3 and v2 sources against a real etcd', { timeout: 110_000 }, () 
       await loop.start();
       assert.deepEqual([primaryOf(loop.snapshot(), 0), primaryOf(loop.snapshot(), 1)], ['cn-a', 'wk1-a']);
       await waitUntil(() => loop.stats().fullReads === 2 && reader.stats().polls === 1, { timeoutMs: 3000, what: 'the long-poll issued after the first re-read' });
-      assert.equal(reader.stats().namespaceReads, 2);
+      // the attach read counts when it STARTS: let it finish before changing etcd (refresh waits for a read started after it)
+      await loop.refresh();
+      assert.equal(reader.stats().namespaceReads, 3, 'start, attach, refresh');
       const r0 = reader.stats();
       await etcd.v2put('/service/wk1/leader', 'wk1-a'); // same value: an event, no change
       await waitUntil(() => reader.stats().scopeReads === r0.scopeReads + 1, { timeoutMs: 2000, what: 'partial re-read of wk1' });
