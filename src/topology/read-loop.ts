@@ -17,6 +17,7 @@
  * computed once per group object, so a partial re-read only signs the groups it replaced.
  */
 import { Backoff } from '../util/backoff.js';
+import { Coalescer } from '../util/coalesce.js';
 import { errorMessage, maskSecrets } from '../util/errors.js';
 import { Listeners } from '../util/listeners.js';
 import type { Logger } from '../util/log.js';
@@ -43,19 +44,6 @@ export interface LoopStats {
   failedReads: number;
 }
 
-interface Deferred {
-  promise: Promise<void>;
-  resolve: () => void;
-}
-
-function deferred(): Deferred {
-  let resolve!: () => void;
-  const promise = new Promise<void>((r) => {
-    resolve = r;
-  });
-  return { promise, resolve };
-}
-
 /** Object.freeze, recursively; objects already frozen are taken as frozen all the way down. */
 function deepFreeze<T>(value: T): T {
   if (typeof value !== 'object' || value === null || Object.isFrozen(value)) return value;
@@ -70,8 +58,8 @@ export class ReadLoop implements TopologySource {
   private readonly listeners: Listeners;
   private debounceTimer: NodeJS.Timeout | undefined;
   private periodicTimer: NodeJS.Timeout | undefined;
-  private running: Promise<void> | null = null;
-  private next: Deferred | null = null;
+  /** Single flight: one read at a time; requests during a read fold into one more (util/coalesce). */
+  private readonly reads: Coalescer<null>;
   /** A full read is wanted by the next read. */
   private fullWanted = false;
   /** Scopes named by events since the last read started (a partial read, unless a full one is wanted). */
@@ -98,6 +86,11 @@ export class ReadLoop implements TopologySource {
   ) {
     this.kind = reader.kind;
     this.debounceMs = opts.debounceMs ?? 5;
+    this.reads = new Coalescer<null>(
+      () => this.readNow(),
+      undefined,
+      (err) => this.log.error({ err: errorMessage(err) }, 'topology read failed unexpectedly'),
+    );
     this.backoff = new Backoff({ initialMs: opts.backoffInitialMs ?? 200, maxMs: opts.backoffMaxMs ?? 3000 });
     this.listeners = new Listeners((err) => this.log.error({ err: errorMessage(err) }, 'topology onChange listener failed'));
     this.view = Object.freeze({ source: reader.kind, observedAt: 0, fresh: false, staleReason: `${reader.target}: not read yet`, groups: Object.freeze([]) as unknown as GroupView[] });
@@ -155,10 +148,10 @@ export class ReadLoop implements TopologySource {
     this.stopped = true;
     clearTimeout(this.debounceTimer);
     clearTimeout(this.periodicTimer);
-    this.next?.resolve();
-    this.next = null;
+    // no further reads; the one in flight is ended by closing the reader
+    const idle = this.reads.stop();
     await this.reader.close().catch((err: unknown) => this.log.debug({ err: errorMessage(err) }, 'topology source: close failed'));
-    await this.running?.catch(() => undefined);
+    await idle;
   }
 
   /**
@@ -182,10 +175,7 @@ export class ReadLoop implements TopologySource {
     if (this.stopped) return Promise.resolve();
     this.reasonAt ??= Date.now();
     if (full) this.fullWanted = true;
-    this.next ??= deferred();
-    const p = this.next.promise;
-    this.pump();
-    return p;
+    return this.reads.trigger(null);
   }
 
   /** The scopes a partial read may cover: every one must be in the current, fresh view. */
@@ -197,10 +187,9 @@ export class ReadLoop implements TopologySource {
     return scopes.every((s) => known.has(s)) ? scopes : null;
   }
 
-  private pump(): void {
-    if (this.running || !this.next || this.stopped) return;
-    const waiter = this.next;
-    this.next = null;
+  /** One read, of what the requests since the last one asked for (a full read, or some scopes). */
+  private async readNow(): Promise<void> {
+    if (this.stopped) return;
     clearTimeout(this.debounceTimer);
     this.debounceTimer = undefined;
     const scopes = this.partialScopes();
@@ -216,12 +205,9 @@ export class ReadLoop implements TopologySource {
       clearTimeout(this.periodicTimer);
       this.periodicTimer = undefined;
     }
-    this.running = this.readOnce(scopes, force, reasonAt).finally(() => {
-      this.running = null;
-      waiter.resolve();
-      if (this.next) this.pump();
-      else if (scopes === null || this.failingSince !== null || this.periodicTimer === undefined) this.schedulePeriodic();
-    });
+    await this.readOnce(scopes, force, reasonAt);
+    // another read is already queued: it schedules the timer when it is done
+    if (!this.reads.queued && (scopes === null || this.failingSince !== null || this.periodicTimer === undefined)) this.schedulePeriodic();
   }
 
   private schedulePeriodic(): void {
