@@ -104,7 +104,7 @@ async function gucStep(plan: CallbackPlan, cfg: ControllerConfig, o: ConvergeOpt
   }
 }
 
-async function vipStep(plan: CallbackPlan, cfg: ControllerConfig, o: ConvergeOptions): Promise<StepOutcome> {
+async function vipStep(plan: CallbackPlan, cfg: ControllerConfig, o: ConvergeOptions, placed: () => void): Promise<StepOutcome> {
   const vip = cfg.citus.vip;
   if (!vip || !plan.vip) throw new Error('no vip in the plan');
   const v = `vip ${vipText(vip)}`;
@@ -113,10 +113,12 @@ async function vipStep(plan: CallbackPlan, cfg: ControllerConfig, o: ConvergeOpt
     if (plan.vip === 'unbind') {
       o.onProgress?.('vip', `ip addr del ${vipText(vip)} dev ${vip.interface}`);
       const { changed } = await unbind(vip, o.vip);
+      placed();
       return { step: 'vip', ok: true, changed, line: changed ? `${v} released from ${vip.interface}` : `${v} not bound on ${vip.interface} (nothing to release)` };
     }
     o.onProgress?.('vip', `ip addr add ${vipText(vip)} dev ${vip.interface}`);
     const { changed } = await bind(vip, o.vip);
+    placed();
     const bound = changed ? `${v} bound on ${vip.interface}` : `${v} already bound on ${vip.interface}`;
     const arp = o.arp ?? 'always';
     if (!plan.gratuitousArp || (arp === 'onChange' && !changed)) return { step: 'vip', ok: true, changed, line: bound };
@@ -130,17 +132,24 @@ async function vipStep(plan: CallbackPlan, cfg: ControllerConfig, o: ConvergeOpt
   } catch (err) {
     return { step: 'vip', ok: false, changed: false, line: (err as Error).message };
   } finally {
+    placed();
     o.onProgress?.('vip', null);
   }
 }
 
 /**
- * Runs the plan's steps concurrently (the VIP of a demoted node is released without waiting for
- * PostgreSQL). Returns one outcome per step; an empty list means there was nothing to do.
+ * Runs the plan's steps: the VIP placed first, then use_secondary_nodes next to the gratuitous ARP
+ * (the VIP of a demoted node is released without waiting for PostgreSQL). Returns one outcome per
+ * step (use_secondary_nodes first); an empty list means there was nothing to do.
  */
 export async function convergeNode(plan: CallbackPlan, cfg: ControllerConfig, o: ConvergeOptions): Promise<StepOutcome[]> {
-  const steps: Promise<StepOutcome>[] = [];
-  if (plan.useSecondaryNodes) steps.push(gucStep(plan, cfg, o));
-  if (plan.vip) steps.push(vipStep(plan, cfg, o));
-  return Promise.all(steps);
+  // The address is placed (bound or released) first, before use_secondary_nodes starts loading pg
+  // and connecting: on a busy host at promotion those compete for the CPU, and the VIP is what
+  // clients wait for. Gratuitous ARP and use_secondary_nodes then run side by side.
+  let placed!: () => void;
+  const vipPlaced = new Promise<void>((resolve) => (placed = resolve));
+  const vip = plan.vip ? vipStep(plan, cfg, o, placed) : null;
+  if (!vip) placed();
+  const guc = plan.useSecondaryNodes ? vipPlaced.then(() => gucStep(plan, cfg, o)) : null;
+  return Promise.all([guc, vip].filter((s): s is Promise<StepOutcome> => s !== null));
 }
