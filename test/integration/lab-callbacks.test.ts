@@ -267,8 +267,14 @@ describe('lab up --callbacks (real hook as Patroni callback)', { timeout: 240000
       const fixed = new RegExp(`^self-check: repaired drift: use_secondary_nodes always -> never on ${cn.primary.host}:${cn.primary.pgPort}, terminated \\d+ client sessions?$`);
       assert.ok(p.some((m) => fixed.test(m)), p.join('\n'));
       assert.ok(p.some((m) => m.startsWith(`self-check: repaired drift: vip ${CN_VIP}/32 bound on ${iface}`)), p.join('\n'));
+      // the state is right before the daemon logs the repair (it logs after terminating sessions)
+      const replicaFixed = `self-check: repaired drift: use_secondary_nodes never -> always on ${cn.replica.host}:${cn.replica.pgPort}`;
+      await waitFor(() => since(controllerOf(cn.replica)).some((l) => l.msg.startsWith(replicaFixed)), {
+        timeoutMs: 3000,
+        what: 'the repair line in the replica daemon log',
+      }).catch(() => undefined);
       const r = since(controllerOf(cn.replica)).map((l) => l.msg);
-      assert.ok(r.some((m) => m.startsWith(`self-check: repaired drift: use_secondary_nodes never -> always on ${cn.replica.host}:${cn.replica.pgPort}`)), r.join('\n'));
+      assert.ok(r.some((m) => m.startsWith(replicaFixed)), r.join('\n'));
       // each repair once: the passes after it find everything right
       await sleep(RESYNC_S * 1000 + 500);
       assert.equal(since(controllerOf(cn.primary)).filter((l) => /^self-check: repaired drift/.test(l.msg)).length, 2);
