@@ -249,32 +249,32 @@ describe('lab up --callbacks (real hook as Patroni callback)', { timeout: 240000
       }
       const handMs = Date.now() - t0;
       const limitMs = RESYNC_S * 1000 + 3000;
+      // Done = both daemons logged their repairs AND the state is right. The state alone is not
+      // enough: pg_reload_conf() is asynchronous, so a new session right after the hand change can
+      // still show the old (right) value, and the daemon logs a repair only after it made one.
+      const since = (c: LabController) => logLines(c).filter((l) => Date.parse(l.time) >= t0 - 50);
+      const replicaFixed = `self-check: repaired drift: use_secondary_nodes never -> always on ${cn.replica.host}:${cn.replica.pgPort}`;
       await waitFor(
         async () =>
-          (await addresses(iface)).includes(`${CN_VIP}/32`) && (await gucOf(cn.primary)) === 'never' && (await gucOf(cn.replica)) === 'always',
-        { timeoutMs: limitMs + 5000, intervalMs: 50, what: 'the daemons to repair the drift' },
-      );
-      const repairMs = Date.now() - t0;
-      timings.push(`drift repaired ${repairMs} ms after the hand changes began (${handMs} ms to make them)`);
-      assert.ok(repairMs <= limitMs, `repaired after ${repairMs} ms (limit: resync ${RESYNC_S} s + 3 s)`);
-      const since = (c: LabController) => logLines(c).filter((l) => Date.parse(l.time) >= t0 - 50);
-      await waitFor(() => since(controllerOf(cn.primary)).filter((l) => /^self-check: repaired drift/.test(l.msg)).length >= 2, {
-        timeoutMs: 3000,
-        what: 'the repair lines in the primary daemon log',
+          since(controllerOf(cn.primary)).filter((l) => /^self-check: repaired drift/.test(l.msg)).length >= 2 &&
+          since(controllerOf(cn.replica)).some((l) => l.msg.startsWith(replicaFixed)) &&
+          (await addresses(iface)).includes(`${CN_VIP}/32`) &&
+          (await gucOf(cn.primary)) === 'never' &&
+          (await gucOf(cn.replica)) === 'always',
+        { timeoutMs: limitMs + 5000, intervalMs: 50, what: 'the daemons to repair the drift and log it' },
+      ).catch(async (err: unknown) => {
+        const logs = [cn.primary, cn.replica].map((m) => `${m.name}:\n  ${since(controllerOf(m)).map((l) => l.msg).join('\n  ')}`);
+        const state = `vip: ${(await addresses(iface)).join(',')}; guc ${await gucOf(cn.primary)} / ${await gucOf(cn.replica)}`;
+        throw new Error(`${String(err)}\n${state}\n${logs.join('\n')}`);
       });
+      const repairMs = Date.now() - t0;
+      timings.push(`drift repaired and logged ${repairMs} ms after the hand changes began (${handMs} ms to make them)`);
+      assert.ok(repairMs <= limitMs, `repaired after ${repairMs} ms (limit: resync ${RESYNC_S} s + 3 s)`);
       const p = since(controllerOf(cn.primary)).map((l) => l.msg);
       // the count depends on whether one of this test's polling sessions was open at that moment
       const fixed = new RegExp(`^self-check: repaired drift: use_secondary_nodes always -> never on ${cn.primary.host}:${cn.primary.pgPort}, terminated \\d+ client sessions?$`);
       assert.ok(p.some((m) => fixed.test(m)), p.join('\n'));
       assert.ok(p.some((m) => m.startsWith(`self-check: repaired drift: vip ${CN_VIP}/32 bound on ${iface}`)), p.join('\n'));
-      // the state is right before the daemon logs the repair (it logs after terminating sessions)
-      const replicaFixed = `self-check: repaired drift: use_secondary_nodes never -> always on ${cn.replica.host}:${cn.replica.pgPort}`;
-      await waitFor(() => since(controllerOf(cn.replica)).some((l) => l.msg.startsWith(replicaFixed)), {
-        timeoutMs: 3000,
-        what: 'the repair line in the replica daemon log',
-      }).catch(() => undefined);
-      const r = since(controllerOf(cn.replica)).map((l) => l.msg);
-      assert.ok(r.some((m) => m.startsWith(replicaFixed)), r.join('\n'));
       // each repair once: the passes after it find everything right
       await sleep(RESYNC_S * 1000 + 500);
       assert.equal(since(controllerOf(cn.primary)).filter((l) => /^self-check: repaired drift/.test(l.msg)).length, 2);
