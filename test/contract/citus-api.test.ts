@@ -611,6 +611,15 @@ describe('Citus node-metadata API', () => {
       await db.query(`COMMIT PREPARED ${db.escapeLiteral(gid)}`);
       prepared = false;
       assert.deepEqual(await rowById(db, p.nodeid), { ...p, nodename: target, nodeport: 5432 });
+      // Citus wakes its metadata sync at a plain COMMIT, not at COMMIT PREPARED: the metadata
+      // workers stay out of sync until the next periodic sync (citus.metadata_sync_interval,
+      // 60 s), and the cleanup below would wait for it (docs/behaviour.md). Sync them now.
+      if (mode === 'real') {
+        await db.query(
+          `SELECT pg_catalog.start_metadata_sync_to_node(nodename, nodeport) FROM pg_catalog.pg_dist_node
+            WHERE hasmetadata AND NOT metadatasynced AND isactive AND groupid > 0 AND noderole = 'primary'`,
+        );
+      }
     } finally {
       if (prepared) await db.query(`ROLLBACK PREPARED ${db.escapeLiteral(gid)}`).catch(() => undefined);
       await removeCreated([p.nodeid]);
