@@ -1,7 +1,7 @@
 /**
  * The one way the controller opens a PostgreSQL session. Every session has a purpose, and the
  * purpose decides its application_name and its server-side timeouts (PURPOSES below); the
- * caller may shorten them (the Patroni callback must finish within 2 s).
+ * caller may shorten them (the Patroni callback keeps its steps short).
  *
  * - The password is resolved as libpq does (pg/password.ts), never by node-postgres's own fallback.
  * - Every client gets an `error` handler before it connects (an idle connection dying must never
@@ -117,6 +117,14 @@ export function pgClientConfig(cfg: PgConfig, o: ConnectOptions): ClientConfig {
     config.statement_timeout = statement;
     config.lock_timeout = lock;
     if (o.purpose === 'applier') config.idle_in_transaction_session_timeout = Math.max(statement, lock, 10_000);
+  }
+  if (o.purpose === 'applier') {
+    // The writer's sessions read and write the primary rows only. Pinned at connection start (the
+    // only way: PGC_SU_BACKEND), because a session opened on a just-promoted node while the server
+    // still said `always` keeps it for life, and the keeper never terminates the controller's own
+    // sessions: Citus would then count only secondaries as readable nodes, and
+    // citus_is_coordinator() stays false on the new primary.
+    config.options = '-c citus.use_secondary_nodes=never';
   }
   return config;
 }
