@@ -8,7 +8,7 @@
  * - nudge the local watch daemon (best effort, 300 ms cap).
  *
  * Patroni runs callbacks fire-and-forget and SIGKILLs one still running when the next starts: every
- * step is convergent, and a watchdog ends the process with one clear line before 2 s. Output: one
+ * step is convergent, and a watchdog ends a hung process with one clear line after 5 s. Output: one
  * syslog-style line per step on stderr: `citus-controller-callback[PID]: <action> <role> <scope>: ...`.
  * Exit codes: 0 done, 1 a step failed or timed out, 2 bad arguments or config.
  *
@@ -23,8 +23,13 @@ import { convergeNode, type StepOutcome } from '../node/converge.js';
 import { nudgeSocketPath, runtimeDir } from '../node/runtime-dir.js';
 import { sendNudge } from '../runtime/nudge.js';
 
-/** Overall limit, measured from process start (ms): the watchdog exits 1 with one line. */
-export const CALLBACK_DEADLINE_MS = 1750;
+/**
+ * Overall limit, measured from process start (ms): the watchdog exits 1 with one line. Patroni
+ * itself sets no limit (a newer callback SIGKILLs an older one), so this only bounds a hung step;
+ * it is generous because at bootstrap, with every server of the host starting, node's own start
+ * and one `ip addr add` took more than 1.75 s on two busy cores.
+ */
+export const CALLBACK_DEADLINE_MS = 5000;
 const CONNECT_TIMEOUT_MS = 1000;
 const STATEMENT_TIMEOUT_MS = 500;
 const NUDGE_TIMEOUT_MS = 300;
@@ -91,7 +96,7 @@ export async function runCallback(
       reloadWaitMs: 500,
       purpose: 'callback',
       arp: 'always',
-      vip: { timeoutMs: 1000, count: 3, intervalMs: 100 },
+      vip: { timeoutMs: 2000, count: 3, intervalMs: 100 },
       onProgress: (step, what) => (what === null ? running.delete(step) : running.set(step, what)),
       ...(failpointSpec
         ? {

@@ -478,7 +478,7 @@ describe('failures end fast with one clear line', () => {
     }
   });
 
-  test('PostgreSQL wedged after login (queries never answered): the watchdog ends the run before 2 s', async () => {
+  test('PostgreSQL wedged after login (queries never answered): the watchdog ends the run after 5 s', async () => {
     // a fake server that completes the startup handshake (AuthenticationOk, ReadyForQuery) and then
     // never answers a query: server-side statement_timeout cannot help, only the watchdog
     const sockets: import('node:net').Socket[] = [];
@@ -500,10 +500,10 @@ describe('failures end fast with one clear line', () => {
       const cfg = writeConfig({ port, password: 'x' });
       const r = timed('pg wedged (watchdog)', await hook(['--config', cfg, 'on_role_change', 'replica', 'cn']));
       assert.equal(r.code, 1, r.stderr);
-      assert.ok(r.ms < 2000, `${r.ms} ms`);
+      assert.ok(r.ms >= 4900 && r.ms < 6500, `${r.ms} ms`);
       assert.equal(
         lineOf(r, /timed out/),
-        `on_role_change replica cn: FAILED: timed out after 1.75 s (still waiting for: set always on 127.0.0.1:${port})`,
+        `on_role_change replica cn: FAILED: timed out after 5.00 s (still waiting for: set always on 127.0.0.1:${port})`,
       );
     } finally {
       for (const s of sockets) s.destroy();
