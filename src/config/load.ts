@@ -53,6 +53,41 @@ function parse<T extends z.ZodType>(schema: T, value: unknown, prefix: ReadonlyA
   return r.data;
 }
 
+/**
+ * citus_update_node's force / lock_cooldown and the batch's lock_timeout / statement_timeout.
+ * With force (the default, as Patroni's own Citus mode) Citus terminates the backends blocking the
+ * update only after lock_cooldown, so each timeout must be longer than the one inside it: the
+ * defaults are derived (cooldown + 5 s each), and explicit values that contradict that are a
+ * config error rather than a failover that can never finish.
+ */
+export function updateTimeouts(citus: {
+  force?: boolean | undefined;
+  lock_cooldown?: number | undefined;
+  lock_timeout?: number | undefined;
+  statement_timeout?: number | undefined;
+}): { force: boolean; lockCooldownMs: number; lockTimeoutMs: number; statementTimeoutMs: number } {
+  const force = citus.force ?? true;
+  const lockCooldownMs = citus.lock_cooldown ?? 10000;
+  const lockTimeoutMs = citus.lock_timeout ?? (force ? lockCooldownMs + 5000 : 5000);
+  const statementTimeoutMs = citus.statement_timeout ?? Math.max(10000, (lockTimeoutMs || lockCooldownMs) + 5000);
+  // 0 disables a timeout in PostgreSQL
+  if (force && lockTimeoutMs !== 0 && lockTimeoutMs <= lockCooldownMs) {
+    throw new ConfigError(
+      'citus.lock_timeout',
+      `${lockTimeoutMs} ms must be longer than citus.lock_cooldown (${lockCooldownMs} ms): with force, Citus terminates the blocking sessions only after the cooldown`,
+    );
+  }
+  if (statementTimeoutMs !== 0) {
+    if (lockTimeoutMs !== 0 && statementTimeoutMs <= lockTimeoutMs) {
+      throw new ConfigError('citus.statement_timeout', `${statementTimeoutMs} ms must be longer than citus.lock_timeout (${lockTimeoutMs} ms)`);
+    }
+    if (force && statementTimeoutMs <= lockCooldownMs) {
+      throw new ConfigError('citus.statement_timeout', `${statementTimeoutMs} ms must be longer than citus.lock_cooldown (${lockCooldownMs} ms) with force`);
+    }
+  }
+  return { force, lockCooldownMs, lockTimeoutMs, statementTimeoutMs };
+}
+
 /** Patroni's namespace `/service/` -> `service` (Patroni joins `/<ns>/<scope>/`). */
 export function normalizeNamespace(ns: string | undefined): string {
   const n = (ns ?? '/service/').replace(/^\/+|\/+$/g, '');
@@ -135,10 +170,7 @@ export function configFromObject(doc: unknown, file: string): ControllerConfig {
       })),
       ...(citus.source !== undefined ? { source: citus.source } : {}),
       registerNewGroups: citus.register_new_groups ?? false,
-      force: citus.force ?? false,
-      lockCooldownMs: citus.lock_cooldown ?? 10000,
-      lockTimeoutMs: citus.lock_timeout ?? 5000,
-      statementTimeoutMs: citus.statement_timeout ?? 10000,
+      ...updateTimeouts(citus),
       connectTimeoutMs: citus.connect_timeout ?? 2000,
       resyncInterval: citus.resync_interval ?? 30,
       readFromSecondaries: citus.read_from_secondaries ?? true,

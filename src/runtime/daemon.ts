@@ -54,6 +54,11 @@ export class Daemon {
   private nudges: NudgeListener | null = null;
   /** When the change the next pass acts on was first noticed (ms epoch). */
   private firstSeen: number | null = null;
+  /**
+   * When the change that a pass left unfinished (it will retry) was first noticed: the retries
+   * keep it, so the latency logged at COMMIT counts from the first detection, not the last retry.
+   */
+  private unfinishedSince: number | null = null;
   /** The topology's changedAt that the last pass started from (each change's time is used once). */
   private lastChangedAt: number | undefined;
   private lastMode = '';
@@ -140,14 +145,16 @@ export class Daemon {
     const changedAt = this.controller.source.snapshot().changedAt;
     const fresh = changedAt !== undefined && changedAt !== this.lastChangedAt ? changedAt : Infinity;
     this.lastChangedAt = changedAt;
-    const detectedAt = Math.min(this.firstSeen ?? Date.now(), fresh);
+    const detectedAt = Math.min(this.firstSeen ?? Date.now(), fresh, this.unfinishedSince ?? Infinity);
     this.firstSeen = null;
+    this.unfinishedSince = null;
     this.passCount += 1;
     let outcome: PassOutcome;
     try {
       outcome = await this.controller.pass({ apply: true, refresh: false, detectedAt });
     } catch (err) {
       this.reportMode(failedPassMode(errorMessage(err)));
+      this.unfinishedSince = detectedAt;
       this.scheduleRetry();
       return;
     }
@@ -162,8 +169,10 @@ export class Daemon {
     else this.findings.ok();
     // self-healing of this node (use_secondary_nodes, VIP) next to the passes, never delaying them
     this.keeper.offer(outcome.topology);
-    if (needsRetry(outcome)) this.scheduleRetry();
-    else this.retry.reset();
+    if (needsRetry(outcome)) {
+      this.unfinishedSince = detectedAt;
+      this.scheduleRetry();
+    } else this.retry.reset();
   }
 
   private scheduleRetry(): void {

@@ -10,12 +10,15 @@ import { join } from 'node:path';
 import { spawn, type ChildProcess } from 'node:child_process';
 import yaml from 'js-yaml';
 import {
+  citusInstalled,
   currentLeader,
+  findPgBin,
   findGroup,
   labFailover,
   labStartMember,
   labSwitchover,
   loadLabState,
+  pgConnect,
   waitForLeader,
   type LabMember,
   type LabState,
@@ -138,7 +141,8 @@ describe('reconcile and status by hand', () => {
     const dry = await runCli(['reconcile', '--dry-run', '-c', state.controllerConfigFile]);
     assert.equal(dry.exitCode, 1, `dry run with drift exits 1: ${dry.stderr}`);
     for (const db of DATABASES) {
-      assert.match(dry.stdout, new RegExp(`${db} group 2: citus_update_node\\(${ids[db]}, '127\\.0\\.0\\.1', ${newPrimary.pgPort}\\)`));
+      // force by default: Citus ends the sessions blocking the update after lock_cooldown
+      assert.match(dry.stdout, new RegExp(`${db} group 2: citus_update_node\\(${ids[db]}, '127\\.0\\.0\\.1', ${newPrimary.pgPort}, force => true, lock_cooldown => 10000\\)`));
     }
     assert.match(dry.stdout, /plan: 2 action\(s\) \(dry run: not applied\)/);
     assert.deepEqual(await allRows(), before, 'the dry run changed nothing');
@@ -241,6 +245,53 @@ describe('watch on both coordinator nodes', () => {
     await assertRowsPointAt(2, member(f.to), ids);
     await labStartMember(dir, killed);
     state = loadLabState(dir);
+  });
+
+  test('an open write transaction on a wk1 shard holds a failover no longer than lock_cooldown (force by default)', async (t) => {
+    if (!(await citusInstalled(findPgBin())).installed) {
+      // the emulation has no shards: nothing for a client to hold, nothing for force to end
+      t.skip('needs real Citus (shard locks)');
+      return;
+    }
+    const COOLDOWN_MS = 2000;
+    await stopControllers(dir);
+    await startControllers(dir, { configure: (doc) => Object.assign(doc.citus as Record<string, unknown>, { lock_cooldown: COOLDOWN_MS }) });
+    const cn = await currentLeader(state, 'cn');
+    const admin = await pgConnect(state, cn, 'app');
+    const holder = await pgConnect(state, cn, 'app');
+    holder.on('error', () => undefined);
+    try {
+      await admin.query('DROP TABLE IF EXISTS t_blocker');
+      await admin.query('CREATE TABLE t_blocker (id int PRIMARY KEY, v int)');
+      await admin.query("SELECT create_distributed_table('t_blocker', 'id')");
+      // a key whose shard lives in group 1
+      const k = await admin.query<{ id: number }>(
+        `SELECT k AS id FROM generate_series(1, 1000) k
+          JOIN pg_dist_placement p ON p.shardid = get_shard_id_for_distribution_column('t_blocker', k)
+         WHERE p.groupid = 1 LIMIT 1`,
+      );
+      const key = k.rows[0]?.id;
+      assert.ok(key !== undefined, 'a key on a wk1 shard');
+      await holder.query('BEGIN');
+      await holder.query('INSERT INTO t_blocker VALUES ($1, 1)', [key]);
+      // the holder stays idle in its transaction through the failover
+      const t0 = Date.now();
+      const f = await measureFollow(state, 'wk1', () => labSwitchover(dir, 'wk1'));
+      assert.ok(f.to, 'a new primary became writable');
+      const lag = f.lagMs.app;
+      t.diagnostic(`app: pg_dist_node followed ${lag} ms after the new primary became writable, with a transaction held open on a wk1 shard (lock_cooldown ${COOLDOWN_MS} ms)`);
+      assert.ok(lag !== null && lag !== undefined && lag <= COOLDOWN_MS + 1000, `app followed after ${lag} ms (lock_cooldown ${COOLDOWN_MS} ms)`);
+      await assertRowsPointAt(1, member(f.to));
+      await assert.rejects(holder.query('COMMIT'), 'Citus terminated the blocking session');
+      const logged = updatesSince(t0, 1).filter((u) => u.line.database === 'app');
+      assert.equal(logged.length, 1, JSON.stringify(logged));
+      const latency = Number(logged[0]?.line.latencyMs);
+      assert.ok(latency >= COOLDOWN_MS - 100, `latencyMs ${latency} counts from the first detection, through the cooldown`);
+    } finally {
+      await holder.end().catch(() => undefined);
+      await admin.query('DROP TABLE IF EXISTS t_blocker').catch(() => undefined);
+      await admin.end();
+    }
   });
 });
 

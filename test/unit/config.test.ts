@@ -8,6 +8,7 @@ import { fileURLToPath } from 'node:url';
 import yaml from 'js-yaml';
 import { configFromObject, loadConfig } from '../../src/config/load.js';
 import { parseHostPort } from '../../src/net/address.js';
+import { pgClientConfig } from '../../src/pg/connect.js';
 import { ConfigError } from '../../src/util/errors.js';
 
 const root = resolve(fileURLToPath(import.meta.url), '../../..');
@@ -91,8 +92,10 @@ describe('config: the standalone citus-controller.yml', () => {
     assert.deepEqual(cfg.dcs?.hosts, [{ host: '127.0.0.1', port: 2379 }]);
     assert.equal(cfg.citus.workers[0]?.scope, 'wk1');
     assert.equal(cfg.citus.registerNewGroups, false);
-    assert.equal(cfg.citus.force, false);
+    assert.equal(cfg.citus.force, true);
     assert.equal(cfg.citus.lockCooldownMs, 10000);
+    assert.equal(cfg.citus.lockTimeoutMs, 15000);
+    assert.equal(cfg.citus.statementTimeoutMs, 20000);
     assert.equal(cfg.citus.resyncInterval, 30);
     assert.equal(cfg.citus.readFromSecondaries, true);
     assert.equal(cfg.citus.socket, undefined);
@@ -195,7 +198,45 @@ const badCases: BadCase[] = [
   ['bad vip interface', (d) => (citus(d).vip = { address: '10.0.0.3', interface: 'eth0; reboot' }), /^citus-controller: config error: citus\.vip\.interface: not a valid interface name/],
   ['relative citus.socket', (d) => (citus(d).socket = 'run/cn.sock'), /^citus-controller: config error: citus\.socket: must be an absolute path$/],
   ['bad namespace', (d) => (d.namespace = '///'), /^citus-controller: config error: namespace: must not be empty$/],
+  [
+    'lock_timeout inside the cooldown (force by default)',
+    (d) => (citus(d).lock_timeout = 5000),
+    /^citus-controller: config error: citus\.lock_timeout: 5000 ms must be longer than citus\.lock_cooldown \(10000 ms\): with force, Citus terminates the blocking sessions only after the cooldown$/,
+  ],
+  [
+    'statement_timeout inside lock_timeout',
+    (d) => Object.assign(citus(d), { lock_cooldown: 2000, lock_timeout: 4000, statement_timeout: 3000 }),
+    /^citus-controller: config error: citus\.statement_timeout: 3000 ms must be longer than citus\.lock_timeout \(4000 ms\)$/,
+  ],
+  [
+    'statement_timeout inside the cooldown, lock_timeout off',
+    (d) => Object.assign(citus(d), { lock_timeout: 0, statement_timeout: 8000 }),
+    /^citus-controller: config error: citus\.statement_timeout: 8000 ms must be longer than citus\.lock_cooldown \(10000 ms\) with force$/,
+  ],
 ];
+
+describe('config: citus_update_node force and the timeouts around it', () => {
+  // [citus keys] -> [force, lock_cooldown, lock_timeout, statement_timeout]
+  const cases: Array<[Record<string, unknown>, [boolean, number, number, number]]> = [
+    [{}, [true, 10000, 15000, 20000]],
+    [{ lock_cooldown: 2000 }, [true, 2000, 7000, 12000]],
+    [{ lock_cooldown: 2000, lock_timeout: 2500 }, [true, 2000, 2500, 10000]],
+    [{ force: false }, [false, 10000, 5000, 10000]],
+    [{ force: false, lock_timeout: 1000, statement_timeout: 1500 }, [false, 10000, 1000, 1500]],
+    [{ lock_timeout: 0 }, [true, 10000, 0, 15000]],
+    [{ statement_timeout: 0 }, [true, 10000, 15000, 0]],
+  ];
+  for (const [keys, want] of cases) {
+    test(`${JSON.stringify(keys)} -> ${want.join(', ')}`, () => {
+      const file = join(tmp, 'timeouts.yml');
+      const doc = baseDoc();
+      Object.assign(citus(doc), keys);
+      writeFileSync(file, yaml.dump(doc));
+      const c = loadConfig(file).citus;
+      assert.deepEqual([c.force, c.lockCooldownMs, c.lockTimeoutMs, c.statementTimeoutMs], want);
+    });
+  }
+});
 
 describe('config: each bad input gives one line naming the key, exit 2, no password', () => {
   badCases.forEach(([name, change, want], i) => {
@@ -232,5 +273,21 @@ describe('config: each bad input gives one line naming the key, exit 2, no passw
     const r = runCli(['config', 'check']);
     assert.equal(r.code, 2);
     assert.match(r.stderr, /required option '-c, --config <file>' not specified/);
+  });
+});
+
+describe('pgClientConfig: what each purpose sends at connection start', () => {
+  const cfg = configFromObject(baseDoc(), 'unit.yml');
+  test("the writer's sessions pin citus.use_secondary_nodes = never; the others take the server's value", () => {
+    assert.equal(pgClientConfig(cfg, { purpose: 'applier' }).options, '-c citus.use_secondary_nodes=never');
+    for (const purpose of ['keeper', 'callback', 'probe', 'promotion'] as const) {
+      assert.equal(pgClientConfig(cfg, { purpose }).options, undefined, purpose);
+    }
+  });
+  test('timeouts: the writer gets the config values; probes are bounded by the connect timeout', () => {
+    const a = pgClientConfig(cfg, { purpose: 'applier' });
+    assert.deepEqual([a.statement_timeout, a.lock_timeout, a.application_name], [cfg.citus.statementTimeoutMs, cfg.citus.lockTimeoutMs, 'citus-controller']);
+    const p = pgClientConfig(cfg, { purpose: 'probe' });
+    assert.deepEqual([p.statement_timeout, p.query_timeout], [cfg.citus.connectTimeoutMs, cfg.citus.connectTimeoutMs + 1000]);
   });
 });

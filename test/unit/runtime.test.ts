@@ -85,7 +85,7 @@ class FakeApplier implements PassApplier {
 
 const healthy = () => topo([CN(), WK1(), WK2()]);
 const switchedOver = () => topo([CN(), WK1B(), WK2()]);
-const MOVE_WK1 = "app group 1: citus_update_node(2, '10.0.1.2', 5432) 10.0.1.1:5432 -> 10.0.1.2:5432";
+const MOVE_WK1 = "app group 1: citus_update_node(2, '10.0.1.2', 5432, force => true, lock_cooldown => 10000) 10.0.1.1:5432 -> 10.0.1.2:5432";
 
 describe('Controller.pass', () => {
   test('in sync: plans nothing, applies nothing', async () => {
@@ -277,6 +277,32 @@ describe('Daemon', () => {
     mock.timers.tick(10_000);
     await settle();
     assert.equal(d.daemon.passesRun, 4, 'applied: no more retries');
+    await d.daemon.stop('SIGTERM');
+  });
+
+  test('retries keep the time of the first detection (latency counts from it); the next change starts afresh', async () => {
+    const d = setup();
+    await settle();
+    const failed = { action: {} as never, error: 'lock timeout', code: '55P03', retryNextPass: true };
+    d.applier.results = [{ failed: [failed] }, { failed: [failed] }];
+    mock.timers.tick(100);
+    d.source.change(switchedOver());
+    await settle();
+    mock.timers.tick(RETRY_MIN_MS);
+    await settle();
+    mock.timers.tick(2 * RETRY_MIN_MS);
+    await settle();
+    assert.deepEqual(
+      d.applier.applied.map((a) => a.detectedAt),
+      [1_000_100, 1_000_100, 1_000_100],
+      'the change, then two retries: all detected at the change',
+    );
+    mock.timers.tick(5000);
+    d.source.change(healthy());
+    await settle();
+    d.source.change(switchedOver());
+    await settle();
+    assert.equal(d.applier.applied.at(-1)?.detectedAt, 1_000_100 + 3 * RETRY_MIN_MS + 5000, 'a later change: its own time');
     await d.daemon.stop('SIGTERM');
   });
 
