@@ -311,7 +311,7 @@ describe('Applier against PostgreSQL', () => {
     assert.equal(first.reason, 'test: group 1 moves');
     assert.equal(typeof first.latencyMs, 'number');
     assert.ok((first.latencyMs as number) >= 50 && (first.latencyMs as number) < 10_000, `latency ${String(first.latencyMs)} ms counts from detection`);
-    assert.ok(res.applied.every((x) => x.latencyMs >= 50));
+    assert.ok(res.applied.every((x) => x.latencyMs >= 50), 'res.applied.every((x) => x.latencyMs >= 50)');
 
     const sessions = await withClient(cn.port, 'postgres', (c) =>
       c.query<{ datname: string; n: string }>(
@@ -407,7 +407,7 @@ describe('Applier against PostgreSQL', () => {
 
     // db a: batch 1 failed (all three actions rolled back), batch 2 not attempted
     assert.equal(res.failed.length, 3);
-    assert.ok(res.failed.every((f) => f.action.database === 't_stale_a' && f.code === 'row_changed' && f.retryNextPass));
+    assert.ok(res.failed.every((f) => f.action.database === 't_stale_a' && f.code === 'row_changed' && f.retryNextPass), JSON.stringify(res.failed.map((f) => [f.action.database, f.code, f.error])));
     const culprit = res.failed.find((f) => f.action.kind === 'update_node' && f.action.noderole === 'primary');
     assert.match(culprit!.error, /row changed under us/);
     assert.match(culprit!.error, /localhost/);
@@ -421,7 +421,7 @@ describe('Applier against PostgreSQL', () => {
     assert.deepEqual(syncAside(await rowsOf(cn.port, 't_stale_a')), syncAside(beforeA), 'nothing changed in db a (the park was rolled back too)');
     // db b: applied
     assert.equal(res.applied.length, 3);
-    assert.ok(res.applied.every((x) => x.database === 't_stale_b'));
+    assert.ok(res.applied.every((x) => x.database === 't_stale_b'), 'res.applied.every((x) => x.database === \'t_stale_b\')');
     const rowsB = await rowsOf(cn.port, 't_stale_b');
     assert.equal(primaryRow(rowsB, 1)?.nodeport, w1b.port);
     assert.equal(rowsB.find((r) => r.nodeid === b.secondary1)?.nodeport, w1a.port);
@@ -525,7 +525,7 @@ describe('Applier against PostgreSQL', () => {
     assert.equal(row?.nodeport, w1a.port);
 
     const constants = new Set<string>([...Object.values(APPLY_SQL), READ_DIST_NODES_SQL, RECOVERY_AND_CITUS_SQL, IS_COORDINATOR_SQL]);
-    assert.ok(recorded.length > 0);
+    assert.ok(recorded.length > 0, 'recorded.length > 0');
     for (const r of recorded) {
       assert.ok(constants.has(r.text), `statement is one of the constant texts: ${r.text}`);
       assert.ok(!r.text.includes('example'), 'the host name never appears in SQL text');
@@ -541,7 +541,7 @@ describe('Applier against PostgreSQL', () => {
     assert.equal(bad.failed[0]!.code, 'invalid_action');
     assert.equal(bad.failed[0]!.retryNextPass, false);
     assert.ok(!recorded.some((r) => r.text === APPLY_SQL.begin || r.text === APPLY_SQL.updateNode), 'no transaction was started for it');
-    assert.ok(!recorded.some((r) => r.text.includes('DROP')));
+    assert.ok(!recorded.some((r) => r.text.includes('DROP')), '!recorded.some((r) => r.text.includes(\'DROP\'))');
     const canary = await withClient(cn.port, 't_names', (c) => c.query("SELECT to_regclass('public.canary') IS NOT NULL AS present"));
     assert.equal(canary.rows[0]?.present, true);
     assert.equal((await rowsOf(cn.port, 't_names')).find((r) => r.nodeid === P)?.nodename, 'db-1.example.com');
@@ -564,7 +564,7 @@ describe('Applier against PostgreSQL', () => {
       assert.ok(!text.includes('${'), `${name} is a finished text`);
     }
     assert.match(WRITER_LOCK_KEY, /^-?\d+$/);
-    assert.ok(BigInt(WRITER_LOCK_KEY) >= -(2n ** 63n) && BigInt(WRITER_LOCK_KEY) < 2n ** 63n);
+    assert.ok(BigInt(WRITER_LOCK_KEY) >= -(2n ** 63n) && BigInt(WRITER_LOCK_KEY) < 2n ** 63n, 'BigInt(WRITER_LOCK_KEY) >= -(2n ** 63n) && BigInt(WRITER_LOCK_KEY) < 2n ** 63n');
   });
 
   it('lock_timeout: a conflicting lock on pg_dist_node makes the batch fail with 55P03 within ~lock_timeout, nothing changes, the next pass succeeds', async () => {
@@ -686,11 +686,11 @@ describe('Applier against PostgreSQL', () => {
     const cfg = applierConfig(closed!, ['postgres'], { connectTimeoutMs: 1000 });
     cfg.postgresql.superuser.password = secret;
     await assert.rejects(pgConnect(cfg, { purpose: 'applier', database: 'postgres' }), (err: unknown) => {
-      assert.ok(err instanceof UserError);
+      assert.ok(err instanceof UserError, 'err instanceof UserError');
       assert.equal(err.exitCode, 2);
       assert.match(err.message, new RegExp(`^cannot connect to PostgreSQL at 127\\.0\\.0\\.1:${closed} \\(database "postgres", user "postgres"\\): connection refused`));
-      assert.ok(!err.message.includes(secret));
-      assert.ok(!err.message.includes('\n'));
+      assert.ok(!err.message.includes(secret), '!err.message.includes(secret)');
+      assert.ok(!err.message.includes('\n'), '!err.message.includes(\'\\n\')');
       return true;
     });
     const missing = applierConfig(cn.port, ['no_such_db']);
@@ -701,7 +701,7 @@ describe('Applier against PostgreSQL', () => {
     assert.deepEqual(res.applied, []);
     assert.equal(res.skipped.length, 1);
     assert.match(res.skipped[0]!.reason, /cannot connect to PostgreSQL at 127\.0\.0\.1/);
-    assert.ok(!res.skipped[0]!.reason.includes(secret));
+    assert.ok(!res.skipped[0]!.reason.includes(secret), '!res.skipped[0]!.reason.includes(secret)');
 
     // a live connection that dies is marked broken, never crashes the process
     const c = await pgConnect(applierConfig(cn.port, ['postgres']), { purpose: 'applier', database: 'postgres', applicationName: 'cc-test-broken' });

@@ -568,7 +568,7 @@ describe('nudging the watch daemon', () => {
       assert.equal(lineOf(r, /daemon/), `on_role_change master wk1: daemon nudged (${path})`);
       assert.equal(got.length, 1);
       assert.equal(got[0]?.reason, 'callback on_role_change master wk1');
-      assert.ok((got[0]?.pid ?? 0) > 0);
+      assert.ok((got[0]?.pid ?? 0) > 0, '(got[0]?.pid ?? 0) > 0');
     } finally {
       await l.close();
     }

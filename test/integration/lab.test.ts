@@ -67,7 +67,7 @@ describe('lab (real etcd + Patroni + PostgreSQL)', { timeout: 240000 }, () => {
     const doc = JSON.parse(r.stdout) as { groups: unknown[]; upMs: number; citus: { mode: string }; superuser: { password?: string } };
     assert.equal(doc.groups.length, WORKERS + 1);
     assert.equal(doc.superuser.password, undefined);
-    assert.ok(['real', 'emulated'].includes(doc.citus.mode));
+    assert.ok(['real', 'emulated'].includes(doc.citus.mode), '[\'real\', \'emulated\'].includes(doc.citus.mode)');
     t.diagnostic(`lab up took ${(r.ms / 1000).toFixed(1)}s (labUp ${(doc.upMs / 1000).toFixed(1)}s), citus ${doc.citus.mode}`);
 
     assert.deepEqual(
@@ -208,7 +208,7 @@ describe('lab (real etcd + Patroni + PostgreSQL)', { timeout: 240000 }, () => {
     assert.equal(wk2.leaderKey, up.name);
     assert.equal(s.coordinatorPrimary !== null, true);
     assert.equal(s.distNodes[0]?.error, null);
-    assert.ok((s.distNodes[0]?.rows ?? []).some((row) => row.groupid === 0));
+    assert.ok((s.distNodes[0]?.rows ?? []).some((row) => row.groupid === 0), '(s.distNodes[0]?.rows ?? []).some((row) => row.groupid === 0)');
     // the readable table too
     const t = await runCli(['lab', 'status', '--dir', dir]);
     assert.equal(t.exitCode, 0, t.stderr);

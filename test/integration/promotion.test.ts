@@ -81,7 +81,7 @@ test('a leader still in recovery stays "not yet promoted"; once promoted it is a
   try {
     const g0 = confirmer.snapshot().groups[0]!;
     const rp0 = runningPrimary(g0, 'etcd');
-    assert.ok(rp0.ok && rp0.member.name === 'wk1-a');
+    assert.ok(rp0.ok && rp0.member.name === 'wk1-a', 'rp0.ok && rp0.member.name === \'wk1-a\'');
 
     // the leader key moves to b; b is still a hot standby; the old primary a went away
     fake.set([group('wk1-b', [{ ...a, role: 'replica', rawRole: 'replica', state: 'stopped' }, b])]);

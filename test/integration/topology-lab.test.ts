@@ -85,7 +85,7 @@ describe('topology sources on the lab (etcd + Patroni + PostgreSQL)', { timeout:
     }
     // Patroni 3.0.2 spells the primary role `master`, in etcd and in /patroni.
     const wk1 = snaps.etcd.groups.find((g) => g.groupid === 1);
-    assert.ok(wk1?.members.some((m) => m.rawRole === 'master' && m.role === 'primary'));
+    assert.ok(wk1?.members.some((m) => m.rawRole === 'master' && m.role === 'primary'), 'wk1?.members.some((m) => m.rawRole === \'master\' && m.role === \'primary\')');
     assert.deepEqual(wk1?.problems, []);
     assert.equal(handles.etcd.patroniCitusLayout(), null);
     // Probe: one primary, one replica, the dead node unreachable with a problem naming it.
@@ -148,8 +148,8 @@ describe('topology sources on the lab (etcd + Patroni + PostgreSQL)', { timeout:
       assert.match(s.staleReason ?? '', /^PostgreSQL nodes unreachable since .*no node answered .*password authentication failed/);
       const rejected = c.lines.filter((l) => /rejected: password authentication failed/.test(l.msg));
       assert.equal(rejected.length, 4, JSON.stringify(rejected));
-      assert.ok(!JSON.stringify(c.lines).includes('wrong-pass-xyz'));
-      assert.ok(!JSON.stringify(c.lines).includes(state.superuser.password));
+      assert.ok(!JSON.stringify(c.lines).includes('wrong-pass-xyz'), '!JSON.stringify(c.lines).includes(\'wrong-pass-xyz\')');
+      assert.ok(!JSON.stringify(c.lines).includes(state.superuser.password), '!JSON.stringify(c.lines).includes(state.superuser.password)');
     } finally {
       await loop.stop();
     }

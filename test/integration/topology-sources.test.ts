@@ -460,7 +460,7 @@ describe('etcd v3 and v2 sources against a real etcd', { timeout: 110_000 }, () 
     await h.start();
     const s = h.snapshot();
     assert.equal(s.fresh, true);
-    assert.ok(group(s, 0).problems.some((p) => p.includes("no Patroni keys under /service/legacy/ in etcd's v3 keyspace")));
+    assert.ok(group(s, 0).problems.some((p) => p.includes("no Patroni keys under /service/legacy/ in etcd's v3 keyspace")), 'group(s, 0).problems.some((p) => p.includes("no Patroni keys under /service/legacy/ in etcd\'s v3 ...');
     const warns = c.lines.filter((l) => l.level === 40);
     assert.equal(warns.length, 1, JSON.stringify(warns));
     assert.match(warns[0]?.msg ?? '', /no keys under \/service\/legacy\/ \(group 0\) in etcd's v3 keyspace, but etcd's v2 store has 5 key\(s\) under it: .*etcd: \(v2 API\)/);
@@ -474,7 +474,7 @@ describe('etcd v3 and v2 sources against a real etcd', { timeout: 110_000 }, () 
     const h = open(etcdConfig(etcd, 'etcd3', { cn: 'pcitus', workers: [] }), c.log);
     await h.start();
     assert.equal(h.patroniCitusLayout(), '/service/pcitus/0/leader');
-    assert.ok(c.lines.some((l) => l.level === 50 && l.msg.includes("Patroni's own Citus layout found (/service/pcitus/0/leader)")));
+    assert.ok(c.lines.some((l) => l.level === 50 && l.msg.includes("Patroni's own Citus layout found (/service/pcitus/0/leader)")), 'c.lines.some((l) => l.level === 50 && l.msg.includes("Patroni\'s own Citus layout found (/service/...');
     await h.stop();
   });
 
@@ -510,8 +510,8 @@ describe('etcd v3 and v2 sources against a real etcd', { timeout: 110_000 }, () 
       const after = loop.snapshot();
       assert.equal(after.groups.find((g) => g.groupid === 0), before.groups.find((g) => g.groupid === 0), 'group 0 not re-read');
       assert.equal(after.groups.find((g) => g.groupid === 1), before.groups.find((g) => g.groupid === 1), 'group 1 not re-read');
-      assert.ok(changes > c0);
-      assert.ok(after.changedAt !== undefined && after.changedAt <= after.observedAt && after.changedAt > before.observedAt);
+      assert.ok(changes > c0, 'changes > c0');
+      assert.ok(after.changedAt !== undefined && after.changedAt <= after.observedAt && after.changedAt > before.observedAt, 'after.changedAt !== undefined && after.changedAt <= after.observedAt && after.changedAt > before....');
 
       // one transaction touching wk1 and wk2: one partial read of both
       const lp = loop.stats();
@@ -852,7 +852,7 @@ describe('Patroni REST source against Patroni 3.0.2-shaped REST servers', { time
     fake.get('wk1-b').patroniRole = 'master';
     fake.get('wk1-a').patroniRole = 'replica';
     const ms = await waitUntil(() => primaryOf(h.snapshot(), 1) === 'wk1-b', { timeoutMs: 3000, what: 'wk1-b primary' });
-    assert.ok(changes > c0);
+    assert.ok(changes > c0, 'changes > c0');
     console.log(`# rest: promotion seen after ${ms.toFixed(0)} ms (poll 200 ms)`);
   });
 
@@ -893,7 +893,7 @@ describe('Patroni REST source against Patroni 3.0.2-shaped REST servers', { time
     fake.get('wk1-b').down = false;
     await h.refresh();
     assert.equal(primaryOf(h.snapshot(), 1), 'wk1-b');
-    assert.ok(lines.some((l) => l.level === 30 && /group 1 answers again/.test(l.msg)));
+    assert.ok(lines.some((l) => l.level === 30 && /group 1 answers again/.test(l.msg)), 'lines.some((l) => l.level === 30 && /group 1 answers again/.test(l.msg))');
   });
 
   test('every group unreachable: stale view (last one kept), one "unreachable" line; back: fresh', async () => {

@@ -35,7 +35,7 @@ describe('nudge: sender and listener', () => {
     const got: Nudge[] = [];
     const l = await listenForNudges(path, (n) => got.push(n));
     try {
-      assert.ok(lstatSync(path).isSocket());
+      assert.ok(lstatSync(path).isSocket(), 'lstatSync(path).isSocket()');
       assert.equal(statSync(path).mode & 0o777, 0o660);
       const r = await sendNudge(path, 'callback on_role_change master cn', 300);
       assert.deepEqual(r, { delivered: true, detail: `daemon nudged (${path})` });
@@ -56,7 +56,7 @@ describe('nudge: sender and listener', () => {
     const r = await sendNudge(join(dir, 'nobody.sock'), 'x', 300);
     assert.equal(r.delivered, false);
     assert.match(r.detail, /no daemon listening \(.*nobody\.sock does not exist\)/);
-    assert.ok(Date.now() - t0 < 100);
+    assert.ok(Date.now() - t0 < 100, 'Date.now() - t0 < 100');
   });
 
   test('a listener that never answers costs at most the cap', async () => {

@@ -53,7 +53,7 @@ describe('parseScopeKeys: Patroni key layout -> GroupView', () => {
     );
     assert.equal(r.group.members[0]?.apiUrl, 'http://10.0.0.11:8008/patroni');
     const rp = runningPrimary(r.group, 'etcd');
-    assert.ok(rp.ok);
+    assert.ok(rp.ok, 'rp.ok');
     assert.equal(rp.ok && rp.member.host, '10.0.0.10');
   });
 
@@ -61,13 +61,13 @@ describe('parseScopeKeys: Patroni key layout -> GroupView', () => {
     const r = parseScopeKeys(kvs({ leader: 'n1', 'members/n1': member({ role: 'primary' }) }), P, 1, 'wk1');
     assert.equal(r.group.members[0]?.role, 'primary');
     assert.equal(r.group.members[0]?.rawRole, 'primary');
-    assert.ok(runningPrimary(r.group, 'etcd').ok);
+    assert.ok(runningPrimary(r.group, 'etcd').ok, 'runningPrimary(r.group, \'etcd\').ok');
   });
 
   test('leader value with whitespace / newline is trimmed', () => {
     const r = parseScopeKeys(kvs({ leader: '  wk1-a\n', 'members/wk1-a': member({ role: 'master' }) }), P, 1, 'wk1');
     assert.equal(r.group.leader, 'wk1-a');
-    assert.ok(runningPrimary(r.group, 'etcd').ok);
+    assert.ok(runningPrimary(r.group, 'etcd').ok, 'runningPrimary(r.group, \'etcd\').ok');
   });
 
   test('missing leader key -> leader null (failover under way), no running primary', () => {
@@ -82,7 +82,7 @@ describe('parseScopeKeys: Patroni key layout -> GroupView', () => {
   test('empty leader key is a problem and means no leader', () => {
     const r = parseScopeKeys(kvs({ leader: ' \n', 'members/wk1-a': member({ role: 'master' }) }), P, 1, 'wk1');
     assert.equal(r.group.leader, null);
-    assert.ok(r.group.problems.some((p) => /leader key is empty/.test(p)));
+    assert.ok(r.group.problems.some((p) => /leader key is empty/.test(p)), 'r.group.problems.some((p) => /leader key is empty/.test(p))');
   });
 
   test('leader named but not yet promoted (key moved first): not a running primary', () => {
@@ -99,7 +99,7 @@ describe('parseScopeKeys: Patroni key layout -> GroupView', () => {
 
   test('leader without a member key is reported', () => {
     const r = parseScopeKeys(kvs({ leader: 'ghost', 'members/wk1-a': member() }), P, 1, 'wk1');
-    assert.ok(r.group.problems.some((p) => /leader ghost has no member key/.test(p)));
+    assert.ok(r.group.problems.some((p) => /leader ghost has no member key/.test(p)), 'r.group.problems.some((p) => /leader ghost has no member key/.test(p))');
   });
 
   test('garbage member JSON never throws, becomes a problem and an unusable member', () => {
@@ -129,12 +129,12 @@ describe('parseScopeKeys: Patroni key layout -> GroupView', () => {
     );
     assert.equal(r.group.leader, evil);
     const bad = r.group.members.find((m) => m.name === evil);
-    assert.ok(bad);
+    assert.ok(bad, 'bad');
     assert.equal(bad.host, null);
     assert.equal(bad.role, 'primary');
     const quoted = r.group.members.find((m) => m.name === 'ok"name');
     assert.equal(quoted?.host, null);
-    assert.ok(r.group.problems.some((p) => p.includes('unusable conn_url')));
+    assert.ok(r.group.problems.some((p) => p.includes('unusable conn_url')), 'r.group.problems.some((p) => p.includes(\'unusable conn_url\'))');
     const rp = runningPrimary(r.group, 'etcd');
     assert.equal(rp.ok, false);
     assert.match(!rp.ok ? rp.reason : '', /no usable address/);
@@ -167,7 +167,7 @@ describe('parseScopeKeys: Patroni key layout -> GroupView', () => {
     assert.equal(m?.role, 'unknown');
     assert.equal(m?.state, 'unknown');
     assert.deepEqual(m?.tags, {});
-    assert.ok(r.group.problems.some((p) => /unknown role uninitialized/.test(p)));
+    assert.ok(r.group.problems.some((p) => /unknown role uninitialized/.test(p)), 'r.group.problems.some((p) => /unknown role uninitialized/.test(p))');
   });
 
   test('tags and the other roles are kept', () => {
@@ -202,7 +202,7 @@ describe('parseScopeKeys: Patroni key layout -> GroupView', () => {
     assert.equal(r.patroniCitusKey, '/service/wk1/0/leader');
     assert.equal(r.group.leader, null);
     assert.equal(r.group.members.length, 0);
-    assert.ok(r.group.problems.some((p) => p.includes("Patroni's own Citus layout")));
+    assert.ok(r.group.problems.some((p) => p.includes("Patroni's own Citus layout")), 'r.group.problems.some((p) => p.includes("Patroni\'s own Citus layout"))');
   });
 
   test('keys of other scopes sharing a name prefix are ignored (wk1 vs wk10)', () => {

@@ -95,7 +95,7 @@ describe('ReadLoop', () => {
     assert.equal(s.groups[0]?.leader, 'a');
     assert.equal(changes, 1);
     await settle(loop.stop());
-    assert.ok(r.closed);
+    assert.ok(r.closed, 'r.closed');
   });
 
   test('a burst of events is one debounced re-read; onChange only when the view differs', async () => {
@@ -113,7 +113,7 @@ describe('ReadLoop', () => {
     const t0 = Date.now();
     r.hooks?.changed();
     await until(() => changes === 2);
-    assert.ok(Date.now() - t0 < 100);
+    assert.ok(Date.now() - t0 < 100, 'Date.now() - t0 < 100');
     assert.equal(loop.snapshot().groups[0]?.leader, 'b');
     await settle(loop.stop());
   });
@@ -249,8 +249,8 @@ describe('ReadLoop', () => {
       assert.equal(loop.snapshot(), s, 'the same object until the next read changes it');
       const g = s.groups[0]!;
       const m = g.members[0]!;
-      assert.ok(Object.isFrozen(s) && Object.isFrozen(s.groups) && Object.isFrozen(g) && Object.isFrozen(g.members));
-      assert.ok(Object.isFrozen(m) && Object.isFrozen(m.tags) && Object.isFrozen(g.problems));
+      assert.ok(Object.isFrozen(s) && Object.isFrozen(s.groups) && Object.isFrozen(g) && Object.isFrozen(g.members), 'Object.isFrozen(s) && Object.isFrozen(s.groups) && Object.isFrozen(g) && Object.isFrozen(g.members)');
+      assert.ok(Object.isFrozen(m) && Object.isFrozen(m.tags) && Object.isFrozen(g.problems), 'Object.isFrozen(m) && Object.isFrozen(m.tags) && Object.isFrozen(g.problems)');
       assert.throws(() => {
         s.groups.length = 0;
       }, TypeError);
@@ -343,7 +343,7 @@ describe('ReadLoop: partial re-reads (changed(scopes))', () => {
       assert.equal(after.groups[0], before.groups[0], 'untouched groups carried over');
       assert.equal(after.groups[2], before.groups[2]);
       assert.notEqual(after.groups[1], before.groups[1]);
-      assert.ok(Object.isFrozen(after.groups[1]));
+      assert.ok(Object.isFrozen(after.groups[1]), 'Object.isFrozen(after.groups[1])');
       assert.deepEqual(loop.stats(), { fullReads: 1, partialReads: 1, scopesReread: 1, failedReads: 0 });
       // a partial read that finds nothing new: no onChange
       r.hooks?.changed(['wk2']);
@@ -421,7 +421,7 @@ describe('ReadLoop: partial re-reads (changed(scopes))', () => {
       assert.equal(loop.snapshot().groups[1]?.leader, 'a2');
       assert.equal(changes, 3);
       assert.deepEqual(r.partialReads, [['wk1']], 'recovery by a full read');
-      assert.ok(loop.stats().failedReads >= 2);
+      assert.ok(loop.stats().failedReads >= 2, 'loop.stats().failedReads >= 2');
     } finally {
       await settle(loop.stop());
     }
