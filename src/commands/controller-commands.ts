@@ -13,6 +13,7 @@ import { exitCodeOf, type PassOutcome } from '../runtime/outcome.js';
 import { describeAction } from '../citus/actions.js';
 import type { Finding } from '../citus/model.js';
 import { Daemon } from '../runtime/daemon.js';
+import { installProcessHandlers } from '../runtime/process-handlers.js';
 import { runningPrimary } from '../topology/model.js';
 
 interface CommonOpts {
@@ -106,6 +107,7 @@ export function registerControllerCommands(program: Command): void {
     .action(async (opts: CommonOpts & { socket?: string }) => {
       const cfg = loadConfig(opts.config);
       const log = createLogger({ level: opts.logLevel ?? 'info', name: 'citus-controller' });
+      installProcessHandlers(log);
       const daemon = new Daemon(cfg, { log, ...(opts.source ? { source: opts.source } : {}), ...(opts.socket ? { socketPath: opts.socket } : {}) });
       const onSignal = (sig: string) => void daemon.stop(sig);
       process.once('SIGTERM', () => onSignal('SIGTERM'));

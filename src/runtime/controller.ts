@@ -11,6 +11,7 @@ import { plan } from '../citus/plan.js';
 import type { ApplyResult, DetectedAt, WriterState } from '../citus/results.js';
 import { managedGroups } from '../config/groups.js';
 import type { ControllerConfig, SourceChoice } from '../config/types.js';
+import { localRoleFromTopology } from '../node/local-role.js';
 import { chooseSource } from '../topology/choose.js';
 import type { TopologySource } from '../topology/reader.js';
 import { errorMessage } from '../util/errors.js';
@@ -78,7 +79,7 @@ export class Controller {
    * that this process holds the writer lock).
    */
   async pass(opts: { apply: boolean; refresh: boolean; detectedAt?: DetectedAt }): Promise<PassOutcome> {
-    const topology = opts.refresh ? await this.source.refresh() : this.source.snapshot();
+    let topology = opts.refresh ? await this.source.refresh() : this.source.snapshot();
     const rows = new Map<string, DistNodeRow[]>();
     const readErrors: PassOutcome['readErrors'] = [];
     for (const database of this.cfg.citus.databases) {
@@ -88,7 +89,13 @@ export class Controller {
         readErrors.push({ database, error: errorMessage(err).replace(/\s+/g, ' ') });
       }
     }
-    const p = plan(topology, rows, policyOf(this.cfg), managedGroups(this.cfg));
+    let p = plan(topology, rows, policyOf(this.cfg), managedGroups(this.cfg));
+    if (opts.apply && p.actions.length > 0 && !opts.refresh) {
+      // The view in memory may be old (a watch that went silent, a poll a loop old): before any
+      // write, read the DCS again (on etcd one range read) and plan from that.
+      topology = await this.source.refresh();
+      p = plan(topology, rows, policyOf(this.cfg), managedGroups(this.cfg));
+    }
     const outcome: PassOutcome = { topology, sourceDescription: this.source.describe(), rows, readErrors, plan: p };
     const layoutKey = this.source.patroniCitusLayout();
     if (layoutKey !== null) {
@@ -96,6 +103,13 @@ export class Controller {
       return outcome;
     }
     if (opts.apply && p.actions.length > 0) {
+      // only the node the fresh view names as the coordinator's running primary writes: a
+      // writable CN that Patroni no longer (or not yet) calls the leader must not
+      const me = localRoleFromTopology(topology, this.cfg);
+      if (me.kind !== 'primary') {
+        outcome.withheld = me.kind === 'replica' ? `not the coordinator primary: ${me.why}` : `cannot tell whether this node is the coordinator primary: ${me.why}`;
+        return outcome;
+      }
       outcome.applied = await this.applier.apply(p, opts.detectedAt ?? Date.now());
     }
     return outcome;

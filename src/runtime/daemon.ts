@@ -139,7 +139,7 @@ export class Daemon {
     return this.passes.trigger(t);
   }
 
-  private async onePass(_t: Trigger): Promise<void> {
+  private async onePass(t: Trigger): Promise<void> {
     if (this.stopping) return;
     // the source's own time of the change (first watch event of the burst, before the re-read), if new and earlier
     const changedAt = this.controller.source.snapshot().changedAt;
@@ -151,7 +151,8 @@ export class Daemon {
     this.passCount += 1;
     let outcome: PassOutcome;
     try {
-      outcome = await this.controller.pass({ apply: true, refresh: false, detectedAt });
+      // a nudge (a Patroni callback ran) is news the view in memory may not have yet: read again
+      outcome = await this.controller.pass({ apply: true, refresh: t.kind === 'nudge', detectedAt });
     } catch (err) {
       this.reportMode(failedPassMode(errorMessage(err)));
       this.unfinishedSince = detectedAt;

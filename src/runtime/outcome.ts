@@ -18,6 +18,11 @@ export interface PassOutcome {
   plan: Plan;
   /** Set when the controller refuses to write at all (e.g. Patroni's own Citus mode in the DCS). */
   refusal?: string;
+  /**
+   * Set when the plan was not applied because the fresh view does not name this node as the
+   * coordinator's running primary (why, one phrase).
+   */
+  withheld?: string;
   /** What the applier did (only when the pass was asked to apply). */
   applied?: ApplyResult;
 }
@@ -60,6 +65,7 @@ export function passMode(o: PassOutcome, writer: WriterState | null, databaseCou
   if (o.refusal) text = `refusing to write: ${o.refusal}`;
   else if (!o.topology.fresh) text = `not writing: topology is stale (${o.topology.staleReason ?? 'unknown'})`;
   else if (o.readErrors.length === databaseCount) text = `cannot read pg_dist_node: ${o.readErrors[0]?.error ?? ''}`;
+  else if (o.withheld) text = `watching only: ${o.withheld}`;
   else if (a?.notPrimary) text = `watching only: ${a.notPrimary}`;
   else if (a && !a.lockHeld) text = `watching only: ${a.skipped[0]?.reason ?? 'writer lock not held'}`;
   else if (writer && !writer.writer) text = `watching only: ${writer.reason}`;

@@ -167,7 +167,7 @@ describe('reconcile and status by hand', () => {
     assert.equal(ok.exitCode, 0);
     const s = JSON.parse(ok.stdout) as { findings: Array<{ verdict: string }> };
     assert.equal(s.findings.length, 3 * DATABASES.length);
-    assert.ok(s.findings.every((f) => f.verdict === 'ok'));
+    assert.ok(s.findings.every((f) => f.verdict === 'ok'), 's.findings.every((f) => f.verdict === \'ok\')');
   });
 });
 
@@ -214,7 +214,7 @@ describe('watch on both coordinator nodes', () => {
     await startControllers(dir, { members: ['cn-1'] });
     const t0 = Date.now();
     const f = await measureFollow(state, 'wk1', () => labSwitchover(dir, 'wk1'));
-    assert.ok(f.to);
+    assert.ok(f.to, 'f.to');
     await assertRowsPointAt(1, member(f.to));
     await sleep(500);
     const updates = updatesSince(t0, 1);
@@ -236,7 +236,7 @@ describe('watch on both coordinator nodes', () => {
       const r = await labFailover(dir, 'wk2');
       killed = r.from;
     });
-    assert.ok(f.to);
+    assert.ok(f.to, 'f.to');
     assert.equal(f.pointedEarly, false);
     for (const db of DATABASES) {
       const lag = f.lagMs[db];
@@ -292,6 +292,20 @@ describe('watch on both coordinator nodes', () => {
       await admin.query('DROP TABLE IF EXISTS t_blocker').catch(() => undefined);
       await admin.end();
     }
+  });
+});
+
+describe('signals', () => {
+  test('SIGHUP: the daemon logs that it does not reload and keeps running', async () => {
+    const c = listControllers(dir).find((x) => x.alive);
+    assert.ok(c, 'a running controller');
+    process.kill(c.pid, 'SIGHUP');
+    await waitFor(() => logLines(c.logFile).some((l) => l.msg === 'SIGHUP ignored: the daemon does not reload its config; restart it to apply a changed config'), {
+      timeoutMs: 3000,
+      what: 'the SIGHUP line',
+    });
+    await sleep(300);
+    assert.ok(listControllers(dir).find((x) => x.pid === c.pid)?.alive, 'still running');
   });
 });
 
@@ -364,7 +378,7 @@ describe('coordinator failover', () => {
     // the next worker change is written by the new CN primary's controller only
     const t0 = Date.now();
     const f = await measureFollow(state, 'wk1', () => labSwitchover(dir, 'wk1'));
-    assert.ok(f.to);
+    assert.ok(f.to, 'f.to');
     await assertRowsPointAt(1, member(f.to));
     const writers = new Set(updatesSince(t0, 1).map((u) => u.file));
     const newCnLogs = new Set(listControllers(dir).filter((c) => c.member === newCn.name).map((c) => c.logFile));
@@ -402,7 +416,7 @@ describe('etcd unavailable', () => {
       await waitRowsPointAt(g.groupid, leader, 15000);
     }
     const f = await measureFollow(state, 'wk1', () => labSwitchover(dir, 'wk1'));
-    assert.ok(f.to);
+    assert.ok(f.to, 'f.to');
     for (const db of DATABASES) assert.ok((f.lagMs[db] ?? Infinity) < 2000, `${db}: followed after etcd returned`);
   });
 });

@@ -281,7 +281,7 @@ describe('lab up --callbacks (real hook as Patroni callback)', { timeout: 240000
       const before = repairs();
       await sleep(RESYNC_S * 1000 + 500);
       assert.deepEqual(repairs(), before, 'no repair after the drift was repaired');
-      assert.ok((await addresses(iface)).includes(`${CN_VIP}/32`) && (await gucOf(cn.primary)) === 'never' && (await gucOf(cn.replica)) === 'always');
+      assert.ok((await addresses(iface)).includes(`${CN_VIP}/32`) && (await gucOf(cn.primary)) === 'never' && (await gucOf(cn.replica)) === 'always', '(await addresses(iface)).includes(`${CN_VIP}/32`) && (await gucOf(cn.primary)) === \'never\' && (aw...');
       assert.equal(await vipHolders('cn', CN_VIP).then((h) => h.join()), cn.primary.name, 'the replica daemon never binds it');
     });
 
@@ -290,7 +290,7 @@ describe('lab up --callbacks (real hook as Patroni callback)', { timeout: 240000
       const [stopped] = await stopControllers(dir, { members: [cn.primary.name] });
       assert.ok(stopped, 'the primary daemon was running');
       assert.deepEqual(await addresses(iface), [], 'released on SIGTERM');
-      assert.ok(logLines(stopped).some((l) => l.msg === `on stop: vip ${CN_VIP}/32 released from ${iface}`));
+      assert.ok(logLines(stopped).some((l) => l.msg === `on stop: vip ${CN_VIP}/32 released from ${iface}`), 'logLines(stopped).some((l) => l.msg === `on stop: vip ${CN_VIP}/32 released from ${iface}`)');
 
       const [keeper] = await startControllers(dir, {
         members: [cn.primary.name],
@@ -298,11 +298,11 @@ describe('lab up --callbacks (real hook as Patroni callback)', { timeout: 240000
           ((doc.citus as Record<string, unknown>).vip as Record<string, unknown>).keep_on_stop = true;
         },
       });
-      assert.ok(keeper);
+      assert.ok(keeper, 'keeper');
       await waitFor(async () => (await addresses(iface)).includes(`${CN_VIP}/32`), { timeoutMs: 10000, what: 'the restarted daemon to bind the VIP again' });
       await stopControllers(dir, { members: [cn.primary.name] });
       assert.deepEqual(await addresses(iface), [`${CN_VIP}/32`], 'kept on SIGTERM with keep_on_stop');
-      assert.ok(logLines(keeper).some((l) => l.msg === `on stop: vip ${CN_VIP}/32 kept on ${iface} (keep_on_stop)`));
+      assert.ok(logLines(keeper).some((l) => l.msg === `on stop: vip ${CN_VIP}/32 kept on ${iface} (keep_on_stop)`), 'logLines(keeper).some((l) => l.msg === `on stop: vip ${CN_VIP}/32 kept on ${iface} (keep_on_stop)`)');
       writeMemberControllerConfig(loadLabState(dir), cn.primary, { runAs: state.runAs ?? null });
     });
   });

@@ -4,7 +4,7 @@
  */
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { localRoleFromTopology } from '../../src/node/keeper.js';
+import { localRoleFromTopology } from '../../src/node/local-role.js';
 import type { GroupView, MemberView, Topology } from '../../src/topology/model.js';
 
 function member(name: string, port: number, role: MemberView['role'], state = 'running'): MemberView {

@@ -9,6 +9,9 @@ import type { DistNodeRow, Plan } from '../../src/citus/model.js';
 import type { ApplyResult, DetectedAt, WriterState } from '../../src/citus/results.js';
 import { Controller, type PassApplier } from '../../src/runtime/controller.js';
 import { Daemon, RETRY_MIN_MS, type NodeKeeper } from '../../src/runtime/daemon.js';
+import type { Nudge } from '../../src/runtime/nudge.js';
+import { installProcessHandlers } from '../../src/runtime/process-handlers.js';
+import { EventEmitter } from 'node:events';
 import { detectsChange, exitCodeOf, needsRetry, passMode, type PassOutcome } from '../../src/runtime/outcome.js';
 import type { Topology } from '../../src/topology/model.js';
 import type { TopologySource } from '../../src/topology/reader.js';
@@ -25,6 +28,8 @@ const cfg = testConfig({
     ],
     resyncInterval: 30,
   },
+  // this node is cn-1 of the builders' coordinator group
+  postgresql: { connectAddress: { host: '10.0.0.1', port: 5432 }, superuser: { username: 'postgres' } },
 });
 
 class FakeSource implements TopologySource {
@@ -40,8 +45,14 @@ class FakeSource implements TopologySource {
   onChange(l: () => void): void {
     this.listeners.push(l);
   }
+  /** What the DCS holds now, when the view in memory is behind it: the next refresh() returns it. */
+  behind: Topology | null = null;
   async refresh(): Promise<Topology> {
     this.refreshes++;
+    if (this.behind) {
+      this.view = this.behind;
+      this.behind = null;
+    }
     return this.view;
   }
   async stop(): Promise<void> {}
@@ -109,6 +120,40 @@ describe('Controller.pass', () => {
     const real = await c.pass({ apply: true, refresh: false, detectedAt: 1234 });
     assert.deepEqual(applier.applied, [{ calls: [MOVE_WK1], detectedAt: 1234 }]);
     assert.equal(exitCodeOf(real, true), 0);
+  });
+
+  test('before writing, the daemon reads the DCS again and plans from that: an old view that wants a change writes nothing', async () => {
+    const applier = new FakeApplier();
+    const source = new FakeSource(switchedOver());
+    source.behind = healthy(); // the change was undone (or never was) by the time we look again
+    const c = new Controller(cfg, { log: captureLog().log, topology: source, applier });
+    const o = await c.pass({ apply: true, refresh: false });
+    assert.equal(source.refreshes, 1);
+    assert.deepEqual(o.plan.actions, [], 'planned from the fresh read');
+    assert.deepEqual(applier.applied, []);
+    assert.equal(exitCodeOf(o, true), 0);
+    const again = await c.pass({ apply: true, refresh: false });
+    assert.equal(source.refreshes, 1, 'nothing to write: no extra read');
+    assert.deepEqual(again.plan.actions, []);
+  });
+
+  test('only the node the fresh view names as the coordinator primary writes', async () => {
+    const cn2Leads = () => topo([{ ...CN(), leader: 'cn-2', members: CN().members.map((m) => ({ ...m, role: m.name === 'cn-2' ? 'primary' : 'replica', rawRole: m.name === 'cn-2' ? 'master' : 'replica' })) }, WK1B(), WK2()]);
+    const cases: Array<[string, Topology, RegExp]> = [
+      ['another member leads group 0', cn2Leads(), /^watching only: not the coordinator primary: the coordinator's running primary is cn-2$/],
+      ['group 0 has no leader', topo([{ ...CN(), leader: null }, WK1B(), WK2()]), /^watching only: cannot tell whether this node is the coordinator primary: the coordinator group has no running primary: no leader/],
+    ];
+    for (const [name, view, mode] of cases) {
+      const applier = new FakeApplier();
+      const source = new FakeSource(switchedOver());
+      source.behind = view;
+      const c = new Controller(cfg, { log: captureLog().log, topology: source, applier });
+      const o = await c.pass({ apply: true, refresh: false });
+      assert.deepEqual(applier.applied, [], name);
+      assert.match(passMode(o, { writer: true }, 1).text, mode, name);
+      assert.equal(needsRetry(o), false, `${name}: the next change of the view brings the next pass`);
+      assert.equal(exitCodeOf(o, true), 1, `${name}: drift left`);
+    }
   });
 
   test("Patroni's own Citus layout: refusal, nothing applied, exit 2", async () => {
@@ -204,10 +249,14 @@ describe('Daemon', () => {
       log,
       controller,
       keeper,
-      listen: async (path) => ({ path, close: async () => undefined }),
+      listen: async (path, onNudge) => {
+        nudge = onNudge;
+        return { path, close: async () => undefined };
+      },
     });
+    let nudge: ((n: Nudge) => void) | undefined;
     const running = daemon.run();
-    return { source, applier, lines, daemon, offered, running, keeperStopped: () => keeperStopped };
+    return { source, applier, lines, daemon, offered, running, keeperStopped: () => keeperStopped, nudge: (reason: string) => nudge?.({ reason, pid: 1, receivedAt: Date.now() }) };
   }
 
   /** Lets the daemon's promise chains run. */
@@ -219,7 +268,7 @@ describe('Daemon', () => {
     const d = setup();
     await settle();
     assert.equal(d.daemon.passesRun, 1);
-    assert.ok(d.lines.some((l) => l.msg === 'writer: this coordinator is the primary and holds the writer lock'));
+    assert.ok(d.lines.some((l) => l.msg === 'writer: this coordinator is the primary and holds the writer lock'), 'd.lines.some((l) => l.msg === \'writer: this coordinator is the primary and holds the writer lock\')');
     mock.timers.tick(700);
     d.source.change(switchedOver());
     await settle();
@@ -231,6 +280,18 @@ describe('Daemon', () => {
     await d.running;
     assert.equal(d.keeperStopped(), true);
     assert.equal(d.applier.closed, true);
+  });
+
+  test('a nudge (a Patroni callback ran) reads the DCS again before planning; other passes use the view in memory', async () => {
+    const d = setup();
+    await settle();
+    assert.equal(d.source.refreshes, 0, 'the start pass plans from the first read');
+    d.source.behind = switchedOver(); // the watch has not delivered it yet
+    d.nudge('callback on_role_change master wk1');
+    await settle();
+    assert.equal(d.source.refreshes, 1);
+    assert.deepEqual(d.applier.applied.map((a) => a.calls), [[MOVE_WK1]]);
+    await d.daemon.stop('SIGTERM');
   });
 
   test('changes during a pass fold into ONE follow-up pass', async () => {
@@ -323,5 +384,24 @@ describe('Daemon', () => {
     assert.equal(d.lines.filter((l) => l.msg === 'watching only: node is in recovery (a replica)').length, 1);
     await d.daemon.stop('SIGTERM');
     assert.equal(d.daemon.passesRun, 5);
+  });
+});
+
+describe('process handlers of the daemon', () => {
+  test('an uncaught error or rejection: one fatal line naming it, exit 1; SIGHUP: one warning, keeps running', () => {
+    const proc = new EventEmitter();
+    const exits: number[] = [];
+    const { log, lines } = captureLog();
+    installProcessHandlers(log, proc as never, (code) => exits.push(code));
+    proc.emit('SIGHUP');
+    assert.deepEqual(exits, []);
+    assert.equal(lines.at(-1)?.msg, 'SIGHUP ignored: the daemon does not reload its config; restart it to apply a changed config');
+    proc.emit('unhandledRejection', new Error('boom\nsecond line'));
+    assert.deepEqual(exits, [1]);
+    assert.equal(lines.at(-1)?.msg, 'unhandled promise rejection: exiting with code 1 (systemd restarts the daemon)');
+    assert.equal(lines.at(-1)?.err, 'boom second line');
+    proc.emit('uncaughtException', new TypeError('x is not a function'));
+    assert.deepEqual(exits, [1, 1]);
+    assert.equal(lines.at(-1)?.msg, 'uncaught exception: exiting with code 1 (systemd restarts the daemon)');
   });
 });
