@@ -24,7 +24,7 @@ interface CommonOpts {
 }
 
 const sourceOption = () => new Option('--source <kind>', 'topology source (default: from the config)').choices(['etcd', 'rest', 'probe']);
-const logLevelOption = (def: string) => new Option('--log-level <level>', 'log level on stderr').choices(['debug', 'info', 'warn', 'error', 'silent']).default(def);
+const logLevelOption = (def: string) => new Option('--log-level <level>', 'log level on stderr').choices(['debug', 'info', 'warn', 'error', 'silent']).default(def).env('CITUS_CONTROLLER_LOG_LEVEL');
 
 const fmt = (hp: HostPort | null): string => (hp ? formatHostPort(hp) : '-');
 

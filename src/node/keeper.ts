@@ -39,6 +39,9 @@ export interface LocalNodeKeeperOptions {
   applicationName?: string;
 }
 
+/** A check that has not finished after this long is reported and no longer waited for. */
+export const CHECK_DEADLINE_MS = 8000;
+const KEEPER_STATEMENT_TIMEOUT_MS = 5000;
 const RETRY_MIN_MS = 1000;
 const RETRY_MAX_MS = 10000;
 
@@ -87,13 +90,40 @@ export class LocalNodeKeeper {
     return line;
   }
 
+  /**
+   * One check, bounded: a step that does not return within CHECK_DEADLINE_MS (a node that accepts
+   * connections but does not answer) is logged with what it still waits for, and the next check
+   * no longer waits for it (its session is bounded by the server's statement_timeout).
+   */
   private async check(topology: Topology): Promise<void> {
+    const running = new Map<string, string>();
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<'late'>((resolve) => {
+      timer = setTimeout(() => resolve('late'), CHECK_DEADLINE_MS);
+    });
+    const started = performance.now();
+    this.opts.log.debug('self-check start');
+    try {
+      const r = await Promise.race([this.checkNow(topology, running), late]);
+      this.opts.log.debug({ ms: Math.round(performance.now() - started), late: r === 'late' }, 'self-check done');
+      if (r === 'late') {
+        const what = [...running.values()].join(', ') || 'the role of this node';
+        this.failed([`self-check: no result within ${CHECK_DEADLINE_MS / 1000} s (still waiting for: ${what}); the next check does not wait for it`]);
+      }
+    } finally {
+      clearTimeout(timer);
+    }
+  }
+
+  private async checkNow(topology: Topology, running: Map<string, string>): Promise<void> {
     const log = this.opts.log;
     let role = localRoleFromTopology(topology, this.cfg);
     // not o.applied?.notPrimary: it also says "not the Citus coordinator" (pg_dist_node not yet
     // pointing at this node), which says nothing about this node's role
     if (role.kind === 'primary') {
+      running.set('role', `pg_is_in_recovery() on ${formatHostPort(this.cfg.postgresql.connectAddress)}`);
       const writable = await this.probeWritable();
+      running.delete('role');
       if (writable !== true) role = { kind: 'unknown', why: `the topology says this node is the primary, but ${writable}` };
     }
     const verdict = role.kind === 'unknown' ? `unknown: ${role.why}` : role.kind;
@@ -108,8 +138,10 @@ export class LocalNodeKeeper {
       log: { info: (obj, msg) => log.info(obj, msg), warn: (obj, msg) => log.warn(obj, msg) },
       journalDir: runtimeDir(this.cfg.scope, process.env, this.cfg.citus.socket),
       connectTimeoutMs: this.cfg.citus.connectTimeoutMs,
-      statementTimeoutMs: this.cfg.citus.statementTimeoutMs,
+      // the writer's timeouts wait out lock_cooldown; the self-check has nothing to wait for
+      statementTimeoutMs: Math.min(this.cfg.citus.statementTimeoutMs || KEEPER_STATEMENT_TIMEOUT_MS, KEEPER_STATEMENT_TIMEOUT_MS),
       purpose: 'keeper',
+      onProgress: (step, what) => (what === null ? running.delete(step) : running.set(step, what)),
       ...(this.opts.applicationName ? { applicationName: this.opts.applicationName } : {}),
       arp: 'onChange',
       vip: { timeoutMs: 1000, count: 3, intervalMs: 150 },

@@ -116,6 +116,10 @@ export function pgClientConfig(cfg: PgConfig, o: ConnectOptions): ClientConfig {
     // 0 disables a timeout, which is what the config means by 0 as well
     config.statement_timeout = statement;
     config.lock_timeout = lock;
+    // and a client-side deadline: a server that accepts a query and never answers (a frozen
+    // backend, a half-open TCP connection) must not hang the caller; the error carries no
+    // SQLSTATE, so the owner drops the session and reconnects
+    if (statement > 0) config.query_timeout = statement + CLIENT_DEADLINE_MARGIN_MS;
     if (o.purpose === 'applier') config.idle_in_transaction_session_timeout = Math.max(statement, lock, 10_000);
   }
   if (o.purpose === 'applier') {
@@ -128,6 +132,9 @@ export function pgClientConfig(cfg: PgConfig, o: ConnectOptions): ClientConfig {
   }
   return config;
 }
+
+/** How much longer than statement_timeout the client waits for an answer before giving up. */
+export const CLIENT_DEADLINE_MARGIN_MS = 5000;
 
 const broken = new WeakMap<Client, string>();
 

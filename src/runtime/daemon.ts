@@ -149,6 +149,8 @@ export class Daemon {
     this.firstSeen = null;
     this.unfinishedSince = null;
     this.passCount += 1;
+    const started = performance.now();
+    this.log.debug({ pass: this.passCount, trigger: t.kind }, 'pass start');
     let outcome: PassOutcome;
     try {
       // a nudge (a Patroni callback ran) is news the view in memory may not have yet: read again
@@ -170,6 +172,7 @@ export class Daemon {
     else this.findings.ok();
     // self-healing of this node (use_secondary_nodes, VIP) next to the passes, never delaying them
     this.keeper.offer(outcome.topology);
+    this.log.debug({ pass: this.passCount, ms: Math.round(performance.now() - started), actions: outcome.plan.actions.length }, 'pass done');
     if (needsRetry(outcome)) {
       this.unfinishedSince = detectedAt;
       this.scheduleRetry();

@@ -231,6 +231,18 @@ describe('lab up --callbacks (real hook as Patroni callback)', { timeout: 240000
     });
 
     test('drift repair: a removed VIP and hand-set use_secondary_nodes are restored within one resync interval', async () => {
+      // The switchover's callbacks must be over first: Patroni runs on_role_change on the demoted
+      // node after it restarted, possibly seconds later, and that callback would undo the hand
+      // change below (right for the node, but it is not the daemon's repair this test watches).
+      for (const [m, role] of [
+        [cn.primary, 'master'],
+        [cn.replica, 'replica'],
+      ] as const) {
+        await waitFor(() => new RegExp(`on_role_change ${role} cn: daemon (not )?nudged`).test(readFileSync(m.logFile, 'utf8')), {
+          timeoutMs: 20000,
+          what: `the switchover's on_role_change ${role} callback on ${m.name} to finish`,
+        });
+      }
       const iface = ifaceOf.get(cn.primary.name)!;
       assert.deepEqual(await addresses(iface), [`${CN_VIP}/32`]);
       const t0 = Date.now();
@@ -264,8 +276,10 @@ describe('lab up --callbacks (real hook as Patroni callback)', { timeout: 240000
         { timeoutMs: limitMs + 5000, intervalMs: 50, what: 'the daemons to repair the drift and log it' },
       ).catch(async (err: unknown) => {
         const logs = [cn.primary, cn.replica].map((m) => `${m.name}:\n  ${since(controllerOf(m)).map((l) => l.msg).join('\n  ')}`);
-        const state = `vip: ${(await addresses(iface)).join(',')}; guc ${await gucOf(cn.primary)} / ${await gucOf(cn.replica)}`;
-        throw new Error(`${String(err)}\n${state}\n${logs.join('\n')}`);
+        const now = `vip: ${(await addresses(iface)).join(',')}; guc ${await gucOf(cn.primary)} / ${await gucOf(cn.replica)}`;
+        const hooks = [cn.primary, cn.replica].map((m) => `${m.name} hooks: ${(readFileSync(m.logFile, 'utf8').match(/.*citus-controller-callback.*/g) ?? []).slice(-4).join(' | ')}`);
+        const tail = [cn.primary, cn.replica].map((m) => `${m.name} TAIL:\n  ${logLines(controllerOf(m)).slice(-30).map((l) => `${l.time} ${l.msg}`).join('\n  ')}`);
+        throw new Error(`${String(err)}\n${now}\n${logs.join('\n')}\n${hooks.join('\n')}\n${tail.join('\n')}`);
       });
       const repairMs = Date.now() - t0;
       timings.push(`drift repaired and logged ${repairMs} ms after the hand changes began (${handMs} ms to make them)`);

@@ -287,6 +287,10 @@ describe('pgClientConfig: what each purpose sends at connection start', () => {
   test('timeouts: the writer gets the config values; probes are bounded by the connect timeout', () => {
     const a = pgClientConfig(cfg, { purpose: 'applier' });
     assert.deepEqual([a.statement_timeout, a.lock_timeout, a.application_name], [cfg.citus.statementTimeoutMs, cfg.citus.lockTimeoutMs, 'citus-controller']);
+    // a client-side deadline after the server's: a backend that never answers cannot hang a pass
+    assert.equal(a.query_timeout, cfg.citus.statementTimeoutMs + 5000);
+    assert.equal(pgClientConfig(cfg, { purpose: 'promotion' }).query_timeout, 6000);
+    assert.equal(pgClientConfig(cfg, { purpose: 'applier', statementTimeoutMs: 0 }).query_timeout, undefined, 'statement_timeout 0 (off): no deadline either');
     const p = pgClientConfig(cfg, { purpose: 'probe' });
     assert.deepEqual([p.statement_timeout, p.query_timeout], [cfg.citus.connectTimeoutMs, cfg.citus.connectTimeoutMs + 1000]);
   });
