@@ -25,6 +25,8 @@ export interface PassApplier {
   readDistNodes(database: string): Promise<DistNodeRow[]>;
   apply(plan: Plan, detectedAt: DetectedAt): Promise<ApplyResult>;
   checkWriter(): Promise<WriterState>;
+  /** True while this process holds the writer lock (it has been the writer since it took it). */
+  holdsLock?(): boolean;
   close(): Promise<void>;
 }
 
@@ -90,9 +92,11 @@ export class Controller {
       }
     }
     let p = plan(topology, rows, policyOf(this.cfg), managedGroups(this.cfg));
-    if (opts.apply && p.actions.length > 0 && !opts.refresh) {
-      // The view in memory may be old (a watch that went silent, a poll a loop old): before any
-      // write, read the DCS again (on etcd one range read) and plan from that.
+    if (opts.apply && p.actions.length > 0 && !opts.refresh && !(this.applier.holdsLock?.() ?? false)) {
+      // The first write since this process became the writer: the view in memory may be old (a
+      // watch that went silent, a poll a loop old, a node that just took over). Read the source
+      // again (on etcd one range read) and plan from that. While it stays the writer its view
+      // follows the watch, and the fresh reads happen on nudges.
       topology = await this.source.refresh();
       p = plan(topology, rows, policyOf(this.cfg), managedGroups(this.cfg));
     }

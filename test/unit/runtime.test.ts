@@ -77,6 +77,7 @@ class FakeApplier implements PassApplier {
   results: Array<Partial<ApplyResult>> = [];
   writer: WriterState = { writer: true };
   closed = false;
+  holdsLock?: () => boolean;
   async readDistNodes(database: string): Promise<DistNodeRow[]> {
     if (this.unreadable.has(database)) throw new Error(`cannot connect to PostgreSQL (database "${database}")`);
     return this.rows;
@@ -135,6 +136,16 @@ describe('Controller.pass', () => {
     const again = await c.pass({ apply: true, refresh: false });
     assert.equal(source.refreshes, 1, 'nothing to write: no extra read');
     assert.deepEqual(again.plan.actions, []);
+  });
+
+  test('a controller that already holds the writer lock writes from the view its watch keeps (no extra read)', async () => {
+    const applier = new FakeApplier();
+    applier.holdsLock = () => true;
+    const source = new FakeSource(switchedOver());
+    const c = new Controller(cfg, { log: captureLog().log, topology: source, applier });
+    await c.pass({ apply: true, refresh: false, detectedAt: 5 });
+    assert.equal(source.refreshes, 0);
+    assert.deepEqual(applier.applied, [{ calls: [MOVE_WK1], detectedAt: 5 }]);
   });
 
   test('only the node the fresh view names as the coordinator primary writes', async () => {
