@@ -19,7 +19,7 @@ import { loadConfig } from '../config/load.js';
 import { type ControllerConfig } from '../config/types.js';
 import { errorMessage, UserError } from '../util/errors.js';
 import { CallbackArgsError, parseCallbackArgs, planCallback, type CallbackArgs } from '../node/callback-plan.js';
-import { convergeNode, type StepOutcome } from '../node/converge.js';
+import { convergeNode, trackProgress, type StepOutcome } from '../node/converge.js';
 import { nudgeSocketPath, runtimeDir } from '../node/runtime-dir.js';
 import { sendNudge } from '../runtime/nudge.js';
 
@@ -97,7 +97,7 @@ export async function runCallback(
       purpose: 'callback',
       arp: 'always',
       vip: { timeoutMs: 2000, count: 3, intervalMs: 100 },
-      onProgress: (step, what) => (what === null ? running.delete(step) : running.set(step, what)),
+      onProgress: trackProgress(running),
       ...(failpointSpec
         ? {
             failpoint: (name: string) => {

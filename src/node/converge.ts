@@ -137,6 +137,14 @@ async function vipStep(plan: CallbackPlan, cfg: ControllerConfig, o: ConvergeOpt
   }
 }
 
+/** An onProgress that keeps, per step, what it is waiting for now (for "still waiting for: ..." lines). */
+export function trackProgress(running: Map<string, string>): NonNullable<ConvergeOptions['onProgress']> {
+  return (step, what) => {
+    if (what === null) running.delete(step);
+    else running.set(step, what);
+  };
+}
+
 /**
  * Runs the plan's steps: the VIP placed first, then use_secondary_nodes next to the gratuitous ARP
  * (the VIP of a demoted node is released without waiting for PostgreSQL). Returns one outcome per

@@ -25,8 +25,9 @@ import { releaseVip } from './vip.js';
 import { runtimeDir } from './runtime-dir.js';
 import { Backoff } from '../util/backoff.js';
 import { Coalescer } from '../util/coalesce.js';
+import { settlesWithin } from '../util/clock.js';
 import { LogOnce } from '../util/log-once.js';
-import { convergeNode, planForLocalRole } from './converge.js';
+import { convergeNode, planForLocalRole, trackProgress } from './converge.js';
 import { closeQuietly, pgConnect } from '../pg/connect.js';
 import { describePgError } from '../pg/errors.js';
 import { isInRecovery } from '../pg/recovery.js';
@@ -97,22 +98,14 @@ export class LocalNodeKeeper {
    */
   private async check(topology: Topology): Promise<void> {
     const running = new Map<string, string>();
-    let timer: NodeJS.Timeout | undefined;
-    const late = new Promise<'late'>((resolve) => {
-      timer = setTimeout(() => resolve('late'), CHECK_DEADLINE_MS);
-    });
     const started = performance.now();
     this.opts.log.debug('self-check start');
-    try {
-      const r = await Promise.race([this.checkNow(topology, running), late]);
-      this.opts.log.debug({ ms: Math.round(performance.now() - started), late: r === 'late' }, 'self-check done');
-      if (r === 'late') {
-        const what = [...running.values()].join(', ') || 'the role of this node';
-        this.failed([`self-check: no result within ${CHECK_DEADLINE_MS / 1000} s (still waiting for: ${what}); the next check does not wait for it`]);
-      }
-    } finally {
-      clearTimeout(timer);
-    }
+    const work = this.checkNow(topology, running);
+    const inTime = await settlesWithin(work, CHECK_DEADLINE_MS);
+    this.opts.log.debug({ ms: Math.round(performance.now() - started), late: !inTime }, 'self-check done');
+    if (inTime) return work;
+    const what = [...running.values()].join(', ') || 'the role of this node';
+    this.failed([`self-check: no result within ${CHECK_DEADLINE_MS / 1000} s (still waiting for: ${what}); the next check does not wait for it`]);
   }
 
   private async checkNow(topology: Topology, running: Map<string, string>): Promise<void> {
@@ -141,7 +134,7 @@ export class LocalNodeKeeper {
       // the writer's timeouts wait out lock_cooldown; the self-check has nothing to wait for
       statementTimeoutMs: Math.min(this.cfg.citus.statementTimeoutMs || KEEPER_STATEMENT_TIMEOUT_MS, KEEPER_STATEMENT_TIMEOUT_MS),
       purpose: 'keeper',
-      onProgress: (step, what) => (what === null ? running.delete(step) : running.set(step, what)),
+      onProgress: trackProgress(running),
       ...(this.opts.applicationName ? { applicationName: this.opts.applicationName } : {}),
       arp: 'onChange',
       vip: { timeoutMs: 1000, count: 3, intervalMs: 150 },

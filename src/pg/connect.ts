@@ -14,6 +14,7 @@
 import type { Client, ClientConfig } from 'pg';
 import type { ControllerConfig } from '../config/types.js';
 import { formatHostPort } from '../net/address.js';
+import { settlesWithin } from '../util/clock.js';
 import { UserError, errorMessage, maskSecrets } from '../util/errors.js';
 import type { Logger } from '../util/log.js';
 import { describePgError, errorCode } from './errors.js';
@@ -220,17 +221,7 @@ export async function pgConnect(cfg: PgConfig, o: ConnectOptions): Promise<Clien
 export async function closeQuietly(client: Client | undefined | null, waitMs = 1000): Promise<void> {
   if (!client) return;
   markBroken(client, 'closed');
-  let timer: NodeJS.Timeout | undefined;
-  const ended = client.end().then(
-    () => true,
-    () => true,
-  );
-  const timedOut = new Promise<false>((resolve) => {
-    timer = setTimeout(() => resolve(false), waitMs);
-  });
-  const done = await Promise.race([ended, timedOut]);
-  if (timer) clearTimeout(timer);
-  if (!done) {
+  if (!(await settlesWithin(client.end(), waitMs))) {
     // node-postgres keeps its socket at client.connection.stream
     const stream = (client as unknown as { connection?: { stream?: { destroy?: () => void } } }).connection?.stream;
     stream?.destroy?.();

@@ -37,3 +37,25 @@ export function sleep(ms: number, signal?: AbortSignal): Promise<void> {
 export function round1(ms: number): number {
   return Math.round(ms * 10) / 10;
 }
+
+/**
+ * Waits for `work` at most `ms` (on the timers node:test can mock): true when it settled in time
+ * (its result stays with the caller), false when the time ran out first. The timer is always cleared.
+ */
+export async function settlesWithin(work: Promise<unknown>, ms: number): Promise<boolean> {
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<false>((resolve) => {
+    timer = setTimeout(() => resolve(false), ms);
+  });
+  try {
+    return await Promise.race([
+      work.then(
+        () => true,
+        () => true,
+      ),
+      late,
+    ]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
