@@ -20,7 +20,8 @@ import { type ControllerConfig } from '../config/types.js';
 import { errorMessage, UserError } from '../util/errors.js';
 import { CallbackArgsError, parseCallbackArgs, planCallback, type CallbackArgs } from '../node/callback-plan.js';
 import { convergeNode, trackProgress, type StepOutcome } from '../node/converge.js';
-import { nudgeSocketPath, runtimeDir } from '../node/runtime-dir.js';
+import { failpointSpec } from '../util/failpoint.js';
+import { NO_RUNTIME_DIR, nudgeSocketPath, runtimeDir } from '../node/runtime-dir.js';
 import { sendNudge } from '../runtime/nudge.js';
 
 /**
@@ -83,7 +84,7 @@ export async function runCallback(
     }
 
     const plan = planCallback(args, cfg);
-    const failpointSpec = process.env.CITUS_CONTROLLER_FAILPOINT; // test-only fault injection
+    const failpoint = failpointSpec(); // test-only, never in a built package
     const outcomes: StepOutcome[] = await convergeNode(plan, cfg, {
       log: {
         info: () => undefined,
@@ -98,10 +99,10 @@ export async function runCallback(
       arp: 'always',
       vip: { timeoutMs: 2000, count: 3, intervalMs: 100 },
       onProgress: trackProgress(running),
-      ...(failpointSpec
+      ...(failpoint !== undefined
         ? {
             failpoint: (name: string) => {
-              if (failpointSpec === `use_secondary_nodes:${name}`) process.kill(process.pid, 'SIGKILL');
+              if (failpoint === `use_secondary_nodes:${name}`) process.kill(process.pid, 'SIGKILL');
             },
           }
         : {}),
@@ -117,7 +118,11 @@ export async function runCallback(
     for (const o of outcomes) say(`${head} ${o.ok ? '' : 'FAILED '}${o.line}`);
 
     running.set('nudge', 'daemon nudge');
-    const nudge = await sendNudge(nudgeSocketPath(cfg.scope, process.env, cfg.citus.socket), `callback ${args.action} ${args.rawRole} ${args.scope}`, NUDGE_TIMEOUT_MS);
+    const socket = nudgeSocketPath(cfg.scope, process.env, cfg.citus.socket);
+    const nudge =
+      socket === undefined
+        ? { delivered: false, detail: NO_RUNTIME_DIR }
+        : await sendNudge(socket, `callback ${args.action} ${args.rawRole} ${args.scope}`, NUDGE_TIMEOUT_MS);
     running.delete('nudge');
     say(`${head} ${nudge.delivered ? nudge.detail : `daemon not nudged: ${nudge.detail}`}`);
 

@@ -75,7 +75,16 @@ export async function startControllers(dir: string, opts: StartControllersOption
     const socket = taken ? join(controllerDirOf(state, m), `controller-${n}.sock`) : own;
     const fd = openSync(logFile, 'a');
     const [cmd, ...args] = cliCommand();
-    const child = spawn(cmd!, [...args, 'watch', '-c', configFile, '--socket', socket, ...(opts.extraArgs ?? [])], {
+    const argv = [cmd!, ...args, 'watch', '-c', configFile, '--socket', socket, ...(opts.extraArgs ?? [])];
+    // as in production (systemd/citus-controller.service: User=postgres, the VIP drop-in's two
+    // capabilities): a lab run as root runs its controllers as the account PostgreSQL runs as, so
+    // they share the member directory (their runtime directory) with its Patroni callbacks
+    const runAs = state.runAs ?? null;
+    const caps = '+net_admin,+net_raw';
+    const full = runAs
+      ? ['setpriv', '--reuid', String(runAs.uid), '--regid', String(runAs.gid), '--init-groups', `--inh-caps=${caps}`, `--ambient-caps=${caps}`, `--bounding-set=-all,${caps}`, '--', ...argv]
+      : argv;
+    const child = spawn(full[0]!, full.slice(1), {
       detached: true,
       stdio: ['ignore', fd, fd],
       env: { ...process.env, CITUS_CONTROLLER_LOG_LEVEL: process.env.CITUS_CONTROLLER_LOG_LEVEL ?? 'info' },

@@ -14,14 +14,15 @@
  *
  * pg is loaded on the first connect (pg/connect.ts), so the callback starts fast.
  */
-import { mkdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
-import { dirname, join } from 'node:path';
+import { rmSync } from 'node:fs';
+import { join } from 'node:path';
 import type { Client } from 'pg';
 import { OWN_APPLICATION_NAME, pgConnect } from '../pg/connect.js';
 import { describePgError } from '../pg/errors.js';
 import { formatHostPort } from '../net/address.js';
 import { type ControllerConfig } from '../config/types.js';
 import { desiredUseSecondary, type UseSecondaryNodes } from './callback-plan.js';
+import { ensureRuntimeDir, readStateFile, writeStateFile } from './runtime-dir.js';
 
 export { desiredUseSecondary };
 export type { UseSecondaryNodes };
@@ -132,10 +133,23 @@ function journalPath(dir: string, cfg: Pick<ControllerConfig, 'postgresql'>): st
   return join(dir, `use-secondary-nodes.${host.replace(/[^A-Za-z0-9.-]/g, '_')}_${port}.pending`);
 }
 
+/** The journal's directory must pass ensureRuntimeDir; else the change goes on without a journal (one warning). */
+function usableJournalDir(dir: string, log: MiniLogger): boolean {
+  try {
+    ensureRuntimeDir(dir);
+    return true;
+  } catch (err) {
+    log.warn({ dir, err: (err as Error).message }, 'not using the runtime directory for the use_secondary_nodes journal; continuing without it');
+    return false;
+  }
+}
+
 function readJournal(path: string | undefined): Journal | undefined {
   if (!path) return undefined;
+  const text = readStateFile(path);
+  if (text === undefined) return undefined;
   try {
-    const j = JSON.parse(readFileSync(path, 'utf8')) as Partial<Journal>;
+    const j = JSON.parse(text) as Partial<Journal>;
     if ((j.value === 'never' || j.value === 'always') && typeof j.sinceMs === 'number') return { value: j.value, sinceMs: j.sinceMs };
   } catch {
     // absent or torn: ignore
@@ -146,9 +160,7 @@ function readJournal(path: string | undefined): Journal | undefined {
 function writeJournal(path: string | undefined, j: Journal, log: MiniLogger): void {
   if (!path) return;
   try {
-    mkdirSync(dirname(path), { recursive: true, mode: 0o700 });
-    writeFileSync(`${path}.tmp`, JSON.stringify(j), { mode: 0o600 });
-    renameSync(`${path}.tmp`, path);
+    writeStateFile(path, JSON.stringify(j));
   } catch (err) {
     log.warn({ path, err: (err as Error).message }, 'cannot write the use_secondary_nodes journal; continuing without it');
   }
@@ -194,7 +206,7 @@ async function ensure(
   where: string,
 ): Promise<EnsureResult> {
   const connect = opts.connect ?? (() => pgConnect(cfg, { purpose: 'callback', waitWhileStarting: true }));
-  const jpath = opts.journalDir ? journalPath(opts.journalDir, cfg) : undefined;
+  const jpath = opts.journalDir !== undefined && usableJournalDir(opts.journalDir, log) ? journalPath(opts.journalDir, cfg) : undefined;
 
   const state = await readState(client, opts.clientIsFresh === true);
   const live = opts.clientIsFresh ? state.live : (await liveValue(connect)).value;

@@ -16,7 +16,7 @@ import { LogOnce } from '../util/log-once.js';
 import type { Logger } from '../util/log.js';
 import { Controller } from './controller.js';
 import { listenForNudges, type Nudge, type NudgeListener } from './nudge.js';
-import { nudgeSocketPath } from '../node/runtime-dir.js';
+import { NO_RUNTIME_DIR, nudgeSocketPath } from '../node/runtime-dir.js';
 import { READY, detectsChange, failedPassMode, findingLines, needsRetry, passMode, type Mode, type PassOutcome, type Trigger } from './outcome.js';
 
 /** What the daemon needs of a controller (the Controller; a fake in unit tests). */
@@ -105,11 +105,15 @@ export class Daemon {
     this.controller.source.onChange(() => this.trigger({ kind: 'topology' }));
     await this.controller.start();
     const socket = this.opts.socketPath ?? nudgeSocketPath(this.cfg.scope, process.env, this.cfg.citus.socket);
-    try {
-      this.nudges = await (this.opts.listen ?? listenForNudges)(socket, (n) => this.trigger({ kind: 'nudge', detail: n.reason }));
-      this.log.info({ socket }, 'listening for nudges from the Patroni callback');
-    } catch (err) {
-      this.log.warn({ socket, err: errorMessage(err) }, 'cannot listen for nudges (callbacks will not speed up reconciling; the resync timer still runs)');
+    if (socket === undefined) {
+      this.log.warn(`cannot listen for nudges: ${NO_RUNTIME_DIR} (callbacks will not speed up reconciling; the resync timer still runs)`);
+    } else {
+      try {
+        this.nudges = await (this.opts.listen ?? listenForNudges)(socket, (n) => this.trigger({ kind: 'nudge', detail: n.reason }));
+        this.log.info({ socket }, 'listening for nudges from the Patroni callback');
+      } catch (err) {
+        this.log.warn({ socket, err: errorMessage(err) }, 'cannot listen for nudges (callbacks will not speed up reconciling; the resync timer still runs)');
+      }
     }
     const everyMs = 1000 * (this.controller.source.kind === 'probe' ? this.cfg.citus.loopWait : this.cfg.citus.resyncInterval);
     this.timer = setInterval(() => this.trigger({ kind: 'timer' }), everyMs);

@@ -15,8 +15,8 @@
  *   5. /tmp/citus-controller-<uid>/<scope>.sock
  * The directory of the socket is also the controller's runtime state directory (runtimeDir).
  */
-import { chmodSync, chownSync, lstatSync, mkdirSync, readFileSync, statSync, unlinkSync } from 'node:fs';
-import { isDir } from '../node/runtime-dir.js';
+import { chmodSync, chownSync, lstatSync, readFileSync, statSync, unlinkSync } from 'node:fs';
+import { ensureRuntimeDir } from '../node/runtime-dir.js';
 import { createConnection, createServer, type Server, type Socket } from 'node:net';
 import { dirname } from 'node:path';
 
@@ -137,7 +137,7 @@ function socketIsLive(path: string): Promise<boolean> {
  */
 export async function listenForNudges(path: string, onNudge: (n: Nudge) => void, opts: ListenOptions = {}): Promise<NudgeListener> {
   const dir = dirname(path);
-  if (!isDir(dir)) mkdirSync(dir, { recursive: true, mode: 0o755 });
+  ensureRuntimeDir(dir);
   let st: ReturnType<typeof lstatSync> | undefined;
   try {
     st = lstatSync(path);

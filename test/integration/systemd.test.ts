@@ -7,7 +7,7 @@
  */
 import { test, describe, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -110,5 +110,20 @@ describe('systemd units', () => {
     assert.equal(ok.exitCode, 0, String(ok.stderr));
     const bad = await execa('systemd-analyze', ['capability', 'CAP_NET_ADMINN'], { reject: false });
     assert.notEqual(bad.exitCode, 0, 'the check would catch a misspelt capability');
+  });
+
+  test('tmpfiles.d/citus-controller.conf creates /run/citus-controller owned by postgres, writable by nobody else', async () => {
+    const rootDir = join(work, 'tmpfiles-root');
+    mkdirSync(join(rootDir, 'etc'), { recursive: true });
+    for (const f of ['passwd', 'group']) writeFileSync(join(rootDir, 'etc', f), readFileSync(join('/etc', f)));
+    const conf = join(sd, 'tmpfiles.d/citus-controller.conf');
+    const r = await execa('systemd-tmpfiles', ['--create', `--root=${rootDir}`, conf], { reject: false });
+    assert.equal(r.exitCode, 0, String(r.stderr));
+    const st = statSync(join(rootDir, 'run/citus-controller'));
+    assert.ok(st.isDirectory(), 'a directory');
+    assert.equal(st.mode & 0o777, 0o755);
+    const pg = await execa('id', ['-u', 'postgres']);
+    assert.equal(st.uid, Number(pg.stdout));
+    assert.match(service, /^RuntimeDirectory=citus-controller$/m, 'the unit keeps the same directory');
   });
 });

@@ -1,12 +1,12 @@
 import { test, describe, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { existsSync, lstatSync, mkdirSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, chownSync, existsSync, lstatSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import { createConnection, createServer, type Server } from 'node:net';
 import { spawn } from 'node:child_process';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { listenForNudges, sendNudge, type Nudge } from '../../src/runtime/nudge.js';
-import { nudgeSocketPath, runtimeDir, RUN_DIR } from '../../src/node/runtime-dir.js';
+import { checkRuntimeDir, ensureRuntimeDir, nudgeSocketPath, readStateFile, runtimeDir, RUN_DIR, writeStateFile } from '../../src/node/runtime-dir.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'cc-nudge-'));
 after(() => rmSync(dir, { recursive: true, force: true }));
@@ -20,12 +20,62 @@ describe('nudgeSocketPath', () => {
     assert.equal(nudgeSocketPath('cn', { CITUS_CONTROLLER_SOCKET: '/x/y.sock' }, '/lab/cn-1/controller.sock'), '/x/y.sock');
     assert.equal(runtimeDir('cn', {}, '/lab/cn-1/controller.sock'), '/lab/cn-1');
   });
-  test(`${RUN_DIR} when it exists, else XDG_RUNTIME_DIR, else /tmp/citus-controller-<uid>`, () => {
+  test(`${RUN_DIR} when it exists, else XDG_RUNTIME_DIR, else none (no shared /tmp fallback)`, () => {
     const p = nudgeSocketPath('cn', { XDG_RUNTIME_DIR: dir });
     if (existsSync(RUN_DIR)) assert.equal(p, `${RUN_DIR}/cn.sock`);
     else assert.equal(p, join(dir, 'citus-controller', 'cn.sock'));
     const q = nudgeSocketPath('cn', {});
-    if (!existsSync(RUN_DIR)) assert.equal(q, `/tmp/citus-controller-${process.getuid?.() ?? 0}/cn.sock`);
+    if (!existsSync(RUN_DIR)) {
+      assert.equal(q, undefined);
+      assert.equal(runtimeDir('cn', {}), undefined);
+    }
+    assert.doesNotMatch(String(q), /^\/tmp\//, 'never a directory under /tmp that another user could create first');
+  });
+});
+
+describe('runtime directory: ownership and file creation', () => {
+  const victim = join(dir, 'victim');
+
+  test('a directory of ours, mode 0700 or 0755: usable', () => {
+    const d = join(dir, 'own');
+    ensureRuntimeDir(d);
+    assert.equal(statSync(d).mode & 0o777, 0o700);
+    assert.equal(checkRuntimeDir(d), undefined);
+    chmodSync(d, 0o755);
+    assert.equal(checkRuntimeDir(d), undefined);
+  });
+
+  test('group/other-writable, a symlink, another owner: refused with one line naming it', () => {
+    const d = join(dir, 'open');
+    mkdirSync(d);
+    chmodSync(d, 0o777);
+    assert.equal(checkRuntimeDir(d), `runtime directory ${d} is writable by group or others (mode 0777)`);
+    assert.throws(() => ensureRuntimeDir(d), { message: `runtime directory ${d} is writable by group or others (mode 0777)` });
+    chmodSync(d, 0o1777);
+    assert.match(String(checkRuntimeDir(d)), /writable by group or others \(mode 1777\)$/);
+    const link = join(dir, 'link');
+    symlinkSync(join(dir, 'own'), link);
+    assert.equal(checkRuntimeDir(link), `runtime directory ${link} is a symlink`);
+    const other = join(dir, 'other');
+    mkdirSync(other, { mode: 0o700 });
+    chownSync(other, 65534, 65534);
+    assert.equal(checkRuntimeDir(other), `runtime directory ${other} is owned by uid 65534, not by this process's user (uid ${process.geteuid?.() ?? 0})`);
+    assert.throws(() => writeStateFile(join(other, 'x.pending'), '{}'), { message: /owned by uid 65534/ });
+  });
+
+  test('state files never follow a symlink planted at the file or at its temporary name', () => {
+    const d = join(dir, 'own');
+    writeFileSync(victim, 'precious\n');
+    const file = join(d, 'use-secondary-nodes.x_5432.pending');
+    symlinkSync(victim, file);
+    assert.equal(readStateFile(file), undefined, 'a symlink is not read through');
+    symlinkSync(victim, `${file}.${process.pid}.tmp`);
+    writeStateFile(file, '{"value":"never","sinceMs":1}');
+    assert.equal(readFileSync(victim, 'utf8'), 'precious\n', 'the symlink target is untouched');
+    assert.ok(lstatSync(file).isFile(), 'the state file replaced the symlink');
+    assert.equal(statSync(file).mode & 0o777, 0o600);
+    assert.equal(readStateFile(file), '{"value":"never","sinceMs":1}');
+    assert.equal(existsSync(`${file}.${process.pid}.tmp`), false);
   });
 });
 
