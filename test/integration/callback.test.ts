@@ -20,6 +20,7 @@ import { listenForNudges, type Nudge } from '../../src/runtime/nudge.js';
 
 const root = resolve(fileURLToPath(import.meta.url), '../../..');
 const HOOK = join(root, 'hooks/patroni-callback');
+const SRC_CLI = join(root, 'src/cli.ts');
 const LINE = /^citus-controller-callback\[\d+\]: /;
 
 const work = mkdtempSync(join(tmpdir(), 'cc-callback-'));
@@ -65,9 +66,13 @@ function writeConfig(o: {
   return file;
 }
 
-async function hook(args: string[], o: { env?: Record<string, string>; wrap?: string[] } = {}): Promise<HookRun> {
+/**
+ * Runs the hook (the built package, as Patroni does). fromSource: `citus-controller callback` from
+ * the TypeScript sources instead, the only way test-only failpoints are honoured.
+ */
+async function hook(args: string[], o: { env?: Record<string, string>; wrap?: string[]; fromSource?: boolean } = {}): Promise<HookRun> {
   const t0 = performance.now();
-  const argv = [...(o.wrap ?? []), HOOK, ...args];
+  const argv = o.fromSource ? [process.execPath, '--import', 'tsx', SRC_CLI, 'callback', ...args] : [...(o.wrap ?? []), HOOK, ...args];
   const r = await execa(argv[0] as string, argv.slice(1), {
     reject: false,
     timeout: 15000,
@@ -284,19 +289,33 @@ describe('use_secondary_nodes on a PostgreSQL primary + hot standby', () => {
 
   test('SIGKILLed between reload and termination: the next run finishes the job', async () => {
     const off = writeConfig({ port: pair.standby.port, password: pair.password, readFromSecondaries: false });
+    const start = await hook(['--config', standbyCfg, 'on_role_change', 'replica', 'cn']);
+    assert.equal(start.code, 0, start.stderr);
+    assert.equal(await show(pair.standby), 'always');
     const app = await session(pair.standby, 'reporting');
+    const ignored = await hook(['--config', off, 'on_role_change', 'replica', 'cn'], {
+      env: { CITUS_CONTROLLER_FAILPOINT: 'use_secondary_nodes:after-reload' },
+    });
+    assert.equal(ignored.signal, undefined, `the built package ignores test-only failpoints: ${ignored.stderr}`);
+    assert.equal(ignored.code, 0, ignored.stderr);
+    assert.equal(await alive(app), false, 'the built package finished the change');
+    const back0 = await hook(['--config', standbyCfg, 'on_role_change', 'replica', 'cn']);
+    assert.equal(back0.code, 0, back0.stderr);
+    const app2 = await session(pair.standby, 'reporting');
+
     const killed = await hook(['--config', off, 'on_role_change', 'replica', 'cn'], {
       env: { CITUS_CONTROLLER_FAILPOINT: 'use_secondary_nodes:after-reload' },
+      fromSource: true,
     });
     assert.equal(killed.signal, 'SIGKILL', killed.stderr);
     assert.equal(await show(pair.standby), 'never', 'the value was applied before the kill');
-    assert.equal(await alive(app), true, 'the old session survived the killed run');
+    assert.equal(await alive(app2), true, 'the old session survived the killed run');
     assert.equal(pending().length, 1, 'the crash journal is there');
 
     const r = await hook(['--config', off, 'on_role_change', 'replica', 'cn']);
     assert.equal(r.code, 0, r.stderr);
     assert.match(lineOf(r, /use_secondary_nodes/), /use_secondary_nodes never on 127\.0\.0\.1:\d+: finished an interrupted change, terminated 1 client session$/);
-    assert.equal(await alive(app), false);
+    assert.equal(await alive(app2), false);
     assert.deepEqual(pending(), []);
 
     const r2 = await hook(['--config', off, 'on_role_change', 'replica', 'cn']);
