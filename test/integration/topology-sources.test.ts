@@ -627,7 +627,7 @@ describe('etcd v3 and v2 sources against a real etcd', { timeout: 110_000 }, () 
       proxy.heal();
       await waitUntil(() => h.snapshot().fresh, { timeoutMs: 8000, what: 'fresh after heal' });
       assert.equal(primaryOf(h.snapshot(), 0), 'cmp-b');
-      await waitUntil(() => c.lines.some((l) => l.level === 40 && /etcd watch on \/service\/ failed; re-creating it/.test(l.msg)), { timeoutMs: 5000, what: 'watch error logged' });
+      await waitUntil(() => c.lines.some((l) => l.level === 40 && /etcd watch on \/service\/ failed \(.*\); re-reading, and re-creating the client and the watch/.test(l.msg)), { timeoutMs: 5000, what: 'watch error logged' });
       await sleep(400); // the new watcher attached
       const t0 = performance.now();
       await etcd.txn(scopeKeys('cmp', CMP, 'cmp-a'));

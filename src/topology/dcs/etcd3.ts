@@ -29,6 +29,7 @@ import { errorMessage } from '../../util/errors.js';
 import type { Logger } from '../../util/log.js';
 import type { ScopeRef } from '../../config/groups.js';
 import { LogOnce } from '../../util/log-once.js';
+import { Backoff } from '../../util/backoff.js';
 import { basicAuth } from './etcd2.js';
 import { citusLayoutMessage, DcsScopes } from './scopes.js';
 import { flattenV2Node, type DcsKv } from './layout.js';
@@ -37,7 +38,7 @@ import type { GroupView } from '../model.js';
 
 type FaultHandling = NonNullable<IOptions['faultHandling']>;
 type RetryPolicy = NonNullable<FaultHandling['global']>;
-type Backoff = NonNullable<FaultHandling['watchBackoff']>;
+type WatchBackoff = NonNullable<FaultHandling['watchBackoff']>;
 
 /** A cockatiel-compatible policy that just runs the call once (no retry, no circuit breaker). */
 const noopEvent = () => ({ dispose: () => undefined });
@@ -47,9 +48,35 @@ const passThrough = {
   execute: <T>(fn: (ctx: { signal: AbortSignal }) => PromiseLike<T> | T) => Promise.resolve().then(() => fn({ signal: new AbortController().signal })),
 } as unknown as RetryPolicy;
 
+/**
+ * An etcd3 client whose every request carries `hasleader: true` (etcd's require-leader metadata):
+ * a member that lost its leader refuses reads at once and cancels the watch stream (etcd ends
+ * require-leader streams when the member has no leader), instead of a watch that stays connected
+ * and silent on a minority member. etcd3 1.1.2 has no option for it: the metadata of every call
+ * comes from its authenticator, which is wrapped here.
+ */
+/** The part of grpc's Metadata used here (etcd3 passes @grpc/grpc-js Metadata objects). */
+interface Metadata {
+  clone(): Metadata;
+  set(key: string, value: string): void;
+}
+
+function makeClient(options: IOptions): Etcd3 {
+  const client = new Etcd3(options);
+  const auth = (client as unknown as { pool?: { authenticator?: { getMetadata?: () => Promise<Metadata> } } }).pool?.authenticator;
+  const original = auth?.getMetadata?.bind(auth);
+  if (!auth || !original) throw new Error('etcd3 client internals changed: cannot set require-leader (hasleader) metadata');
+  auth.getMetadata = async () => {
+    const md = (await original()).clone();
+    md.set('hasleader', 'true');
+    return md;
+  };
+  return client;
+}
+
 /** Watch reconnect delays: 100, 200, 400, ... capped at maxMs; reset by etcd3 after a successful (re)connect. */
-function watchBackoff(ms: number, maxMs: number): Backoff {
-  return { duration: ms, next: () => watchBackoff(Math.min(maxMs, Math.max(100, ms * 2)), maxMs) } as unknown as Backoff;
+function watchBackoff(ms: number, maxMs: number): WatchBackoff {
+  return { duration: ms, next: () => watchBackoff(Math.min(maxMs, Math.max(100, ms * 2)), maxMs) } as unknown as WatchBackoff;
 }
 
 export interface EtcdV3ReaderOptions {
@@ -82,7 +109,12 @@ export class EtcdV3Reader implements TopologyReader {
   readonly periodMs: number;
   private readonly dcsScopes: DcsScopes;
   private readonly nsPrefix: string;
-  private readonly client: Etcd3;
+  private client: Etcd3;
+  private readonly clientOptions: IOptions;
+  /** Delay before re-creating a failed watch: 200 ms doubling to 10 s, reset once a watch attaches. */
+  private readonly watchRetry = new Backoff({ initialMs: 200, maxMs: 10000 });
+  /** A failing watch is reported once per streak (and once when it attaches again). */
+  private readonly watchFailures: LogOnce;
   private watcher: Watcher | null = null;
   private readonly readTimeoutMs: number;
   private readonly partialRangeMax: number;
@@ -126,7 +158,12 @@ export class EtcdV3Reader implements TopologyReader {
       },
       ...(dcs.username !== undefined ? { auth: { username: dcs.username, password: dcs.password ?? '' } } : {}),
     };
-    this.client = new Etcd3(options);
+    this.clientOptions = options;
+    this.client = makeClient(options);
+    this.watchFailures = new LogOnce({
+      problem: (text) => this.log.warn({ source: 'etcd' }, text),
+      recovered: (_text, _key, forMs) => this.log.info({ source: 'etcd', ms: forMs }, `etcd watch on ${this.nsPrefix} attached again after ${forMs} ms`),
+    });
   }
 
   describe(): string {
@@ -167,16 +204,23 @@ export class EtcdV3Reader implements TopologyReader {
     let lost = false;
     // Listeners first, before anything can emit.
     w.on('error', (err: unknown) => {
-      this.log.warn({ source: 'etcd', err: errorMessage(err) }, `etcd watch on ${prefix} failed; re-creating it and re-reading`);
+      const delay = this.watchRetry.next();
+      this.watchFailures.problem(`etcd watch on ${prefix} failed (${errorMessage(err)}); re-reading, and re-creating the client and the watch with backoff (200 ms doubling to 10 s)`);
       if (this.watcher === w) this.watcher = null;
-      // etcd3 emits `error` only for a watch etcd canceled (compaction, ...): the manager has
-      // already dropped it, so no cancel() (its cancel request would never be answered).
+      // etcd3 emits `error` only for a watch etcd canceled (compaction, permission denied, ...):
+      // the manager has already dropped it, so no cancel() (its cancel request would never be
+      // answered). etcd3 1.1.2 never attaches another watcher on the same client after a refused
+      // one (it stays silent, measured), so the client is replaced before the next watch.
       w.removeAllListeners('put');
       w.removeAllListeners('delete');
       const t = setTimeout(() => {
         this.timers.delete(t);
+        if (this.closed) return;
+        const old = this.client;
+        this.client = makeClient(this.clientOptions);
+        old.close();
         this.watch();
-      }, 200);
+      }, delay);
       this.timers.add(t);
       hooks.reconnected();
     });
@@ -188,6 +232,8 @@ export class EtcdV3Reader implements TopologyReader {
     });
     let attached = false;
     w.on('connected', () => {
+      this.watchRetry.reset();
+      this.watchFailures.ok();
       if (lost) {
         lost = false;
         hooks.reconnected();

@@ -1,0 +1,112 @@
+/**
+ * DCS faults on real etcd 3.4 processes started here (test/helpers/etcd-cluster.ts): a member that
+ * lost its leader, a watch etcd refuses. What is asserted is what the daemon would act on: the
+ * source's snapshot (fresh or stale, who is primary) and its log lines.
+ */
+import { after, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { configFromObject } from '../../src/config/load.js';
+import { type ControllerConfig } from '../../src/config/types.js';
+import { chooseSource } from '../../src/topology/choose.js';
+import { type TopologySource } from '../../src/topology/reader.js';
+import { runningPrimary, type Topology } from '../../src/topology/model.js';
+import { captureLog } from '../helpers/log.js';
+import { EtcdCluster, patroniScopeKeys } from '../helpers/etcd-cluster.js';
+import { sleep, waitUntil } from '../helpers/wait.js';
+
+const CN = { 'cn-a': 15432, 'cn-b': 15433 };
+
+function config(hosts: string[], section: 'etcd3' | 'etcd', extra: Record<string, unknown> = {}): ControllerConfig {
+  return configFromObject(
+    {
+      scope: 'cn',
+      namespace: '/service/',
+      [section]: { hosts, ...extra },
+      postgresql: { connect_address: '127.0.0.1:5432', authentication: { superuser: { username: 'postgres' } } },
+      citus: { databases: ['postgres'], resync_interval: 30, connect_timeout: 1000, confirm_promotion: false, workers: [] },
+    },
+    'etcd-faults.yml',
+  );
+}
+
+function primary(t: Topology): string | undefined {
+  const g = t.groups.find((x) => x.groupid === 0);
+  if (!g) return undefined;
+  const r = runningPrimary(g, t.source);
+  return r.ok ? r.member.name : `!${r.reason}`;
+}
+
+const handles: TopologySource[] = [];
+function open(cfg: ControllerConfig, log: ReturnType<typeof captureLog>['log']): TopologySource {
+  const h = chooseSource(cfg, { log });
+  handles.push(h);
+  return h;
+}
+
+after(async () => {
+  for (const h of handles) await h.stop().catch(() => undefined);
+});
+
+describe('etcd3 on a 3-member cluster: a member without a leader', { timeout: 120000 }, () => {
+  let cluster: EtcdCluster;
+  after(async () => cluster?.stop());
+
+  test('the watch on a member that lost quorum does not stay connected and silent: the view turns stale long before the resync', async () => {
+    cluster = await EtcdCluster.start(3);
+    await cluster.txn(0, patroniScopeKeys('cn', CN, 'cn-a'));
+    const c = captureLog();
+    // the reader knows only member 0; members 1 and 2 freeze: member 0 has no leader after its election timeout
+    const h = open(config([cluster.endpoint(0)], 'etcd3'), c.log);
+    await h.start();
+    assert.equal(h.snapshot().fresh, true, h.snapshot().staleReason);
+    assert.equal(primary(h.snapshot()), 'cn-a');
+    await sleep(300); // watch attached
+    const t0 = performance.now();
+    cluster.freeze(1);
+    cluster.freeze(2);
+    const ms = await waitUntil(() => !h.snapshot().fresh, {
+      timeoutMs: 12000,
+      intervalMs: 20,
+      what: () => `the view on the leaderless member to turn stale (resync is 30 s); log: ${c.lines.map((l) => l.msg).join(' | ')}`,
+    });
+    console.log(`# leaderless member: view stale ${(performance.now() - t0).toFixed(0)} ms after quorum was lost (${ms.toFixed(0)} ms of polling)`);
+    cluster.thaw(1);
+    cluster.thaw(2);
+    await waitUntil(() => h.snapshot().fresh, { timeoutMs: 20000, what: 'fresh again once the members are back' });
+    await cluster.txn(1, patroniScopeKeys('cn', CN, 'cn-b'));
+    await waitUntil(() => primary(h.snapshot()) === 'cn-b', { timeoutMs: 3000, what: 'the change after the heal seen by the watch' });
+  });
+});
+
+describe('etcd3: a watch etcd refuses (permission denied)', { timeout: 120000 }, () => {
+  let cluster: EtcdCluster;
+  after(async () => cluster?.stop());
+
+  test('re-created with backoff and one warning, and it attaches once etcd allows it (etcd3 1.1.2 never attaches again on the same client)', async () => {
+    cluster = await EtcdCluster.start(1);
+    await cluster.txn(0, patroniScopeKeys('cn', CN, 'cn-a'));
+    await cluster.ctl(0, ['user', 'add', 'root:rootpw']);
+    await cluster.ctl(0, ['user', 'add', 'cc:ccpw']);
+    await cluster.ctl(0, ['role', 'add', 'reader']);
+    await cluster.ctl(0, ['user', 'grant-role', 'cc', 'reader']);
+    await cluster.ctl(0, ['auth', 'enable']);
+    const root = ['--user=root:rootpw'];
+    await cluster.ctl(0, [...root, 'user', 'grant-role', 'root', 'root']).catch(() => undefined);
+
+    const c = captureLog();
+    const h = open(config([cluster.endpoint(0)], 'etcd3', { username: 'cc', password: 'ccpw' }), c.log);
+    await h.start().catch(() => undefined); // the first read is refused too
+    await sleep(3000);
+    const refusals = c.lines.filter((l) => /etcd watch on \/service\/ failed/.test(l.msg));
+    console.log(`# refused watch: ${refusals.length} warning(s) in 3 s`);
+    assert.equal(refusals.length, 1, `one warning per streak, not one per retry: ${refusals.map((l) => l.msg).join(' | ')}`);
+    assert.match(refusals[0]!.msg, /permission denied/i);
+    assert.equal(h.snapshot().fresh, false, 'nothing was read: not fresh');
+
+    await cluster.ctl(0, [...root, 'role', 'grant-permission', '--prefix=true', 'reader', 'read', '/service/']);
+    await waitUntil(() => c.lines.some((l) => /etcd watch on \/service\/ attached again/.test(l.msg)), { timeoutMs: 15000, what: 'the watch attached again' });
+    await waitUntil(() => h.snapshot().fresh && primary(h.snapshot()) === 'cn-a', { timeoutMs: 5000, what: 'fresh view' });
+    await cluster.txn(0, patroniScopeKeys('cn', CN, 'cn-b'), { Authorization: await cluster.token(0, 'root', 'rootpw') });
+    await waitUntil(() => primary(h.snapshot()) === 'cn-b', { timeoutMs: 2000, what: 'the change seen through the watch (the resync is 30 s)' });
+  });
+});
