@@ -118,6 +118,14 @@ export class EtcdCluster {
     if (r.status !== 200) throw new Error(`etcd txn via ${this.endpoint(i)}: HTTP ${r.status} ${await r.text()}`);
   }
 
+  /** Puts through member `i`'s v2 API, one key at a time (the namespace must be v2-enabled). */
+  async v2put(i: number, puts: Record<string, string>): Promise<void> {
+    for (const [key, value] of Object.entries(puts)) {
+      const r = await fetch(`http://${this.endpoint(i)}/v2/keys${key}`, { method: 'PUT', body: new URLSearchParams({ value }), signal: AbortSignal.timeout(3000) });
+      if (r.status !== 200 && r.status !== 201) throw new Error(`v2 PUT ${key} via ${this.endpoint(i)}: HTTP ${r.status}`);
+    }
+  }
+
   /** An auth token for the HTTP gateway (header Authorization), from /v3/auth/authenticate. */
   async token(i: number, name: string, password: string): Promise<string> {
     const r = await fetch(`http://${this.endpoint(i)}/v3/auth/authenticate`, { method: 'POST', body: JSON.stringify({ name, password }), signal: AbortSignal.timeout(3000) });

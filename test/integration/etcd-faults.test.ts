@@ -5,6 +5,8 @@
  */
 import { after, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
+import { createServer, type Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
 import { configFromObject } from '../../src/config/load.js';
 import { type ControllerConfig } from '../../src/config/types.js';
 import { chooseSource } from '../../src/topology/choose.js';
@@ -108,5 +110,89 @@ describe('etcd3: a watch etcd refuses (permission denied)', { timeout: 120000 },
     await waitUntil(() => h.snapshot().fresh && primary(h.snapshot()) === 'cn-a', { timeoutMs: 5000, what: 'fresh view' });
     await cluster.txn(0, patroniScopeKeys('cn', CN, 'cn-b'), { Authorization: await cluster.token(0, 'root', 'rootpw') });
     await waitUntil(() => primary(h.snapshot()) === 'cn-b', { timeoutMs: 2000, what: 'the change seen through the watch (the resync is 30 s)' });
+  });
+});
+
+describe('etcd v2 API: members that answer errors or lost their leader', { timeout: 120000 }, () => {
+  let cluster: EtcdCluster;
+  let liar: Server;
+  let liarPort = 0;
+  let liarHits = 0;
+  after(async () => {
+    await cluster?.stop();
+    await new Promise<void>((r) => (liar ? liar.close(() => r()) : r()));
+  });
+
+  test('a member answering HTTP 503 does not block the source: the next member answers', async () => {
+    cluster = await EtcdCluster.start(3);
+    await cluster.v2put(0, patroniScopeKeys('cn', CN, 'cn-a'));
+    liar = createServer((_req, res) => {
+      liarHits++;
+      res.writeHead(503, { 'content-type': 'application/json' }).end('{"message":"etcd is unavailable"}');
+    });
+    await new Promise<void>((r) => liar.listen(0, '127.0.0.1', () => r()));
+    liarPort = (liar.address() as AddressInfo).port;
+    const c = captureLog();
+    const h = open(config([`127.0.0.1:${liarPort}`, cluster.endpoint(0)], 'etcd'), c.log);
+    await h.start();
+    const s = h.snapshot();
+    assert.equal(s.fresh, true, `fresh through the second member: ${s.staleReason ?? ''}`);
+    assert.equal(primary(s), 'cn-a');
+    assert.ok(liarHits >= 1, 'the 503 member was asked first');
+    await cluster.v2put(1, patroniScopeKeys('cn', CN, 'cn-b'));
+    await waitUntil(() => primary(h.snapshot()) === 'cn-b', { timeoutMs: 3000, what: 'the change seen through the healthy member' });
+    await h.stop();
+  });
+
+  test('quorum reads: a member without a leader cannot serve its old state as fresh', async () => {
+    await cluster.v2put(0, patroniScopeKeys('cn', CN, 'cn-a'));
+    const c = captureLog();
+    const h = open(config([cluster.endpoint(0)], 'etcd'), c.log);
+    await h.start();
+    assert.equal(h.snapshot().fresh, true, h.snapshot().staleReason);
+    cluster.freeze(1);
+    cluster.freeze(2);
+    try {
+      await sleep(1500); // member 0 lost its leader
+      const t = await h.refresh();
+      assert.equal(t.fresh, false, `a read on the leaderless member must fail, not return its old state (got ${primary(t) ?? '?'} as fresh)`);
+      console.log(`# v2 leaderless member: refresh says stale: ${t.staleReason ?? ''}`);
+    } finally {
+      cluster.thaw(1);
+      cluster.thaw(2);
+    }
+    await waitUntil(async () => (await h.refresh()).fresh, { timeoutMs: 20000, what: 'fresh again once the members are back' });
+    await h.stop();
+  });
+});
+
+describe('etcd3 reads: a frozen member does not fail a read another member can answer', { timeout: 120000 }, () => {
+  let cluster: EtcdCluster;
+  after(async () => cluster?.stop());
+
+  test('every read is fresh with one of two configured members frozen (SIGSTOP)', async () => {
+    cluster = await EtcdCluster.start(3);
+    await cluster.txn(0, patroniScopeKeys('cn', CN, 'cn-a'));
+    const c = captureLog();
+    const h = open(config([cluster.endpoint(0), cluster.endpoint(1)], 'etcd3'), c.log);
+    await h.start();
+    assert.equal(h.snapshot().fresh, true, h.snapshot().staleReason);
+    cluster.freeze(0);
+    try {
+      // members 1 and 2 keep (or elect) a leader
+      await cluster.waitHealthy(cluster.members[1]!);
+      const results: string[] = [];
+      for (let i = 0; i < 8; i++) {
+        const t0 = performance.now();
+        const t = await h.refresh();
+        results.push(`${t.fresh ? 'fresh' : `stale (${t.staleReason ?? ''})`} ${(performance.now() - t0).toFixed(0)} ms`);
+      }
+      console.log(`# etcd3 reads with member 0 frozen: ${results.join(', ')}`);
+      assert.ok(results.every((r) => r.startsWith('fresh')), `every read answered by member 1: ${results.join(' | ')}`);
+      assert.equal(primary(h.snapshot()), 'cn-a');
+    } finally {
+      cluster.thaw(0);
+    }
+    await h.stop();
   });
 });

@@ -124,13 +124,30 @@ export class EtcdV2Reader implements TopologyReader {
     return `/v2/keys${(scope === undefined ? this.nsPrefix : scopePrefix(this.cfg, scope)).replace(/\/$/, '')}`;
   }
 
-  /** GET on the host that answered last, then the others. Throws the last error when none answers. */
-  private async get(pathAndQuery: string, signal: AbortSignal): Promise<V2Answer> {
+  /**
+   * GET on the host that answered last, then the others. Only an answer etcd gives about the keys
+   * counts: 2xx, "key not found" (404, errorCode 100) or "event index cleared" (errorCode 401).
+   * Anything else (a 5xx, a proxy's or a v2-disabled member's 404, an unreachable host, a timeout)
+   * moves on to the next member. `budgetMs`: the whole call's deadline, shared so that every member
+   * left gets its turn (each attempt gets the remaining time divided by the members left, at
+   * least 200 ms); without it (the long-poll) an attempt ends only with `signal`. Throws the last
+   * failure when no member answers.
+   */
+  private async get(pathAndQuery: string, opts: { budgetMs?: number; signal?: AbortSignal } = {}): Promise<V2Answer> {
     let lastErr: unknown = new Error('no etcd host configured');
+    const outer = opts.signal ? AbortSignal.any([opts.signal, this.closing.signal]) : this.closing.signal;
+    const deadline = opts.budgetMs !== undefined ? performance.now() + opts.budgetMs : undefined;
     for (let i = 0; i < this.bases.length; i++) {
       const idx = (this.current + i) % this.bases.length;
+      const base = this.bases[idx] ?? '';
+      let signal = outer;
+      if (deadline !== undefined) {
+        const left = deadline - performance.now();
+        if (left <= 0) break;
+        signal = AbortSignal.any([outer, AbortSignal.timeout(Math.max(200, Math.floor(left / (this.bases.length - i))))]);
+      }
       try {
-        const res = await fetch(`${this.bases[idx] ?? ''}${pathAndQuery}`, { signal, headers: this.headers });
+        const res = await fetch(`${base}${pathAndQuery}`, { signal, headers: this.headers });
         const text = await res.text();
         let body: unknown = null;
         try {
@@ -138,26 +155,34 @@ export class EtcdV2Reader implements TopologyReader {
         } catch {
           body = text;
         }
+        const code = body && typeof body === 'object' ? (body as { errorCode?: unknown }).errorCode : undefined;
+        if (!(res.ok || (res.status === 404 && code === 100) || code === 401)) {
+          const why = body && typeof body === 'object' && typeof (body as { message?: unknown }).message === 'string' ? (body as { message: string }).message : String(text).slice(0, 80).trim();
+          lastErr = new Error(`${base} answered HTTP ${res.status}${why ? ` (${why})` : ''}${res.status === 404 ? ': is etcd started with --enable-v2?' : ''}`);
+          continue;
+        }
         let ix = Number(res.headers.get('x-etcd-index'));
         if (!(Number.isSafeInteger(ix) && ix > 0) && body && typeof body === 'object') ix = Number((body as { index?: unknown }).index);
         this.current = idx;
         return { status: res.status, index: Number.isSafeInteger(ix) && ix > 0 ? ix : null, body };
       } catch (err) {
-        if (signal.aborted) throw err;
-        lastErr = err;
+        if (outer.aborted) throw err;
+        lastErr = signal.aborted ? new Error(`${base} did not answer in time`) : err;
       }
     }
     throw lastErr;
   }
 
-  /** Recursive GET of a directory -> its keys (a missing directory: none). Throws on anything else. */
+  /**
+   * Recursive quorum GET of a directory -> its keys (a missing directory: none). `quorum=true`: the
+   * member answers through raft, so a member cut off from the majority cannot serve its old state.
+   */
   private async getTree(path: string): Promise<DcsKv[]> {
-    const ans = await this.get(`${path}?recursive=true`, AbortSignal.any([AbortSignal.timeout(this.readTimeoutMs), this.closing.signal]));
-    const body = ans.body as { errorCode?: unknown; node?: unknown; message?: unknown } | null;
+    const ans = await this.get(`${path}?recursive=true&quorum=true`, { budgetMs: this.readTimeoutMs });
+    const body = ans.body as { errorCode?: unknown; node?: unknown } | null;
     if (ans.status === 200 && body && typeof body === 'object') return flattenV2Node(body.node);
     if (ans.status === 404 && body && typeof body === 'object' && body.errorCode === 100) return [];
-    const why = body && typeof body === 'object' && typeof body.message === 'string' ? body.message : String(ans.body).slice(0, 80).trim();
-    throw new Error(`GET ${path} answered HTTP ${ans.status}${why ? ` (${why})` : ''}${ans.status === 404 ? ': is etcd started with --enable-v2?' : ''}`);
+    throw new Error(`GET ${path} answered HTTP ${ans.status}`);
   }
 
   async read(): Promise<GroupView[]> {
@@ -226,7 +251,7 @@ export class EtcdV2Reader implements TopologyReader {
     while (!this.closed) {
       try {
         if (index === null) {
-          const ans = await this.get(path, AbortSignal.any([AbortSignal.timeout(this.readTimeoutMs), this.closing.signal]));
+          const ans = await this.get(`${path}?quorum=true`, { budgetMs: this.readTimeoutMs });
           if (ans.index === null) throw new Error(`GET ${path} answered HTTP ${ans.status} without X-Etcd-Index`);
           index = ans.index;
           if (failing) {
@@ -242,7 +267,7 @@ export class EtcdV2Reader implements TopologyReader {
         let ans: V2Answer;
         try {
           this.counters.polls++;
-          ans = await this.get(`${path}?wait=true&recursive=true&waitIndex=${index + 1}`, AbortSignal.any([renew.signal, this.closing.signal]));
+          ans = await this.get(`${path}?wait=true&recursive=true&waitIndex=${index + 1}`, { signal: renew.signal });
         } catch (err) {
           if (renew.signal.aborted && !this.closing.signal.aborted) continue; // quiet for pollRenewMs: poll again
           throw err;

@@ -16,8 +16,11 @@
  *   re-read; the first `connected` too (changes between the first read and the attach); plus the
  *   periodic resync (citus.resync_interval), always a full read.
  * - gRPC keepalive on; the client's own fault handling (3 retries + a 5 s circuit breaker per
- *   host, 30 s max watch backoff) is replaced: one attempt per read (the loop retries with its own
- *   backoff), watch reconnects back off 100 ms -> 2 s.
+ *   host, 30 s max watch backoff) is replaced: a read tries each member in turn (one client per
+ *   member, the last one that answered first) within one read budget, the loop retries with its
+ *   own backoff; watch reconnects back off 100 ms -> 2 s.
+ * - every call carries require-leader metadata (makeClient), so a member without a leader refuses
+ *   reads and ends the watch instead of serving its old state.
  * - the one namespace range grows with the cluster (a few hundred bytes per key, ~7 keys per
  *   group with 3 members): gRPC's default 4 MB receive limit is raised to 256 MB.
  */
@@ -109,7 +112,13 @@ export class EtcdV3Reader implements TopologyReader {
   readonly periodMs: number;
   private readonly dcsScopes: DcsScopes;
   private readonly nsPrefix: string;
+  /** The watch's client (all hosts; replaced after a watch error). */
   private client: Etcd3;
+  /** One client per host for range reads, so a read that fails on one member can go to the next. */
+  private readonly readClients: Etcd3[];
+  private readonly readHosts: string[];
+  /** Index into readClients of the member that answered last (asked first). */
+  private current = 0;
   private readonly clientOptions: IOptions;
   /** Delay before re-creating a failed watch: 200 ms doubling to 10 s, reset once a watch attaches. */
   private readonly watchRetry = new Backoff({ initialMs: 200, maxMs: 10000 });
@@ -160,6 +169,8 @@ export class EtcdV3Reader implements TopologyReader {
     };
     this.clientOptions = options;
     this.client = makeClient(options);
+    this.readHosts = dcs.hosts.map(formatHostPort);
+    this.readClients = dcs.hosts.map((h) => makeClient({ ...options, hosts: [`${dcs.protocol}://${formatHostPort(h)}`] }));
     this.watchFailures = new LogOnce({
       problem: (text) => this.log.warn({ source: 'etcd' }, text),
       recovered: (_text, _key, forMs) => this.log.info({ source: 'etcd', ms: forMs }, `etcd watch on ${this.nsPrefix} attached again after ${forMs} ms`),
@@ -247,17 +258,44 @@ export class EtcdV3Reader implements TopologyReader {
     this.watcher = w;
   }
 
+  /**
+   * One linearizable range read over `prefix`: on the member that answered last, then the others,
+   * within ONE read budget (readTimeoutMs): each attempt gets the time left divided by the members
+   * left (at least 200 ms), so a frozen or leaderless member does not fail a read another member
+   * can answer.
+   */
+  private async range(prefix: string): Promise<Array<{ key: Buffer; value: Buffer }>> {
+    const n = this.readClients.length;
+    const deadline = performance.now() + this.readTimeoutMs;
+    let lastErr: unknown = new Error('no etcd host configured');
+    for (let i = 0; i < n; i++) {
+      const idx = (this.current + i) % n;
+      const left = deadline - performance.now();
+      if (left <= 0) break;
+      const attemptMs = Math.max(200, Math.floor(left / (n - i)));
+      try {
+        const res = await this.readClients[idx]!.getAll().prefix(prefix).options({ deadline: Date.now() + attemptMs }).exec();
+        this.current = idx;
+        return res.kvs;
+      } catch (err) {
+        if (this.closed) throw err;
+        lastErr = new Error(`${this.readHosts[idx] ?? '?'}: ${errorMessage(err)}`);
+      }
+    }
+    throw lastErr;
+  }
+
   private async rangeOf(prefix: string): Promise<DcsKv[]> {
-    const res = await this.client.getAll().prefix(prefix).exec();
-    return res.kvs.map((kv) => ({ key: kv.key.toString('utf8'), value: kv.value.toString('utf8') }));
+    const kvs = await this.range(prefix);
+    return kvs.map((kv) => ({ key: kv.key.toString('utf8'), value: kv.value.toString('utf8') }));
   }
 
   /** The whole namespace in ONE range request, bucketed by managed scope (values of other scopes never decoded). */
   private async readNamespace(): Promise<Map<string, DcsKv[]>> {
     this.counters.namespaceRanges++;
-    const res = await this.client.getAll().prefix(this.nsPrefix).exec();
+    const kvs = await this.range(this.nsPrefix);
     const out = new Map<string, DcsKv[]>();
-    for (const kv of res.kvs) {
+    for (const kv of kvs) {
       const key = kv.key.toString('utf8');
       const scope = this.dcsScopes.managedScopeOf(key);
       if (scope === null) continue;
@@ -322,6 +360,7 @@ export class EtcdV3Reader implements TopologyReader {
     this.watcher = null;
     if (w) await Promise.race([w.cancel().catch(() => undefined), new Promise<void>((r) => setTimeout(r, 1000).unref())]);
     this.client.close();
+    for (const c of this.readClients) c.close();
   }
 }
 
