@@ -33,6 +33,13 @@ export interface LoopOptions {
   backoffInitialMs?: number;
   /** Default 3000. */
   backoffMaxMs?: number;
+  /**
+   * A fresh view older than this (ms since the read that produced it) is served as stale: the
+   * resync should have confirmed it by then, so a read loop that stopped reading (a read that
+   * never returns, a lost timer) cannot leave an old view "fresh". Default: 2 x the reader's
+   * resync period + 5 s.
+   */
+  maxAgeMs?: number;
 }
 
 /** What the loop has done so far (tests, benchmarks). */
@@ -75,6 +82,7 @@ export class ReadLoop implements TopologySource {
   private started: Promise<void> | null = null;
   private stopped = false;
   private readonly debounceMs: number;
+  private readonly maxAgeMs: number;
   /** Retry delays while reads fail. */
   private readonly backoff: Backoff;
   private readonly counters: LoopStats = { fullReads: 0, partialReads: 0, scopesReread: 0, failedReads: 0 };
@@ -86,6 +94,7 @@ export class ReadLoop implements TopologySource {
   ) {
     this.kind = reader.kind;
     this.debounceMs = opts.debounceMs ?? 5;
+    this.maxAgeMs = opts.maxAgeMs ?? 2 * reader.periodMs + 5000;
     this.reads = new Coalescer<null>(
       () => this.readNow(),
       undefined,
@@ -117,8 +126,17 @@ export class ReadLoop implements TopologySource {
     return this.started;
   }
 
+  /** The current view; a fresh one older than maxAgeMs is returned as stale (see LoopOptions.maxAgeMs). */
   snapshot(): Topology {
-    return this.view;
+    const v = this.view;
+    if (!v.fresh) return v;
+    const ageMs = Date.now() - v.observedAt;
+    if (ageMs <= this.maxAgeMs) return v;
+    return Object.freeze({
+      ...v,
+      fresh: false,
+      staleReason: `${this.reader.target}: the view is ${(ageMs / 1000).toFixed(1)} s old, no read has confirmed it within ${(this.maxAgeMs / 1000).toFixed(1)} s`,
+    });
   }
 
   /** Reads done so far (a copy). */

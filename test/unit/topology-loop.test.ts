@@ -219,6 +219,44 @@ describe('ReadLoop', () => {
     assert.equal(r.reads, n, 'no reads after stop');
   });
 
+  test('a view no read has confirmed within maxAgeMs is stale (a read that never returns cannot keep it fresh)', async () => {
+    const { log } = captureLog();
+    const r = new FakeReader();
+    r.periodMs = 1000;
+    const loop = new ReadLoop(r, log, { maxAgeMs: 2500 });
+    await settle(loop.start());
+    assert.equal(loop.snapshot().fresh, true);
+    r.delayMs = 3000; // the next resync takes 3 s (past the bound)
+    await advance(2000);
+    assert.equal(r.reads, 2, 'the resync started and hangs');
+    assert.equal(loop.snapshot().fresh, true, 'within the bound: fresh');
+    await advance(600);
+    const s = loop.snapshot();
+    assert.equal(s.fresh, false);
+    assert.equal(s.staleReason, 'fake etcd: the view is 2.6 s old, no read has confirmed it within 2.5 s');
+    assert.equal(s.groups[0]?.leader, 'a', 'the last view is kept, only marked stale');
+    r.delayMs = 0;
+    await advance(1500);
+    assert.equal(loop.snapshot().fresh, true, 'fresh again once the read returns');
+    await settle(loop.stop());
+  });
+
+  test('default bound: 2 x the resync period + 5 s', async () => {
+    const { log } = captureLog();
+    const r = new FakeReader();
+    r.periodMs = 10_000;
+    r.delayMs = 0;
+    const loop = new ReadLoop(r, log);
+    await settle(loop.start());
+    r.delayMs = 20_000;
+    await advance(25_000);
+    assert.equal(loop.snapshot().fresh, true);
+    await advance(2);
+    assert.match(String(loop.snapshot().staleReason), /no read has confirmed it within 25\.0 s$/);
+    r.delayMs = 0;
+    await settle(loop.stop(), 10_000);
+  });
+
   test('a throwing or rejecting listener does not break the loop', async () => {
     const { log, lines } = captureLog();
     const r = new FakeReader();
