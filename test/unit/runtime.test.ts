@@ -260,6 +260,7 @@ describe('Daemon', () => {
       log,
       controller,
       keeper,
+      socketPath: '/nonexistent/cn.sock',
       listen: async (path, onNudge) => {
         nudge = onNudge;
         return { path, close: async () => undefined };
