@@ -112,9 +112,9 @@ async function vipStep(plan: CallbackPlan, cfg: ControllerConfig, o: ConvergeOpt
   try {
     if (plan.vip === 'unbind') {
       o.onProgress?.('vip', `ip addr del ${vipText(vip)} dev ${vip.interface}`);
-      const { changed } = await unbind(vip, o.vip);
+      const { changed, removed } = await unbind(vip, o.vip);
       placed();
-      return { step: 'vip', ok: true, changed, line: changed ? `${v} released from ${vip.interface}` : `${v} not bound on ${vip.interface} (nothing to release)` };
+      return { step: 'vip', ok: true, changed, line: changed ? `vip ${removed.join(', ')} released from ${vip.interface}` : `${v} not bound on ${vip.interface} (nothing to release)` };
     }
     o.onProgress?.('vip', `ip addr add ${vipText(vip)} dev ${vip.interface}`);
     const { changed } = await bind(vip, o.vip);

@@ -163,18 +163,30 @@ export async function bind(vip: VipSpec, opts: VipOptions = {}): Promise<{ chang
   return { changed: true };
 }
 
-/** Removes the address if present (a missing interface means it is not bound). */
-export async function unbind(vip: VipSpec, opts: VipOptions = {}): Promise<{ changed: boolean }> {
+/**
+ * Removes the address if present, under ANY prefix: an address bound as 192.0.2.10/24 (an older
+ * config, a hand-made bind) answers for the VIP exactly like 192.0.2.10/32 does. A missing
+ * interface means it is not bound. `changed`: this call removed at least one.
+ */
+export async function unbind(vip: VipSpec, opts: VipOptions = {}): Promise<{ changed: boolean; removed: string[] }> {
   const timeoutMs = opts.timeoutMs ?? 1000;
   const list = await listAddresses(vip.interface, opts);
-  if (list === null || !list.includes(`${canonicalAddress(vip.address)}/${vip.prefix}`)) return { changed: false };
+  const want = canonicalAddress(vip.address);
+  const bound = (list ?? []).filter((a) => a.slice(0, a.lastIndexOf('/')) === want);
+  if (bound.length === 0) return { changed: false, removed: [] };
   const bin = opts.ipBin ?? findBinary('ip');
-  const r = await run(bin, ['addr', 'del', vipText(vip), 'dev', vip.interface], timeoutMs);
-  if (r.failed) {
-    if (/Cannot assign requested address|does not exist/i.test(r.stderr) && !(await hasAddress(vip, opts))) return { changed: false };
-    throw new VipError(describeFailure(`cannot unbind ${vipText(vip)} from ${vip.interface}`, bin, r, timeoutMs));
+  const removed: string[] = [];
+  for (const a of bound) {
+    const r = await run(bin, ['addr', 'del', a, 'dev', vip.interface], timeoutMs);
+    if (r.failed) {
+      if (/Cannot assign requested address|does not exist/i.test(r.stderr)) continue; // removed concurrently
+      throw new VipError(describeFailure(`cannot unbind ${a} from ${vip.interface}`, bin, r, timeoutMs));
+    }
+    removed.push(a);
   }
-  return { changed: true };
+  const left = ((await listAddresses(vip.interface, opts)) ?? []).filter((a) => a.slice(0, a.lastIndexOf('/')) === want);
+  if (left.length > 0) throw new VipError(`cannot unbind ${vip.address} from ${vip.interface}: still bound as ${left.join(', ')}`);
+  return { changed: removed.length > 0, removed };
 }
 
 type ArpingFlavour = 'habets' | 'iputils';
@@ -225,8 +237,8 @@ export async function gratuitousArp(vip: VipSpec, opts: GarpOptions = {}): Promi
 export async function releaseVip(vip: VipConfig, opts: VipOptions = {}): Promise<string> {
   if (vip.keepOnStop) return `vip ${vipText(vip)} kept on ${vip.interface} (keep_on_stop)`;
   try {
-    const { changed } = await unbind(vip, opts);
-    return changed ? `vip ${vipText(vip)} released from ${vip.interface}` : `vip ${vipText(vip)} was not bound on ${vip.interface}`;
+    const { changed, removed } = await unbind(vip, opts);
+    return changed ? `vip ${removed.join(', ')} released from ${vip.interface}` : `vip ${vipText(vip)} was not bound on ${vip.interface}`;
   } catch (err) {
     return err instanceof Error ? err.message : String(err);
   }
