@@ -13,7 +13,8 @@
  * signal Patroni's own REST API uses for a member's role (`/patroni` reads pg_is_in_recovery()).
  *
  * Nothing else is relaxed: a vanished leader key, a leader that does not answer, or a leader still
- * in recovery stay ambiguous. The confirmation is dropped as soon as the leader key moves, X's
+ * in recovery stay ambiguous (a leader still in recovery after giveUpMs is asked every slowPollMs,
+ * never given up on). The confirmation is dropped as soon as the leader key moves, X's
  * address changes, or X's member key catches up.
  */
 import type pg from 'pg';
@@ -35,6 +36,8 @@ interface Pending {
   client: pg.Client | null;
   connecting: boolean;
   timer: NodeJS.Timeout | undefined;
+  /** Past giveUpMs: asked every slowPollMs instead of every pollMs (never given up on). */
+  slow: boolean;
 }
 
 const key = (groupid: number, member: string, host: string, port: number) => `${groupid}\u0000${member}\u0000${host}\u0000${port}`;
@@ -48,17 +51,19 @@ export class PromotionConfirmer implements TopologySource {
   private stopped = false;
   private readonly pollMs: number;
   private readonly giveUpMs: number;
+  private readonly slowPollMs: number;
 
   constructor(
     private readonly inner: TopologySource,
     private readonly cfg: ControllerConfig,
     private readonly log: Logger,
-    opts: { pollMs?: number; giveUpMs?: number } = {},
+    opts: { pollMs?: number; giveUpMs?: number; slowPollMs?: number } = {},
   ) {
     this.kind = inner.kind;
     this.listeners = new Listeners((err) => this.log.error({ err: errorMessage(err) }, 'topology listener failed'));
     this.pollMs = opts.pollMs ?? 10;
     this.giveUpMs = opts.giveUpMs ?? 60000;
+    this.slowPollMs = opts.slowPollMs ?? 1000;
     inner.onChange(() => {
       this.track(inner.snapshot());
       this.emit();
@@ -130,7 +135,7 @@ export class PromotionConfirmer implements TopologySource {
     }
     for (const [k, c] of wanted) {
       if (this.confirmed.has(k) || this.pending.has(k)) continue;
-      const p: Pending = { groupid: c.g.groupid, member: c.member, host: c.host, port: c.port, since: Date.now(), client: null, connecting: false, timer: undefined };
+      const p: Pending = { groupid: c.g.groupid, member: c.member, host: c.host, port: c.port, since: Date.now(), client: null, connecting: false, timer: undefined, slow: false };
       this.pending.set(k, p);
       this.log.debug({ group: c.g.groupid, member: c.member }, 'leader key moved to a member not yet reported primary: probing it');
       this.schedule(p, 0);
@@ -148,10 +153,14 @@ export class PromotionConfirmer implements TopologySource {
   private async tick(p: Pending): Promise<void> {
     const k = key(p.groupid, p.member, p.host, p.port);
     if (this.pending.get(k) !== p) return;
-    if (Date.now() - p.since > this.giveUpMs) {
-      this.log.warn({ group: p.groupid, member: p.member }, 'leader still not writable; waiting for Patroni to report it');
-      this.drop(p);
-      return;
+    if (!p.slow && Date.now() - p.since > this.giveUpMs) {
+      // slower from now on, never given up: a promotion that takes minutes (a long crash
+      // recovery) is still seen the moment the node is writable, to within slowPollMs
+      p.slow = true;
+      this.log.warn(
+        { group: p.groupid, member: p.member, ms: Date.now() - p.since },
+        `leader still not writable after ${Math.round(this.giveUpMs / 1000)} s; asking it every ${this.slowPollMs} ms until it is, or Patroni reports it`,
+      );
     }
     const writable = await this.probe(p);
     if (this.pending.get(k) !== p) return;
@@ -163,7 +172,7 @@ export class PromotionConfirmer implements TopologySource {
       this.emit();
       return;
     }
-    this.schedule(p, this.pollMs);
+    this.schedule(p, p.slow ? this.slowPollMs : this.pollMs);
   }
 
   /** true: the member answered NOT pg_is_in_recovery(). Never throws. */

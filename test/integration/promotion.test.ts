@@ -12,6 +12,7 @@ import type { TopologySource } from '../../src/topology/reader.js';
 import { runningPrimary, type GroupView, type MemberView, type Topology } from '../../src/topology/model.js';
 import { freePort, startPgPair, type PgPair } from '../helpers/pg-pair.js';
 import { sleep, waitFor } from '../helpers/wait.js';
+import { captureLog } from '../helpers/log.js';
 
 let pair: PgPair;
 let closedPort = 0;
@@ -132,5 +133,37 @@ test('a leader that does not answer is never confirmed; a vanished leader key st
     assert.equal(confirmer.snapshot().fresh, false);
   } finally {
     await confirmer.stop();
+  }
+});
+
+test('a promotion slower than the give-up time is still confirmed: the leader is asked less often, never given up on', async () => {
+  const slowPair = await startPgPair();
+  try {
+    const cfg = configFromObject(
+      {
+        scope: 'cn',
+        etcd3: { hosts: '127.0.0.1:2379' },
+        postgresql: { connect_address: `127.0.0.1:${slowPair.primary.port}`, authentication: { superuser: { username: 'postgres', password: slowPair.password } } },
+        citus: { databases: ['postgres'], workers: [{ groupid: 1, scope: 'wk1' }] },
+      },
+      'test.yml',
+    );
+    const a = member('wk1-a', slowPair.primary.port, 'replica', 'stopped');
+    const b = member('wk1-b', slowPair.standby.port, 'replica');
+    const fake = new FakeSource({ source: 'etcd', observedAt: 0, fresh: true, groups: [group('wk1-b', [a, b])] });
+    const { log, lines } = captureLog();
+    const confirmer = new PromotionConfirmer(fake, cfg, log, { pollMs: 10, giveUpMs: 300, slowPollMs: 100 });
+    await confirmer.start();
+    try {
+      await sleep(600); // past the give-up time, still in recovery
+      assert.deepEqual(runningPrimary(confirmer.snapshot().groups[0]!, 'etcd'), { ok: false, reason: 'leader wk1-b not yet promoted (role replica)' });
+      assert.equal(lines.filter((l) => l.msg.includes('leader still not writable after')).length, 1, `one warning: ${lines.map((l) => l.msg).join(' | ')}`);
+      await slowPair.promoteStandby();
+      await waitFor(() => runningPrimary(confirmer.snapshot().groups[0]!, 'etcd').ok, { timeoutMs: 3000, intervalMs: 5, what: 'b confirmed writable after the give-up time' });
+    } finally {
+      await confirmer.stop();
+    }
+  } finally {
+    await slowPair.stop();
   }
 });
