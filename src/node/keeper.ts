@@ -12,8 +12,8 @@
  * state stays, and the reason is logged once.
  *
  * Checks never block the daemon's passes (pg_dist_node first): they run one at a time next to
- * them, each on the latest pass's view. stop() waits for the check in flight, then releases the
- * VIP unless vip.keep_on_stop (SIGTERM).
+ * them, each on the latest pass's view. stop() (SIGTERM) waits for the check in flight, then keeps
+ * the VIP while a fresh read says this node is still the primary, else releases it.
  */
 import { formatHostPort } from '../net/address.js';
 import { type ControllerConfig } from '../config/types.js';
@@ -21,7 +21,7 @@ import { errorMessage } from '../util/errors.js';
 import type { Logger } from '../util/log.js';
 import type { Topology } from '../topology/model.js';
 import { localRoleFromTopology } from './local-role.js';
-import { releaseVip } from './vip.js';
+import { releaseVip, vipText } from './vip.js';
 import { runtimeDir } from './runtime-dir.js';
 import { Backoff } from '../util/backoff.js';
 import { Coalescer } from '../util/coalesce.js';
@@ -43,6 +43,8 @@ export interface LocalNodeKeeperOptions {
 /** A check that has not finished after this long is reported and no longer waited for. */
 export const CHECK_DEADLINE_MS = 8000;
 const KEEPER_STATEMENT_TIMEOUT_MS = 5000;
+/** On stop: how long the fresh read and the writable probe may take each before the VIP is released. */
+export const STOP_CONFIRM_MS = 2000;
 const RETRY_MIN_MS = 1000;
 const RETRY_MAX_MS = 10000;
 
@@ -79,16 +81,52 @@ export class LocalNodeKeeper {
     void this.checks.trigger(topology);
   }
 
-  /** Waits for the check in flight; then releases the VIP unless keep_on_stop. Returns the line logged. */
-  async stop(): Promise<string | null> {
+  /**
+   * Waits for the check in flight; then decides about the VIP: kept with keep_on_stop, and kept
+   * when this node still IS the coordinator primary (a fresh DCS read names it group 0's running
+   * primary, and it is writable): a restart of the daemon on a healthy primary is no write outage,
+   * and Patroni's own callbacks (on_role_change, on_stop) release the VIP when that changes.
+   * Released when the node is not the primary, or no longer knows it is (no fresh read within
+   * STOP_CONFIRM_MS, the node does not answer). `confirm`: the fresh read (the daemon's
+   * source.refresh()); without it the VIP is released. Returns the line logged.
+   */
+  async stop(confirm?: () => Promise<Topology>): Promise<string | null> {
     this.stopped = true;
     clearTimeout(this.retryTimer);
     await this.checks.stop();
     const vip = this.cfg.citus.vip;
     if (!vip) return null;
-    const line = await releaseVip(vip, { timeoutMs: 1000 });
+    let line: string;
+    if (vip.keepOnStop) line = await releaseVip(vip, { timeoutMs: 1000 });
+    else {
+      const still = confirm ? await this.stillPrimary(confirm) : 'no fresh view to confirm it';
+      line =
+        still === true
+          ? `vip ${vipText(vip)} kept on ${vip.interface}: this node is still the coordinator primary (fresh DCS view, writable); Patroni's callbacks move it when that changes`
+          : `${await releaseVip(vip, { timeoutMs: 1000 })} (${still})`;
+    }
     this.opts.log.info(`on stop: ${line}`);
     return line;
+  }
+
+  /** true when a fresh read (within STOP_CONFIRM_MS) names this node the running primary and the node is writable; else why not. */
+  private async stillPrimary(confirm: () => Promise<Topology>): Promise<true | string> {
+    const read = confirm();
+    read.catch(() => undefined);
+    if (!(await settlesWithin(read, STOP_CONFIRM_MS))) return `no fresh DCS view within ${STOP_CONFIRM_MS} ms`;
+    let t: Topology;
+    try {
+      t = await read;
+    } catch (err) {
+      return `the DCS read failed: ${errorMessage(err)}`;
+    }
+    const role = localRoleFromTopology(t, this.cfg);
+    if (role.kind !== 'primary') return role.why;
+    const probe = this.probeWritable();
+    probe.catch(() => undefined);
+    if (!(await settlesWithin(probe, STOP_CONFIRM_MS))) return 'this node did not answer pg_is_in_recovery() in time';
+    const writable = await probe;
+    return writable === true ? true : `the DCS names this node the primary, but ${writable}`;
   }
 
   /**

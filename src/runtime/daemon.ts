@@ -25,7 +25,8 @@ export type PassRunner = Pick<Controller, 'source' | 'start' | 'pass' | 'checkWr
 /** What the daemon needs of the self-check of its own node. */
 export interface NodeKeeper {
   offer(topology: Topology): void;
-  stop(): Promise<unknown>;
+  /** `confirm`: a fresh read of the topology (whether this node still is the primary). */
+  stop(confirm?: () => Promise<Topology>): Promise<unknown>;
 }
 
 export interface DaemonOptions {
@@ -129,7 +130,7 @@ export class Daemon {
     clearInterval(this.timer);
     clearTimeout(this.retryTimer);
     await this.passes.stop();
-    await this.keeper.stop().catch((err: unknown) => this.log.warn(`on stop: ${errorMessage(err)}`));
+    await this.keeper.stop(() => this.controller.source.refresh()).catch((err: unknown) => this.log.warn(`on stop: ${errorMessage(err)}`));
     await this.nudges?.close().catch(() => undefined);
     await this.controller.close();
     this.log.info({ passes: this.passCount }, 'stopped');

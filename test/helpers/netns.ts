@@ -4,12 +4,25 @@
  * namespace. `ipBin` / `arpingBin` are wrapper scripts that run `ip` / `arping` inside it, for
  * code that takes the binaries as options (src/node/vip.ts VipOptions).
  */
-import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { accessSync, chmodSync, constants, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execa } from 'execa';
 
 let seq = 0;
+
+/** The system's binary (not a wrapper earlier on PATH), uncached. */
+function systemBinary(name: string): string {
+  for (const d of ['/usr/sbin', '/sbin', '/usr/bin', '/bin']) {
+    try {
+      accessSync(join(d, name), constants.X_OK);
+      return join(d, name);
+    } catch {
+      // next
+    }
+  }
+  throw new Error(`${name} not found in /usr/sbin, /sbin, /usr/bin, /bin`);
+}
 
 export interface TestNetns {
   name: string;
@@ -38,11 +51,14 @@ export async function createNetns(): Promise<TestNetns> {
     await execa('ip', ['netns', 'del', name], { reject: false });
     throw err;
   }
+  // absolute paths: the wrapper directory may come first on PATH (then `ip` would be the wrapper)
+  const realIp = systemBinary('ip');
+  const realArping = systemBinary('arping');
   const ipBin = join(dir, 'ip');
-  writeFileSync(ipBin, `#!/bin/sh\nexec ip -n ${name} "$@"\n`);
+  writeFileSync(ipBin, `#!/bin/sh\nexec ${realIp} -n ${name} "$@"\n`);
   chmodSync(ipBin, 0o755);
   const arpingBin = join(dir, 'arping');
-  writeFileSync(arpingBin, `#!/bin/sh\nexec ip netns exec ${name} arping "$@"\n`);
+  writeFileSync(arpingBin, `#!/bin/sh\nexec ${realIp} netns exec ${name} ${realArping} "$@"\n`);
   chmodSync(arpingBin, 0o755);
   return {
     name,
