@@ -37,7 +37,7 @@ export interface ConvergeOptions {
   vip?: GarpOptions;
   /** Reports what is running, for a watchdog message (`connect 10.0.0.1:5432`, `ip addr add`). */
   onProgress?: (step: StepOutcome['step'], what: string | null) => void;
-  failpoint?: (name: string) => void;
+  failpoint?: (name: string) => void | Promise<void>;
 }
 
 /** The daemon's per-pass plan: the same desired state as an `on_reload <role> <cn scope>` callback. */

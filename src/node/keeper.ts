@@ -21,7 +21,7 @@ import { errorMessage } from '../util/errors.js';
 import type { Logger } from '../util/log.js';
 import type { Topology } from '../topology/model.js';
 import { localRoleFromTopology } from './local-role.js';
-import { releaseVip, vipText } from './vip.js';
+import { gratuitousArp, hasAddress, releaseVip, vipText } from './vip.js';
 import { runtimeDir } from './runtime-dir.js';
 import { Backoff } from '../util/backoff.js';
 import { Coalescer } from '../util/coalesce.js';
@@ -38,6 +38,12 @@ export interface LocalNodeKeeperOptions {
   retry: () => void;
   /** application_name of the keeper's sessions (must start with `citus-controller`). */
   applicationName?: string;
+  /**
+   * The newest view when a check starts (the daemon's source.snapshot()). A check that waited
+   * behind another one must not act on the view of the pass that offered it; the newer of the
+   * two (observedAt) is used. Default: the offered view.
+   */
+  currentView?: () => Topology;
 }
 
 /** A check that has not finished after this long is reported and no longer waited for. */
@@ -45,6 +51,8 @@ export const CHECK_DEADLINE_MS = 8000;
 const KEEPER_STATEMENT_TIMEOUT_MS = 5000;
 /** On stop: how long the fresh read and the writable probe may take each before the VIP is released. */
 export const STOP_CONFIRM_MS = 2000;
+/** After a transition to primary: gratuitous ARP at once (3 packets), then again this long after it. */
+export const ARP_FOLLOW_UP_MS = [1000, 3000];
 const RETRY_MIN_MS = 1000;
 const RETRY_MAX_MS = 10000;
 
@@ -56,6 +64,10 @@ export class LocalNodeKeeper {
   private readonly retry = new Backoff({ initialMs: RETRY_MIN_MS, maxMs: RETRY_MAX_MS });
   /** Last logged verdict, so each change of role is logged once. */
   private lastVerdict = '';
+  /** Role of the last check that could tell (unknown ones leave it). */
+  private lastKind: 'primary' | 'replica' | null = null;
+  /** Follow-up gratuitous ARP announcements after becoming primary. */
+  private readonly arpTimers = new Set<NodeJS.Timeout>();
   /** Repairs that fail: one warning per streak. */
   private readonly failures: LogOnce;
 
@@ -93,6 +105,8 @@ export class LocalNodeKeeper {
   async stop(confirm?: () => Promise<Topology>): Promise<string | null> {
     this.stopped = true;
     clearTimeout(this.retryTimer);
+    for (const t of this.arpTimers) clearTimeout(t);
+    this.arpTimers.clear();
     await this.checks.stop();
     const vip = this.cfg.citus.vip;
     if (!vip) return null;
@@ -138,7 +152,9 @@ export class LocalNodeKeeper {
     const running = new Map<string, string>();
     const started = performance.now();
     this.opts.log.debug('self-check start');
-    const work = this.checkNow(topology, running);
+    const now = this.opts.currentView?.();
+    const view = now && now.observedAt >= topology.observedAt ? now : topology;
+    const work = this.checkNow(view, running);
     const inTime = await settlesWithin(work, CHECK_DEADLINE_MS);
     this.opts.log.debug({ ms: Math.round(performance.now() - started), late: !inTime }, 'self-check done');
     if (inTime) return work;
@@ -151,11 +167,16 @@ export class LocalNodeKeeper {
     let role = localRoleFromTopology(topology, this.cfg);
     // not o.applied?.notPrimary: it also says "not the Citus coordinator" (pg_dist_node not yet
     // pointing at this node), which says nothing about this node's role
-    if (role.kind === 'primary') {
+    // the node itself must agree, either way: a replica action (VIP released, `always`) on a node
+    // that is writable would take a primary's VIP and break its writes
+    if (role.kind === 'primary' || role.kind === 'replica') {
       running.set('role', `pg_is_in_recovery() on ${formatHostPort(this.cfg.postgresql.connectAddress)}`);
-      const writable = await this.probeWritable();
+      const state = await this.probeRecovery();
       running.delete('role');
-      if (writable !== true) role = { kind: 'unknown', why: `the topology says this node is the primary, but ${writable}` };
+      const where = formatHostPort(this.cfg.postgresql.connectAddress);
+      if (typeof state === 'string') role = { kind: 'unknown', why: `the topology says this node is a ${role.kind}, but ${state}` };
+      else if (role.kind === 'primary' && state.inRecovery) role = { kind: 'unknown', why: `the topology says this node is the primary, but ${where} is in recovery` };
+      else if (role.kind === 'replica' && !state.inRecovery) role = { kind: 'unknown', why: `the topology says this node is a replica, but ${where} is not in recovery (writable)` };
     }
     const verdict = role.kind === 'unknown' ? `unknown: ${role.why}` : role.kind;
     if (verdict !== this.lastVerdict) {
@@ -164,6 +185,10 @@ export class LocalNodeKeeper {
       else log.info(`self-check: this node is a coordinator ${role.kind} (${role.why})`);
     }
     if (role.kind === 'unknown') return;
+    // every transition to primary announces the VIP (even when a callback bound it already), and
+    // again ARP_FOLLOW_UP_MS later: a neighbour that missed the first burst still learns it
+    const becamePrimary = role.kind === 'primary' && this.lastKind !== 'primary';
+    this.lastKind = role.kind;
 
     const outcomes = await convergeNode(planForLocalRole(role.kind, this.cfg), this.cfg, {
       log: { info: (obj, msg) => log.info(obj, msg), warn: (obj, msg) => log.warn(obj, msg) },
@@ -174,9 +199,10 @@ export class LocalNodeKeeper {
       purpose: 'keeper',
       onProgress: trackProgress(running),
       ...(this.opts.applicationName ? { applicationName: this.opts.applicationName } : {}),
-      arp: 'onChange',
+      arp: becamePrimary ? 'always' : 'onChange',
       vip: { timeoutMs: 1000, count: 3, intervalMs: 150 },
     });
+    if (becamePrimary && this.cfg.citus.vip) this.followUpArp(this.cfg.citus.vip);
     for (const s of outcomes) if (s.ok && s.changed) log.warn({ role: role.kind }, `self-check: repaired drift: ${s.line}`);
     const failures = outcomes.filter((s) => !s.ok).map((s) => `self-check: cannot repair: ${s.line}`);
     if (failures.length > 0) this.failed(failures);
@@ -186,8 +212,35 @@ export class LocalNodeKeeper {
     }
   }
 
+  /** Gratuitous ARP again at each ARP_FOLLOW_UP_MS, while this node is still the primary holding the VIP. */
+  private followUpArp(vip: NonNullable<ControllerConfig['citus']['vip']>): void {
+    for (const at of ARP_FOLLOW_UP_MS) {
+      const t = setTimeout(() => {
+        this.arpTimers.delete(t);
+        if (this.stopped || this.lastKind !== 'primary') return;
+        void (async () => {
+          try {
+            if (!(await hasAddress(vip, { timeoutMs: 1000 }))) return;
+            const r = await gratuitousArp(vip, { count: 3, intervalMs: 150, timeoutMs: 2000 });
+            this.opts.log.debug({ sent: r.sent, atMs: at }, `gratuitous ARP for ${vip.address} on ${vip.interface} (follow-up)`);
+          } catch (err) {
+            this.opts.log.warn(`self-check: follow-up gratuitous ARP failed: ${errorMessage(err)}`);
+          }
+        })();
+      }, at);
+      this.arpTimers.add(t);
+    }
+  }
+
   /** true when the local node accepts writes now, else why not (one phrase). */
   private async probeWritable(): Promise<true | string> {
+    const state = await this.probeRecovery();
+    if (typeof state === 'string') return state;
+    return state.inRecovery ? `${formatHostPort(this.cfg.postgresql.connectAddress)} is in recovery` : true;
+  }
+
+  /** pg_is_in_recovery() of the local node, or why it cannot be told (one phrase). */
+  private async probeRecovery(): Promise<{ inRecovery: boolean } | string> {
     const where = formatHostPort(this.cfg.postgresql.connectAddress);
     let client;
     try {
@@ -196,7 +249,7 @@ export class LocalNodeKeeper {
       return `it does not answer (${errorMessage(err)})`;
     }
     try {
-      return (await isInRecovery(client)) ? `${where} is in recovery` : true;
+      return { inRecovery: await isInRecovery(client) };
     } catch (err) {
       return `pg_is_in_recovery() failed on ${where}: ${describePgError(err)}`;
     } finally {

@@ -60,7 +60,8 @@ export interface EnsureOptions {
   /** How long to wait for the postmaster to apply pg_reload_conf() (ms, default 800). */
   reloadWaitMs?: number;
   /** Test-only fault injection: called at named points (`after-reload`). */
-  failpoint?: (name: string) => void;
+  /** Test-only: called at named points ('before-reload', 'after-reload'); awaited. */
+  failpoint?: (name: string) => void | Promise<void>;
 }
 
 export interface EnsureResult {
@@ -254,8 +255,21 @@ async function ensure(
     return { ...unchanged, changed: altered, alteredSystem: altered };
   }
 
-  await client.query('SELECT pg_reload_conf()');
-  opts.failpoint?.('after-reload');
+  await opts.failpoint?.('before-reload');
+  // `always` is reloaded only while the node is still in recovery, checked in the same statement:
+  // a node promoted since readState() must not get `always` (it would break every write). Then
+  // the file value goes back to `never`, so that no later reload applies it either.
+  const rel = await client.query<{ reloaded: boolean; in_recovery: boolean }>(
+    value === 'always'
+      ? 'SELECT CASE WHEN pg_is_in_recovery() THEN pg_reload_conf() ELSE false END AS reloaded, pg_is_in_recovery() AS in_recovery'
+      : 'SELECT pg_reload_conf() AS reloaded, pg_is_in_recovery() AS in_recovery',
+  );
+  if (value === 'always' && rel.rows[0]?.reloaded !== true) {
+    await client.query(`ALTER SYSTEM SET ${GUC} = 'never'`);
+    removeJournal(jpath);
+    throw new UseSecondaryNodesError(`refusing ${GUC} = always on ${where}: it left recovery during the change (promoted); the configuration files say never again`);
+  }
+  await opts.failpoint?.('after-reload');
 
   // Wait until NEW sessions see the value: the postmaster applies SIGHUP asynchronously, and a
   // session terminated before that would reconnect with the old value.

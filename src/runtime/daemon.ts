@@ -78,7 +78,14 @@ export class Daemon {
     this.log = opts.log;
     this.controller =
       opts.controller ?? new Controller(cfg, { log: opts.log, applicationName: 'citus-controller watch', ...(opts.source ? { source: opts.source } : {}) });
-    this.keeper = opts.keeper ?? new LocalNodeKeeper(cfg, { log: opts.log, retry: () => this.trigger({ kind: 'self-check', detail: 'retry' }) });
+    this.keeper =
+      opts.keeper ??
+      new LocalNodeKeeper(cfg, {
+        log: opts.log,
+        retry: () => this.trigger({ kind: 'self-check', detail: 'retry' }),
+        // a check that starts later than its pass decides on the newest view, not the pass's
+        currentView: () => this.controller.source.snapshot(),
+      });
     this.passes = new Coalescer<Trigger>(
       (t) => this.onePass(t),
       (_older, newer) => newer,

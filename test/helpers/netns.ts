@@ -4,7 +4,7 @@
  * namespace. `ipBin` / `arpingBin` are wrapper scripts that run `ip` / `arping` inside it, for
  * code that takes the binaries as options (src/node/vip.ts VipOptions).
  */
-import { accessSync, chmodSync, constants, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { accessSync, chmodSync, constants, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execa } from 'execa';
@@ -29,6 +29,8 @@ export interface TestNetns {
   iface: string;
   ipBin: string;
   arpingBin: string;
+  /** Arguments of every arpingBin run, one line each (what was announced, how often). */
+  arpingRuns(): string[];
   /** Addresses on the interface (`addr/prefix`, link-local IPv6 left out). */
   addresses(): Promise<string[]>;
   /** `ip` inside the namespace. */
@@ -58,7 +60,9 @@ export async function createNetns(): Promise<TestNetns> {
   writeFileSync(ipBin, `#!/bin/sh\nexec ${realIp} -n ${name} "$@"\n`);
   chmodSync(ipBin, 0o755);
   const arpingBin = join(dir, 'arping');
-  writeFileSync(arpingBin, `#!/bin/sh\nexec ${realIp} netns exec ${name} ${realArping} "$@"\n`);
+  const arpingLog = join(dir, 'arping.log');
+  writeFileSync(arpingLog, '');
+  writeFileSync(arpingBin, `#!/bin/sh\necho "$*" >> ${arpingLog}\nexec ${realIp} netns exec ${name} ${realArping} "$@"\n`);
   chmodSync(arpingBin, 0o755);
   return {
     name,
@@ -66,6 +70,7 @@ export async function createNetns(): Promise<TestNetns> {
     ipBin,
     arpingBin,
     ip,
+    arpingRuns: () => readFileSync(arpingLog, 'utf8').split('\n').filter((l) => l !== '' && !/^-V$/.test(l)),
     addresses: async () =>
       (await ip(['-o', 'addr', 'show', 'dev', iface]))
         .split('\n')
