@@ -90,3 +90,14 @@ export function batchesOf(actions: readonly Action[]): Batch[] {
   }
   return out;
 }
+
+/**
+ * Do two actions make the same change (same call on the same row, to the same address)? Batch
+ * numbers and reasons are left out: a re-plan from a newer view numbers and words them anew.
+ * Pure; the applier's before-COMMIT check compares a batch with a fresh plan through it.
+ */
+export function sameChange(a: Action, b: Action): boolean {
+  if (a.kind !== b.kind || a.database !== b.database || a.groupid !== b.groupid || a.to.host !== b.to.host || a.to.port !== b.to.port) return false;
+  if (a.kind === 'add_node' || b.kind === 'add_node') return a.kind === b.kind && a.noderole === b.noderole;
+  return a.nodeid === b.nodeid && a.noderole === b.noderole && a.from.host === b.from.host && a.from.port === b.from.port;
+}

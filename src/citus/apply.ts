@@ -58,7 +58,16 @@ type BatchOutcome =
   | { kind: 'not_primary'; reason: string }
   | { kind: 'lock_lost'; reason: string }
   | { kind: 'unreachable'; reason: string }
+  | { kind: 'superseded'; reason: string }
   | ({ kind: 'failed'; action: Action } & FailureClass);
+
+/**
+ * Asked right before each COMMIT with the batch's actions: null when the plan still holds, else
+ * why not (the group's current view no longer names the planned target). The batch then rolls
+ * back and the next pass re-plans. An update can wait up to lock_timeout (and its retries)
+ * behind another transaction; the target may have stepped down meanwhile.
+ */
+export type BeforeCommit = (actions: readonly Action[]) => string | null;
 
 const fmt = formatHostPort;
 
@@ -132,8 +141,8 @@ export class Applier {
    * up in `applied`, `failed` or `skipped`. `detectedAt`: when the change was first seen, per
    * groupid (or one value for all); groups missing from the map use the start of this call.
    */
-  apply(plan: Plan, detectedAt: DetectedAt): Promise<ApplyResult> {
-    return this.exclusive(() => this.applyPlan(plan, detectedAt));
+  apply(plan: Plan, detectedAt: DetectedAt, beforeCommit?: BeforeCommit): Promise<ApplyResult> {
+    return this.exclusive(() => this.applyPlan(plan, detectedAt, beforeCommit));
   }
 
   /**
@@ -151,7 +160,7 @@ export class Applier {
     return run;
   }
 
-  private async applyPlan(plan: Plan, detectedAt: DetectedAt): Promise<ApplyResult> {
+  private async applyPlan(plan: Plan, detectedAt: DetectedAt, beforeCommit?: BeforeCommit): Promise<ApplyResult> {
     const startedAt = epochNowMs();
     const result: ApplyResult = { applied: [], failed: [], skipped: [], lockHeld: false };
     if (plan.actions.length === 0) {
@@ -183,7 +192,7 @@ export class Applier {
         skip(batch.database, dbStop, batch.actions);
         continue;
       }
-      const out = await this.runBatchWithRetry(batch);
+      const out = await this.runBatchWithRetry(batch, beforeCommit);
       switch (out.kind) {
         case 'committed':
           batch.actions.forEach((action, i) => {
@@ -216,6 +225,11 @@ export class Applier {
         case 'lock_lost':
           stopAll = `not writing: ${out.reason}`;
           skip(batch.database, stopAll, batch.actions);
+          break;
+        case 'superseded':
+          stopped.set(batch.database, `not written: ${out.reason}; the next pass re-plans`);
+          skip(batch.database, `not written: ${out.reason}; the next pass re-plans`, batch.actions);
+          this.log.warn({ database: batch.database, batch: batch.batch, reason: out.reason }, 'pg_dist_node change rolled back before COMMIT: the plan no longer holds');
           break;
         case 'unreachable':
           stopped.set(batch.database, out.reason);
@@ -253,10 +267,12 @@ export class Applier {
     return result;
   }
 
-  private async runBatchWithRetry(batch: Batch): Promise<BatchOutcome> {
+  private async runBatchWithRetry(batch: Batch, beforeCommit?: BeforeCommit): Promise<BatchOutcome> {
     const backoff = new Backoff({ initialMs: this.retry.minDelayMs, maxMs: this.retry.maxDelayMs });
     for (let attempt = 1; ; attempt++) {
-      const out = await this.runBatch(batch);
+      const stale = attempt > 1 ? (beforeCommit?.(batch.actions) ?? null) : null;
+      if (stale !== null) return { kind: 'superseded', reason: stale };
+      const out = await this.runBatch(batch, beforeCommit);
       if (out.kind !== 'failed' || !out.outOfSync || attempt >= this.retry.attempts) return out;
       const delayMs = backoff.next();
       this.log.info({ database: batch.database, batch: batch.batch, attempt, delayMs, err: out.error }, 'metadata not in sync yet: retrying the batch');
@@ -264,7 +280,7 @@ export class Applier {
     }
   }
 
-  private async runBatch(batch: Batch): Promise<BatchOutcome> {
+  private async runBatch(batch: Batch, beforeCommit?: BeforeCommit): Promise<BatchOutcome> {
     const first = batch.actions[0];
     if (!first) return { kind: 'committed', committedAt: epochNowMs(), added: [] };
     for (const a of batch.actions) {
@@ -304,6 +320,11 @@ export class Applier {
       for (const action of batch.actions) {
         current = action;
         added.push(await this.runAction(client, action));
+      }
+      const stale = beforeCommit?.(batch.actions) ?? null;
+      if (stale !== null) {
+        await this.rollback(batch.database, client);
+        return { kind: 'superseded', reason: stale };
       }
       committing = true;
       await client.query(APPLY_SQL.commit);

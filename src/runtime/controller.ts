@@ -5,8 +5,9 @@
  * Sources never write; the applier never decides (citus/plan.ts does); this module only wires
  * them together. What a pass means (mode, exit code, retry) is runtime/outcome.ts.
  */
-import { Applier } from '../citus/apply.js';
-import type { DistNodeRow, Plan, PlanPolicy } from '../citus/model.js';
+import { Applier, type BeforeCommit } from '../citus/apply.js';
+import { describeAction, sameChange } from '../citus/actions.js';
+import type { Action, DistNodeRow, Plan, PlanPolicy } from '../citus/model.js';
 import { plan } from '../citus/plan.js';
 import type { ApplyResult, DetectedAt, WriterState } from '../citus/results.js';
 import { managedGroups } from '../config/groups.js';
@@ -23,7 +24,8 @@ export type { PassOutcome };
 /** What a pass needs of the applier (the Applier; a fake in unit tests). */
 export interface PassApplier {
   readDistNodes(database: string): Promise<DistNodeRow[]>;
-  apply(plan: Plan, detectedAt: DetectedAt): Promise<ApplyResult>;
+  /** `beforeCommit`: asked right before each COMMIT (see citus/apply.ts BeforeCommit). */
+  apply(plan: Plan, detectedAt: DetectedAt, beforeCommit?: BeforeCommit): Promise<ApplyResult>;
   checkWriter(): Promise<WriterState>;
   /** True while this process holds the writer lock (it has been the writer since it took it). */
   holdsLock?(): boolean;
@@ -114,7 +116,17 @@ export class Controller {
         outcome.withheld = me.kind === 'replica' ? `not the coordinator primary: ${me.why}` : `cannot tell whether this node is the coordinator primary: ${me.why}`;
         return outcome;
       }
-      outcome.applied = await this.applier.apply(p, opts.detectedAt ?? Date.now());
+      // right before each COMMIT: does the newest view still plan this batch? (an update can wait
+      // up to lock_timeout behind other transactions while its target steps down)
+      const beforeCommit = (actions: readonly Action[]): string | null => {
+        const now = this.source.snapshot();
+        const still = localRoleFromTopology(now, this.cfg);
+        if (still.kind !== 'primary') return `this node is no longer known as the coordinator primary (${still.why})`;
+        const again = plan(now, rows, policyOf(this.cfg), managedGroups(this.cfg));
+        const gone = actions.find((a) => !again.actions.some((b) => sameChange(a, b)));
+        return gone === undefined ? null : `the current view no longer plans ${describeAction(gone)}`;
+      };
+      outcome.applied = await this.applier.apply(p, opts.detectedAt ?? Date.now(), beforeCommit);
     }
     return outcome;
   }

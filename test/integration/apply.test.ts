@@ -607,6 +607,48 @@ describe('Applier against PostgreSQL', () => {
     }
   });
 
+  it('the plan is re-checked right before COMMIT: an update that waited behind a lock while its target stepped down rolls back; nothing changes', async () => {
+    const reg = await createRegisteredDb('t_precommit');
+    const cfg = applierConfig(cn.port, ['t_precommit'], { lockTimeoutMs: 10_000 });
+    const log = captureLog();
+    const applier = newApplier(cfg, { logger: log.log });
+    assert.deepEqual(await applier.acquireWriterLock(), { held: true });
+    const before = await rowsOf(cn.port, 't_precommit');
+    const blocker = await connect(cn.port, 't_precommit');
+    // the view the applier is asked about before COMMIT: w1b stepped down while the update waited
+    let targetSteppedDown = false;
+    const asked: string[] = [];
+    const beforeCommit = (actions: readonly Action[]): string | null => {
+      asked.push(actions.map((a) => `${a.groupid}->${a.to.port}`).join(','));
+      return targetSteppedDown ? `group 1's current view no longer names ${HOST}:${w1b.port} as its running primary` : null;
+    };
+    try {
+      await blocker.query('BEGIN');
+      await blocker.query('LOCK TABLE pg_catalog.pg_dist_node IN ACCESS EXCLUSIVE MODE');
+      const p = plan(update('t_precommit', 1, reg.primary.get(1)!, w1a, w1b, 1));
+      const pending = applier.apply(p, epochNowMs(), beforeCommit);
+      await new Promise((r) => setTimeout(r, 300)); // the update waits behind the lock
+      targetSteppedDown = true;
+      await blocker.query('ROLLBACK');
+      const res = await pending;
+      assert.deepEqual(res.applied, []);
+      assert.deepEqual(res.failed, []);
+      assert.equal(res.skipped.length, 1);
+      assert.equal(res.skipped[0]!.reason, `not written: group 1's current view no longer names ${HOST}:${w1b.port} as its running primary; the next pass re-plans`);
+      assert.deepEqual(asked, [`1->${w1b.port}`], 'asked once, right before COMMIT');
+      assert.deepEqual(syncAside(await rowsOf(cn.port, 't_precommit')), syncAside(before), 'rolled back: pg_dist_node unchanged');
+      assert.ok(log.lines.some((l) => l.msg === 'pg_dist_node change rolled back before COMMIT: the plan no longer holds'), 'logged');
+      // a plan that still holds commits
+      targetSteppedDown = false;
+      const res2 = await applier.apply(p, epochNowMs(), beforeCommit);
+      assert.equal(res2.applied.length, 1);
+      assert.equal(primaryRow(await rowsOf(cn.port, 't_precommit'), 1)?.nodeport, w1b.port);
+    } finally {
+      await blocker.end().catch(() => undefined);
+      await applier.close();
+    }
+  });
+
   it('"is a metadata node, but is out of sync" (55000) is retried with backoff; a bounded number of times', async () => {
     const reg = await createRegisteredDb('t_outofsync');
     const cfg = applierConfig(cn.port, ['t_outofsync']);

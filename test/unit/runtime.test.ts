@@ -5,7 +5,7 @@
 import { describe, test, mock, afterEach } from 'node:test';
 import assert from 'node:assert/strict';
 import { describeAction } from '../../src/citus/actions.js';
-import type { DistNodeRow, Plan } from '../../src/citus/model.js';
+import type { Action, DistNodeRow, Plan } from '../../src/citus/model.js';
 import type { ApplyResult, DetectedAt, WriterState } from '../../src/citus/results.js';
 import { Controller, type PassApplier } from '../../src/runtime/controller.js';
 import { Daemon, RETRY_MIN_MS, type NodeKeeper } from '../../src/runtime/daemon.js';
@@ -15,7 +15,7 @@ import { EventEmitter } from 'node:events';
 import { detectsChange, exitCodeOf, needsRetry, passMode, type PassOutcome } from '../../src/runtime/outcome.js';
 import type { Topology } from '../../src/topology/model.js';
 import type { TopologySource } from '../../src/topology/reader.js';
-import { CN, ROWS, topo, WK1, WK1B, WK2 } from '../helpers/builders.js';
+import { CN, g, m, ROWS, topo, url, WK1, WK1B, WK2 } from '../helpers/builders.js';
 import { testConfig } from '../helpers/config.js';
 import { captureLog } from '../helpers/log.js';
 
@@ -78,11 +78,17 @@ class FakeApplier implements PassApplier {
   writer: WriterState = { writer: true };
   closed = false;
   holdsLock?: () => boolean;
+  /** Runs while the batch "waits behind a lock", before the before-COMMIT check. */
+  whileWaiting?: () => void;
+  /** What the before-COMMIT check answered, per apply(). */
+  commitChecks: Array<string | null> = [];
   async readDistNodes(database: string): Promise<DistNodeRow[]> {
     if (this.unreadable.has(database)) throw new Error(`cannot connect to PostgreSQL (database "${database}")`);
     return this.rows;
   }
-  async apply(plan: Plan, detectedAt: DetectedAt): Promise<ApplyResult> {
+  async apply(plan: Plan, detectedAt: DetectedAt, beforeCommit?: (actions: readonly Action[]) => string | null): Promise<ApplyResult> {
+    this.whileWaiting?.();
+    if (beforeCommit) this.commitChecks.push(beforeCommit(plan.actions));
     this.applied.push({ calls: plan.actions.map((a) => describeAction(a).replace(/ \(.*\)$/, '')), detectedAt });
     const over = this.results.shift() ?? {};
     return { applied: [], failed: [], skipped: [], lockHeld: true, ...over };
@@ -121,6 +127,28 @@ describe('Controller.pass', () => {
     const real = await c.pass({ apply: true, refresh: false, detectedAt: 1234 });
     assert.deepEqual(applier.applied, [{ calls: [MOVE_WK1], detectedAt: 1234 }]);
     assert.equal(exitCodeOf(real, true), 0);
+  });
+
+  test('before COMMIT the newest view must still plan the batch (exact answers per view change while the update waited)', async () => {
+    const cnB = () => g(0, 'cn-2', [m('cn-1', url('10.0.0.1:5432')), m('cn-2', url('10.0.0.2:5432'), 'master')]);
+    const cases: Array<[string, (() => Topology) | null, string | null]> = [
+      ['nothing changed', null, null],
+      ['another group changed: the batch still holds', () => topo([CN(), WK1B(), g(2, 'wk2-b', [m('wk2-a', url('10.0.2.1:5432')), m('wk2-b', url('10.0.2.2:5432'), 'master')])]), null],
+      ['the target stepped down (wk1-a is the primary again)', healthy, `the current view no longer plans ${MOVE_WK1} (group 1 primary is now wk1-b (10.0.1.2:5432), was 10.0.1.1:5432)`],
+      ['wk1 has no running primary now', () => topo([CN(), g(1, null, [m('wk1-a', url('10.0.1.1:5432')), m('wk1-b', url('10.0.1.2:5432'))]), WK2()]), `the current view no longer plans ${MOVE_WK1} (group 1 primary is now wk1-b (10.0.1.2:5432), was 10.0.1.1:5432)`],
+      ['this CN stepped down', () => topo([cnB(), WK1B(), WK2()]), "this node is no longer known as the coordinator primary (the coordinator's running primary is cn-2)"],
+      ['the view went stale', () => topo([CN(), WK1B(), WK2()], 'etcd', false, 'etcd unreachable'), 'this node is no longer known as the coordinator primary (the topology is stale (etcd unreachable))'],
+    ];
+    for (const [name, after, want] of cases) {
+      const applier = new FakeApplier();
+      applier.holdsLock = () => true;
+      const source = new FakeSource(switchedOver());
+      if (after) applier.whileWaiting = () => source.change(after());
+      const c = new Controller(cfg, { log: captureLog().log, topology: source, applier });
+      await c.pass({ apply: true, refresh: false });
+      assert.equal(applier.commitChecks.length, 1, name);
+      assert.equal(applier.commitChecks[0] ?? null, want, name);
+    }
   });
 
   test('before writing, the daemon reads the DCS again and plans from that: an old view that wants a change writes nothing', async () => {
