@@ -405,7 +405,7 @@ describe('read/write VIP on an interface created by the test', () => {
     assert.deepEqual(await addresses(iface), []);
   });
 
-  test('exact match: the same address with another prefix is not the VIP', async () => {
+  test('bind is exact (the configured prefix is added next to another one); release removes the address under every prefix', async () => {
     const iface = await makeInterface();
     await execa('ip', ['addr', 'add', `${VIP}/24`, 'dev', iface]);
     const cfg = writeConfig({ port: closedPort, vip: { address: VIP, prefix: 32, interface: iface } });
@@ -415,7 +415,8 @@ describe('read/write VIP on an interface created by the test', () => {
     assert.deepEqual((await addresses(iface)).sort(), [`${VIP}/24`, `${VIP}/32`]);
     const u = await hook(['--config', cfg, 'on_role_change', 'replica', 'wk1']);
     assert.equal(u.code, 0, u.stderr);
-    assert.deepEqual(await addresses(iface), [`${VIP}/24`], 'only the exact address/prefix is released');
+    assert.equal(lineOf(u, /vip/), `on_role_change replica wk1: vip ${VIP}/24, ${VIP}/32 released from ${iface}`);
+    assert.deepEqual(await addresses(iface), [], 'the address answers for the VIP under any prefix: all released');
   });
 
   test('keep_on_stop keeps the address on on_stop, still releases on demote', async () => {
