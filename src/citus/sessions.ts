@@ -2,9 +2,11 @@
  * The controller's sessions on its coordinator node: one client per configured database
  * (reconnected on the next call after it broke), the writer lock, and the writer check.
  *
- * - One writer across all controllers: a session-level advisory lock (WRITER_LOCK_KEY) held on
- *   the connection to the FIRST configured database. A lost connection is a lost lock; the next
- *   pass takes it again.
+ * - One writer across all controllers and databases: a session-level advisory lock
+ *   (WRITER_LOCK_KEY) held on a connection to the `postgres` database (WRITER_LOCK_DATABASE),
+ *   whatever citus.databases says: advisory locks are per database, so a lock in "the first
+ *   configured database" let two controllers with different first databases both be writers.
+ *   A lost connection is a lost lock; the next pass takes it again.
  * - A writer is a controller whose node is a primary (not in recovery) AND the Citus
  *   coordinator, and that holds the lock. A replica never takes the lock.
  *
@@ -23,6 +25,9 @@ import { APPLY_SQL, WRITER_LOCK_KEY } from './sql.js';
 
 export type SessionConfig = Pick<ControllerConfig, 'postgresql' | 'citus'>;
 
+/** Where every controller takes the writer lock (Patroni and PostgreSQL need this database too). */
+export const WRITER_LOCK_DATABASE = 'postgres';
+
 export interface SessionOptions {
   log: Logger;
   /** application_name of the sessions (default: the applier purpose's). */
@@ -33,7 +38,7 @@ export interface SessionOptions {
 
 export class CoordinatorSessions {
   private readonly conns = new Map<string, pg.Client>();
-  /** The connection that holds the writer lock (always the first database's connection). */
+  /** The connection that holds the writer lock (always the WRITER_LOCK_DATABASE connection). */
   private lockClient: pg.Client | null = null;
   private isClosed = false;
   private readonly connectFn: (database: string) => Promise<pg.Client>;
@@ -50,9 +55,9 @@ export class CoordinatorSessions {
       opts.connect ?? ((database) => pgConnect(cfg, { purpose: 'applier', database, logger: this.log, ...(applicationName ? { applicationName } : {}) }));
   }
 
-  /** The database whose session holds the writer lock: the first of citus.databases. */
+  /** The database whose session holds the writer lock: WRITER_LOCK_DATABASE, for every controller. */
   get lockDatabase(): string {
-    return this.cfg.citus.databases[0] as string;
+    return WRITER_LOCK_DATABASE;
   }
 
   get closed(): boolean {
@@ -143,12 +148,12 @@ export class CoordinatorSessions {
   }
 
   /**
-   * May this process write now? The CN (first database's session) is a primary and the Citus
-   * coordinator, and this process holds the writer lock (taken if free).
+   * May this process write now? The CN (first configured database's session) is a primary and the
+   * Citus coordinator, and this process holds the writer lock (taken if free).
    */
   async checkWriter(): Promise<WriterState> {
     if (this.isClosed) return { writer: false, notPrimary: false, reason: 'the applier is closed' };
-    const database = this.lockDatabase;
+    const database = this.cfg.citus.databases[0] as string;
     let client: pg.Client;
     try {
       client = await this.client(database);

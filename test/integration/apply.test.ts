@@ -8,7 +8,7 @@
  *   connects to the node, so every registered address is a live server).
  * Every test uses its own database(s), so tests cannot disturb each other's pg_dist_node.
  */
-import { after, before, describe, test } from 'node:test';
+import { after, afterEach, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { chownSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -229,6 +229,12 @@ function primaryRow(rows: DistNodeRow[], groupid: number): DistNodeRow | undefin
   return rows.find((r) => r.groupid === groupid && r.noderole === 'primary');
 }
 
+// The writer lock is one lock on the server (in the postgres database) for every applier: one a
+// test leaves open would make the next test's applier a non-writer.
+afterEach(async () => {
+  await Promise.all(appliers.splice(0).map((a) => a.close()));
+});
+
 /** Every test has its own deadline: a hang fails that test, not the whole file. */
 function it(name: string, fn: () => void | Promise<void>): void {
   test(name, { timeout: 30_000 }, fn);
@@ -321,11 +327,12 @@ describe('Applier against PostgreSQL', () => {
     assert.deepEqual(
       sessions.rows.map((r) => [r.datname, Number(r.n)]),
       [
+        ['postgres', 1],
         ['t_upd_a', 1],
         ['t_upd_b', 1],
       ],
     );
-    // the lock is held by the first database's session
+    // the lock is held by the session in the postgres database
     const lockRows = await withClient(cn.port, 't_upd_a', (c) =>
       c.query("SELECT 1 FROM pg_locks l JOIN pg_stat_activity a USING (pid) WHERE l.locktype = 'advisory' AND a.application_name = 'cc-test-update' AND l.granted"),
     );
@@ -336,6 +343,25 @@ describe('Applier against PostgreSQL', () => {
     assert.deepEqual(again.applied, []);
     assert.equal(again.lockHeld, true);
     await applier.close();
+  });
+
+  it('one writer across controllers whatever their databases: [a, b] and [b, a] do not both hold the lock', async () => {
+    await createRegisteredDb('t_two_a');
+    await createRegisteredDb('t_two_b');
+    const first = newApplier(applierConfig(cn.port, ['t_two_a', 't_two_b']), { applicationName: 'cc-test-writer-1' });
+    const second = newApplier(applierConfig(cn.port, ['t_two_b', 't_two_a']), { applicationName: 'cc-test-writer-2' });
+    try {
+      assert.deepEqual(await first.acquireWriterLock(), { held: true });
+      const other = await second.acquireWriterLock();
+      assert.equal(other.held, false, 'the second controller is not a writer');
+      assert.match(other.held ? '' : other.reason, /another session holds the writer lock in database "postgres" \(pid \d+, application_name "cc-test-writer-1".*\): another controller is the writer/);
+      assert.deepEqual(await second.checkWriter(), { writer: false, notPrimary: false, reason: other.held ? '' : other.reason });
+      await first.close();
+      assert.deepEqual(await second.acquireWriterLock(), { held: true }, 'taken over once the first one is gone');
+    } finally {
+      await first.close();
+      await second.close();
+    }
   });
 
   it('park + update + update (a switchover swap) run in ONE transaction', async () => {
