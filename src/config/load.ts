@@ -161,6 +161,7 @@ export function configFromObject(doc: unknown, file: string): ControllerConfig {
     },
     citus: {
       loopWait: citus.loop_wait ?? 10,
+      ttl: citus.ttl ?? bootstrapTtl(raw) ?? 30,
       databases: citus.databases,
       workers: citus.workers.map((w) => ({
         groupid: w.groupid,
@@ -196,6 +197,14 @@ export function configFromObject(doc: unknown, file: string): ControllerConfig {
       ...(citus.socket !== undefined ? { socket: citus.socket } : {}),
     },
   };
+}
+
+/** bootstrap.dcs.ttl of a patroni.yml, when it is a positive number. */
+function bootstrapTtl(raw: Record<string, unknown>): number | undefined {
+  const b = raw.bootstrap;
+  const d = b !== null && typeof b === 'object' ? (b as Record<string, unknown>).dcs : undefined;
+  const t = d !== null && typeof d === 'object' ? (d as Record<string, unknown>).ttl : undefined;
+  return typeof t === 'number' && Number.isFinite(t) && t > 0 ? t : undefined;
 }
 
 function looksLikePatroni(raw: Record<string, unknown>): boolean {

@@ -39,6 +39,12 @@ export interface VipConfig {
 export interface CitusConfig {
   /** Seconds between passes of the probe source (the seed's loop). */
   loopWait: number;
+  /**
+   * Patroni's leader-key ttl (seconds): citus.ttl, else bootstrap.dcs.ttl of the patroni.yml, else
+   * Patroni's default 30. The VIP fence drops the VIP when no fresh DCS read has named this node
+   * the leader for 2/3 of it.
+   */
+  ttl: number;
   databases: string[];
   workers: WorkerGroupConfig[];
   /** Force a topology source instead of choosing from the config. */

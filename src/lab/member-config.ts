@@ -16,7 +16,7 @@ import { execa } from 'execa';
 import { loadConfig } from '../config/load.js';
 import { ConfigError, UserError, errorMessage } from '../util/errors.js';
 import type { RunAs } from './proc.js';
-import type { LabCallbacks, LabMember, LabState } from './types.js';
+import { LAB_DCS_TIMINGS, type LabCallbacks, type LabMember, type LabState } from './types.js';
 
 /** The repository (or installed package) root: src/lab/ and dist/lab/ are two levels below it. */
 const PACKAGE_ROOT = fileURLToPath(new URL('../../', import.meta.url));
@@ -38,6 +38,8 @@ export function controllerConfigDoc(state: LabState, cnPrimary: LabMember, worke
     },
     citus: {
       loop_wait: 10,
+      // the lab's Patroni ttl (its patroni.yml bootstrap.dcs): the VIP fence's clock
+      ttl: LAB_DCS_TIMINGS.ttl,
       databases: state.databases,
       workers: state.groups
         .filter((g) => g.groupid > 0)

@@ -6,11 +6,11 @@ import { serverSettings } from './pg-server.js';
 import { dirname, join } from 'node:path';
 import yaml from 'js-yaml';
 import { LOOPBACK, spawnDetached, type RunAs } from './proc.js';
-import type { LabCallbacks, LabMember, LabState } from './types.js';
+import { LAB_DCS_TIMINGS, type LabCallbacks, type LabMember, type LabState } from './types.js';
 import { callbackEnv } from './member-config.js';
 
-/** Fast lab timings. Patroni wants ttl >= loop_wait + 2 * retry_timeout. */
-export const LAB_DCS_TIMINGS = { ttl: 10, loopWait: 1, retryTimeout: 4 } as const;
+/** Fast lab timings (Patroni wants ttl >= loop_wait + 2 * retry_timeout): defined in types.ts. */
+export { LAB_DCS_TIMINGS };
 
 export interface PatroniConfigInput {
   state: Pick<LabState, 'namespace' | 'etcd' | 'superuser' | 'replication' | 'databases'>;

@@ -116,3 +116,6 @@ export interface LabUpOptions {
   /** citus.resync_interval (seconds) in the per-member controller configs (default: the controller's, 30). */
   controllerResyncInterval?: number;
 }
+
+/** Patroni's DCS timings in the lab (seconds): bootstrap.dcs of every member's patroni.yml. */
+export const LAB_DCS_TIMINGS = { ttl: 10, loopWait: 1, retryTimeout: 4 } as const;

@@ -21,7 +21,8 @@ import { errorMessage } from '../util/errors.js';
 import type { Logger } from '../util/log.js';
 import type { Topology } from '../topology/model.js';
 import { localRoleFromTopology } from './local-role.js';
-import { gratuitousArp, hasAddress, releaseVip, vipText } from './vip.js';
+import { gratuitousArp, hasAddress, releaseVip, unbind, vipText } from './vip.js';
+import { VipFence } from './fence.js';
 import { runtimeDir } from './runtime-dir.js';
 import { Backoff } from '../util/backoff.js';
 import { Coalescer } from '../util/coalesce.js';
@@ -44,6 +45,12 @@ export interface LocalNodeKeeperOptions {
    * two (observedAt) is used. Default: the offered view.
    */
   currentView?: () => Topology;
+  /**
+   * A fresh read of the topology (the daemon's source.refresh()), for the VIP fence (node/fence.ts):
+   * with a VIP and a DCS or REST source, it runs next to the checks and drops the VIP when no fresh
+   * read names this node the leader. Without it (or with the probe source) there is no fence.
+   */
+  fenceRead?: { read: () => Promise<Topology>; sourceKind: Topology['source'] };
 }
 
 /** A check that has not finished after this long is reported and no longer waited for. */
@@ -68,6 +75,9 @@ export class LocalNodeKeeper {
   private lastKind: 'primary' | 'replica' | null = null;
   /** Follow-up gratuitous ARP announcements after becoming primary. */
   private readonly arpTimers = new Set<NodeJS.Timeout>();
+  /** The VIP fence (null: no VIP, no fresh read, or the probe source). */
+  readonly fence: VipFence | null;
+  private fencedReported = false;
   /** Repairs that fail: one warning per streak. */
   private readonly failures: LogOnce;
 
@@ -85,11 +95,25 @@ export class LocalNodeKeeper {
         for (const l of text.split('\n')) this.opts.log.warn(l);
       },
     });
+    const vip = cfg.citus.vip;
+    const fr = opts.fenceRead;
+    this.fence =
+      vip && fr && fr.sourceKind !== 'probe'
+        ? new VipFence(cfg, {
+            read: fr.read,
+            vipBound: () => hasAddress(vip, { timeoutMs: 1000 }),
+            dropVip: async () => {
+              await unbind(vip, { timeoutMs: 1000 });
+            },
+            log: { info: (m) => this.opts.log.info(m), warn: (m) => this.opts.log.warn(m) },
+          })
+        : null;
   }
 
   /** Re-checks the node against this pass's view, now or right after the check in flight. */
   offer(topology: Topology): void {
     if (this.stopped) return;
+    this.fence?.start();
     void this.checks.trigger(topology);
   }
 
@@ -104,6 +128,7 @@ export class LocalNodeKeeper {
    */
   async stop(confirm?: () => Promise<Topology>): Promise<string | null> {
     this.stopped = true;
+    this.fence?.stop();
     clearTimeout(this.retryTimer);
     for (const t of this.arpTimers) clearTimeout(t);
     this.arpTimers.clear();
@@ -190,7 +215,15 @@ export class LocalNodeKeeper {
     const becamePrimary = role.kind === 'primary' && this.lastKind !== 'primary';
     this.lastKind = role.kind;
 
-    const outcomes = await convergeNode(planForLocalRole(role.kind, this.cfg), this.cfg, {
+    const plan = planForLocalRole(role.kind, this.cfg);
+    if (role.kind === 'primary' && plan.vip === 'bind' && this.fence && !this.fence.mayHold()) {
+      // fenced: the VIP comes back only after a fresh read named this node the leader again
+      delete plan.vip;
+      if (!this.fencedReported) log.warn(`self-check: not binding the VIP: no fresh DCS read has named this node the leader within ${(this.fence.limit / 1000).toFixed(1)} s`);
+      this.fencedReported = true;
+    } else if (role.kind === 'primary') this.fencedReported = false;
+
+    const outcomes = await convergeNode(plan, this.cfg, {
       log: { info: (obj, msg) => log.info(obj, msg), warn: (obj, msg) => log.warn(obj, msg) },
       journalDir: runtimeDir(this.cfg.scope, process.env, this.cfg.citus.socket),
       connectTimeoutMs: this.cfg.citus.connectTimeoutMs,

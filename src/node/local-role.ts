@@ -29,3 +29,26 @@ export function localRoleFromTopology(topology: Topology, cfg: Pick<ControllerCo
   if (isMe(rp.member)) return { kind: 'primary', why: `this node (${rp.member.name}) is the coordinator's running primary` };
   return { kind: 'replica', why: `the coordinator's running primary is ${rp.member.name}` };
 }
+
+export type LeaderVerdict = { kind: 'me' } | { kind: 'other'; why: string } | { kind: 'unknown'; why: string };
+
+/**
+ * Does a view's coordinator leader key name THIS node? Pure. The VIP fence's question: Patroni's
+ * leader key is its lock, so a fresh view whose key names another member, or nobody, says this
+ * node must not answer on the read/write VIP (whatever the member roles say). `unknown`: the view
+ * is stale or does not tell.
+ */
+export function leaderVerdict(topology: Topology, cfg: Pick<ControllerConfig, 'name' | 'postgresql'>): LeaderVerdict {
+  if (!topology.fresh) return { kind: 'unknown', why: `the topology is stale (${topology.staleReason ?? 'unknown reason'})` };
+  const g0 = topology.groups.find((g) => g.groupid === 0);
+  if (!g0) return { kind: 'unknown', why: 'the topology has no coordinator group (group 0)' };
+  if (typeof g0.leader !== 'string') return { kind: 'other', why: 'the coordinator group has no leader key' };
+  // the key holds a Patroni member name: with this node's name (citus `name:`) it decides alone
+  if (cfg.name !== undefined) return g0.leader === cfg.name ? { kind: 'me' } : { kind: 'other', why: `the leader key names ${g0.leader}` };
+  const ca = cfg.postgresql.connectAddress;
+  const holder = g0.members.filter((m) => m.name === g0.leader);
+  if (holder.length !== 1) return { kind: 'unknown', why: `the leader key names ${g0.leader}, found ${holder.length} times among the members` };
+  const h = holder[0]!;
+  const isMe = h.host === ca.host && h.port === ca.port;
+  return isMe ? { kind: 'me' } : { kind: 'other', why: `the leader key names ${h.name}` };
+}

@@ -85,6 +85,7 @@ export class Daemon {
         retry: () => this.trigger({ kind: 'self-check', detail: 'retry' }),
         // a check that starts later than its pass decides on the newest view, not the pass's
         currentView: () => this.controller.source.snapshot(),
+        fenceRead: { read: () => this.controller.source.refresh(), sourceKind: this.controller.source.kind },
       });
     this.passes = new Coalescer<Trigger>(
       (t) => this.onePass(t),

@@ -56,6 +56,7 @@ describe('config: the seed patroni.yml', () => {
     assert.deepEqual(cfg.postgresql.connectAddress, { host: '192.168.234.201', port: 5432 });
     assert.deepEqual(cfg.postgresql.superuser, { username: 'postgres', password: '123456' });
     assert.equal(cfg.citus.loopWait, 10);
+    assert.equal(cfg.citus.ttl, 30, "the VIP fence's ttl: bootstrap.dcs.ttl");
     assert.deepEqual(cfg.citus.databases, ['postgres']);
     assert.deepEqual(cfg.citus.workers, [
       {
@@ -67,6 +68,19 @@ describe('config: the seed patroni.yml', () => {
         rest: [],
       },
     ]);
+  });
+
+  test('citus.ttl: its own value wins over bootstrap.dcs.ttl; default 30; a bad one is one config error', () => {
+    const doc = (extra: Record<string, unknown>, citus: Record<string, unknown> = {}) => ({
+      scope: 'cn',
+      postgresql: { connect_address: '127.0.0.1:5432', authentication: { superuser: { username: 'postgres' } } },
+      citus: { databases: ['postgres'], workers: [], ...citus },
+      ...extra,
+    });
+    assert.equal(configFromObject(doc({}), 't.yml').citus.ttl, 30);
+    assert.equal(configFromObject(doc({ bootstrap: { dcs: { ttl: 12 } } }), 't.yml').citus.ttl, 12);
+    assert.equal(configFromObject(doc({ bootstrap: { dcs: { ttl: 12 } } }, { ttl: 9 }), 't.yml').citus.ttl, 9);
+    assert.throws(() => configFromObject(doc({}, { ttl: 0 }), 't.yml'), /citus\.ttl/);
   });
 
   test('config check accepts it and never prints its password', () => {
