@@ -17,6 +17,7 @@ import type { Logger } from '../util/log.js';
 import { Controller } from './controller.js';
 import { listenForNudges, type Nudge, type NudgeListener } from './nudge.js';
 import { NO_RUNTIME_DIR, nudgeSocketPath } from '../node/runtime-dir.js';
+import { notifierFromEnv, watchdogHealthy, watchdogIntervalMs, type Notifier } from './sd-notify.js';
 import { READY, detectsChange, failedPassMode, findingLines, needsRetry, passMode, type Mode, type PassOutcome, type Trigger } from './outcome.js';
 
 /** What the daemon needs of a controller (the Controller; a fake in unit tests). */
@@ -38,6 +39,10 @@ export interface DaemonOptions {
   controller?: PassRunner;
   keeper?: NodeKeeper;
   listen?: (path: string, onNudge: (n: Nudge) => void) => Promise<NudgeListener>;
+  /** Environment for systemd notifications (NOTIFY_SOCKET, WATCHDOG_USEC); default process.env. */
+  env?: NodeJS.ProcessEnv;
+  /** A pass running longer than this stops the watchdog pings (default: derived from statement_timeout). */
+  passDeadlineMs?: number;
 }
 
 /** The retry delay after a pass that left transient failures, doubled up to 5 s. */
@@ -65,6 +70,11 @@ export class Daemon {
   private lastMode = '';
   private readonly findings: LogOnce;
   private passCount = 0;
+  /** When the pass in flight started (null: none), for the systemd watchdog. */
+  private passStartedAt: number | null = null;
+  private notifier: Notifier | null = null;
+  private watchdogTimer: NodeJS.Timeout | undefined;
+  private watchdogWithheld = false;
   private readonly keeper: NodeKeeper;
   private done!: () => void;
   private readonly finished = new Promise<void>((resolve) => {
@@ -88,7 +98,14 @@ export class Daemon {
         fenceRead: { read: () => this.controller.source.refresh(), sourceKind: this.controller.source.kind },
       });
     this.passes = new Coalescer<Trigger>(
-      (t) => this.onePass(t),
+      async (t) => {
+        this.passStartedAt = Date.now();
+        try {
+          await this.onePass(t);
+        } finally {
+          this.passStartedAt = null;
+        }
+      },
       (_older, newer) => newer,
       (err) => this.log.error({ err: errorMessage(err) }, 'pass loop failed'),
     );
@@ -127,7 +144,34 @@ export class Daemon {
     const everyMs = 1000 * (this.controller.source.kind === 'probe' ? this.cfg.citus.loopWait : this.cfg.citus.resyncInterval);
     this.timer = setInterval(() => this.trigger({ kind: 'timer' }), everyMs);
     this.trigger({ kind: 'start' });
+    this.startNotifications();
     await this.finished;
+  }
+
+  /**
+   * Type=notify: READY=1 once the topology source and the nudge socket are up; WATCHDOG=1 every
+   * WATCHDOG_USEC/2 while healthy (runtime/sd-notify.ts); STOPPING=1 on stop.
+   */
+  private startNotifications(): void {
+    const env = this.opts.env ?? process.env;
+    this.notifier = notifierFromEnv(env, (line) => this.log.warn(line));
+    if (!this.notifier) return;
+    this.notifier.send(`READY=1\nSTATUS=watching ${this.controller.source.describe()}`);
+    const everyMs = watchdogIntervalMs(env);
+    if (everyMs === null) return;
+    // a pass is bounded by its sessions' deadlines (statement_timeout + the client margin, a few
+    // statements and batch retries): one running far longer than that is hung
+    const passDeadlineMs = this.opts.passDeadlineMs ?? 3 * ((this.cfg.citus.statementTimeoutMs || 10000) + 5000) + 30000;
+    this.log.info({ everyMs, passDeadlineMs }, 'systemd watchdog: pinging while healthy');
+    this.watchdogTimer = setInterval(() => {
+      if (watchdogHealthy(Date.now(), this.passStartedAt, passDeadlineMs)) {
+        this.watchdogWithheld = false;
+        this.notifier?.send('WATCHDOG=1');
+      } else if (!this.watchdogWithheld) {
+        this.watchdogWithheld = true;
+        this.log.error({ passRunningMs: Date.now() - (this.passStartedAt ?? Date.now()) }, 'systemd watchdog: not pinging, a pass has been running for too long (hung?): systemd will restart the daemon');
+      }
+    }, everyMs);
   }
 
   /** Stops after the pass in flight (if any); closes sessions, which releases the writer lock. */
@@ -135,6 +179,8 @@ export class Daemon {
     if (this.stopping) return;
     this.stopping = true;
     this.log.info({ signal }, 'stopping');
+    this.notifier?.send(`STOPPING=1\nSTATUS=stopping (${signal})`);
+    clearInterval(this.watchdogTimer);
     clearInterval(this.timer);
     clearTimeout(this.retryTimer);
     await this.passes.stop();
@@ -142,6 +188,7 @@ export class Daemon {
     await this.nudges?.close().catch(() => undefined);
     await this.controller.close();
     this.log.info({ passes: this.passCount }, 'stopped');
+    this.notifier?.close();
     this.done();
   }
 

@@ -51,6 +51,9 @@ describe('systemd units', () => {
     assert.notEqual(installed, service, 'the copy points ExecStart at dist/cli.js');
     for (const line of [
       'User=postgres',
+      'Type=notify',
+      'NotifyAccess=all',
+      'WatchdogSec=30s',
       'Restart=on-failure',
       'NoNewPrivileges=yes',
       'ProtectSystem=strict',
