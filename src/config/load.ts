@@ -162,6 +162,9 @@ export function configFromObject(doc: unknown, file: string): ControllerConfig {
     citus: {
       loopWait: citus.loop_wait ?? 10,
       ttl: citus.ttl ?? bootstrapTtl(raw) ?? 30,
+      ...(citus.probe_user
+        ? { probeUser: { username: citus.probe_user.username, ...(citus.probe_user.password !== undefined ? { password: String(citus.probe_user.password) } : {}) } }
+        : {}),
       databases: citus.databases,
       workers: citus.workers.map((w) => ({
         groupid: w.groupid,

@@ -99,6 +99,13 @@ export const citusSchema = z
   .object({
     loop_wait: positive('loop_wait (seconds)').optional(),
     ttl: positive('ttl (seconds)').optional(),
+    probe_user: z
+      .object({
+        username: z.string({ error: 'expected a user name' }).min(1, { error: 'expected a user name' }),
+        password: z.union([z.string(), z.number()], { error: 'expected a string' }).optional(),
+      })
+      .strict()
+      .optional(),
     databases: z.array(identifier('database name'), { error: 'expected a list of database names' }).min(1, { error: 'list at least one database' }),
     workers: z.array(workerSchema, { error: 'expected a list of worker groups' }),
     source: z.enum(SOURCE_CHOICES, { error: `must be one of ${SOURCE_CHOICES.join(', ')}` }).optional(),

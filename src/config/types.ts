@@ -45,6 +45,12 @@ export interface CitusConfig {
    * the leader for 2/3 of it.
    */
   ttl: number;
+  /**
+   * The login for sessions to nodes other than this one (probes of DCS- or config-named members,
+   * promotion checks): they only ask pg_is_in_recovery(), so an unprivileged role does. Default:
+   * the superuser (never sent in clear text to such a node, see pg/connect.ts).
+   */
+  probeUser?: { username: string; password?: string };
   databases: string[];
   workers: WorkerGroupConfig[];
   /** Force a topology source instead of choosing from the config. */

@@ -97,12 +97,15 @@ export function pgClientConfig(cfg: PgConfig, o: ConnectOptions): ClientConfig {
   const p = PURPOSES[o.purpose];
   const { host, port, database } = target(cfg, o);
   const connectTimeoutMs = o.connectTimeoutMs ?? cfg.citus.connectTimeoutMs;
+  // sessions to OTHER nodes (named by the DCS or the config) only ask pg_is_in_recovery():
+  // citus.probe_user, when set, spares them the superuser's credentials
+  const login = (o.purpose === 'probe' || o.purpose === 'promotion') && cfg.citus.probeUser ? cfg.citus.probeUser : cfg.postgresql.superuser;
   const config: ClientConfig = {
     host,
     port,
     database,
-    user: cfg.postgresql.superuser.username,
-    password: pgPassword(cfg, { host, port, database }),
+    user: login.username,
+    password: pgPassword({ postgresql: { ...cfg.postgresql, superuser: login } }, { host, port, database }),
     connectionTimeoutMillis: connectTimeoutMs,
     application_name: o.applicationName ?? p.applicationName,
     ...(p.keepAlive ? { keepAlive: true, keepAliveInitialDelayMillis: 10_000 } : {}),
@@ -132,6 +135,26 @@ export function pgClientConfig(cfg: PgConfig, o: ConnectOptions): ClientConfig {
     config.options = '-c citus.use_secondary_nodes=never';
   }
   return config;
+}
+
+/** Is the session's target this node (postgresql.connect_address)? */
+function isThisNode(cfg: PgConfig, base: ClientConfig): boolean {
+  const ca = cfg.postgresql.connectAddress;
+  return base.host === ca.host && base.port === ca.port;
+}
+
+/**
+ * A node named by the DCS (any host a member key says) must not get a password in clear text:
+ * node-postgres would answer AuthenticationCleartextPassword with it, on a connection without
+ * TLS. The connect fails instead, naming the node; SCRAM and md5 (which do not reveal it) work.
+ */
+function refuseCleartextPassword(client: Client, where: string): void {
+  const c = client as unknown as { _handleAuthCleartextPassword?: () => void; connection: { emit(ev: string, err: Error): void; stream?: { destroy(): void } } };
+  if (typeof c._handleAuthCleartextPassword !== 'function') throw new Error('node-postgres internals changed: cannot refuse clear-text passwords');
+  c._handleAuthCleartextPassword = () => {
+    c.connection.emit('error', new Error(`${where} asked for the password in clear text: refused (it is not this node; use scram-sha-256 or md5 in its pg_hba.conf, or citus.probe_user)`));
+    c.connection.stream?.destroy();
+  };
 }
 
 /** How much longer than statement_timeout the client waits for an answer before giving up. */
@@ -173,6 +196,7 @@ export async function pgConnect(cfg: PgConfig, o: ConnectOptions): Promise<Clien
   const deadline = Date.now() + connectTimeoutMs;
   for (;;) {
     const client = new pg.Client({ ...base, connectionTimeoutMillis: Math.max(50, deadline - Date.now()) });
+    if (!isThisNode(cfg, base)) refuseCleartextPassword(client, where);
     let connected = false;
     const onBroken = (reason: string): void => {
       if (broken.has(client)) return;
