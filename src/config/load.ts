@@ -4,6 +4,7 @@
  * same keys. Every problem becomes ONE ConfigError line: `config error: <key.path>: <problem>`.
  */
 import { readFileSync } from 'node:fs';
+import { dirname, isAbsolute, resolve } from 'node:path';
 import yaml from 'js-yaml';
 import type { z } from 'zod';
 import { ConfigError } from '../util/errors.js';
@@ -137,13 +138,17 @@ export function configFromObject(doc: unknown, file: string): ControllerConfig {
     if (s.proxy !== undefined) throw new ConfigError(`${dcsKind}.proxy`, 'etcd proxies are not supported: list the hosts (hosts: [host:port])');
     const hosts = s.hosts ?? s.host ?? s.urls ?? s.url;
     if (!hosts) throw new ConfigError(`${dcsKind}.hosts`, 'missing: list the etcd endpoints (host:port)');
+    const tls = dcsTls(dcsKind, s, file);
+    if ((s.cert === undefined) !== (s.key === undefined)) throw new ConfigError(`${dcsKind}.${s.cert === undefined ? 'cert' : 'key'}`, 'a client certificate needs both cert and key');
     dcs = {
       kind: dcsKind,
       hosts,
-      protocol: s.protocol ?? 'http',
+      protocol: s.protocol ?? (tls ? 'https' : 'http'),
       ...(s.username !== undefined ? { username: s.username } : {}),
       ...(s.password !== undefined ? { password: String(s.password) } : {}),
+      ...(tls ? { tls } : {}),
     };
+    if (tls && dcs.protocol !== 'https') throw new ConfigError(`${dcsKind}.protocol`, 'cacert/cert/key are TLS settings: protocol must be https (or left out)');
   }
 
   const su = top.postgresql.authentication.superuser;
@@ -199,6 +204,38 @@ export function configFromObject(doc: unknown, file: string): ControllerConfig {
       confirmPromotion: citus.confirm_promotion ?? true,
       ...(citus.socket !== undefined ? { socket: citus.socket } : {}),
     },
+  };
+}
+
+/**
+ * Patroni's cacert / cert / key of the etcd section, read now (a file that cannot be read is a
+ * config error naming the key). The v2 API reader (etcd:) cannot use them: a config error rather
+ * than TLS settings silently ignored.
+ */
+function dcsTls(kind: 'etcd3' | 'etcd', s: { cacert?: string | undefined; cert?: string | undefined; key?: string | undefined }, configFile: string): DcsConfig['tls'] | undefined {
+  const keys = (['cacert', 'cert', 'key'] as const).filter((k) => s[k] !== undefined);
+  if (keys.length === 0) return undefined;
+  if (kind === 'etcd') {
+    throw new ConfigError(`etcd.${keys[0]}`, "TLS files are supported with the etcd3: section (etcd's v3 API) only; Patroni's etcd: section (v2 API) over TLS is not");
+  }
+  const read = (k: 'cacert' | 'cert' | 'key'): Buffer | undefined => {
+    const path = s[k];
+    if (path === undefined) return undefined;
+    const full = isAbsolute(path) ? path : resolve(dirname(configFile), path);
+    try {
+      return readFileSync(full);
+    } catch (err) {
+      throw new ConfigError(`${kind}.${k}`, `cannot read ${full}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+    }
+  };
+  const ca = read('cacert');
+  const cert = read('cert');
+  const key = read('key');
+  return {
+    ...(ca ? { ca } : {}),
+    ...(cert ? { cert } : {}),
+    ...(key ? { key } : {}),
+    files: { ...(s.cacert !== undefined ? { cacert: s.cacert } : {}), ...(s.cert !== undefined ? { cert: s.cert } : {}), ...(s.key !== undefined ? { key: s.key } : {}) },
   };
 }
 

@@ -67,6 +67,9 @@ export const dcsSection = z
     password: z.union([z.string(), z.number()], { error: 'expected a string' }).optional(),
     srv: z.unknown().optional(),
     proxy: z.unknown().optional(),
+    cacert: z.string({ error: 'expected the path of a PEM file' }).min(1).optional(),
+    cert: z.string({ error: 'expected the path of a PEM file' }).min(1).optional(),
+    key: z.string({ error: 'expected the path of a PEM file' }).min(1).optional(),
   })
   .loose();
 

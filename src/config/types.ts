@@ -27,6 +27,8 @@ export interface DcsConfig {
   protocol: 'http' | 'https';
   username?: string;
   password?: string;
+  /** TLS (Patroni's cacert / cert / key, PEM files read at load): etcd3 only. */
+  tls?: { ca?: Buffer; cert?: Buffer; key?: Buffer; files: { cacert?: string; cert?: string; key?: string } };
 }
 
 export interface VipConfig {

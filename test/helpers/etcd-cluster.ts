@@ -4,7 +4,7 @@
  * keyspace. For fault tests of the DCS readers.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { closeSync, mkdtempSync, openSync, rmSync } from 'node:fs';
+import { closeSync, mkdtempSync, openSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { execa } from 'execa';
@@ -22,15 +22,25 @@ export interface EtcdMember {
   child: ChildProcess | null;
 }
 
+/** Client TLS of the cluster: PEM files; clients must show a certificate signed by `ca`. */
+export interface EtcdTls {
+  ca: string;
+  serverCert: string;
+  serverKey: string;
+  /** A client certificate etcdctl uses (the test's own admin access). */
+  clientCert: string;
+  clientKey: string;
+}
+
 export class EtcdCluster {
   readonly dir = mkdtempSync(join(tmpdir(), 'cc-etcd-cluster-'));
   members: EtcdMember[] = [];
 
-  private constructor() {}
+  private constructor(readonly tls: EtcdTls | null = null) {}
 
-  /** Starts `n` members and waits until every one answers /health. */
-  static async start(n: number): Promise<EtcdCluster> {
-    const c = new EtcdCluster();
+  /** Starts `n` members and waits until every one is healthy. `tls`: clients speak https with client certificates. */
+  static async start(n: number, opts: { tls?: EtcdTls } = {}): Promise<EtcdCluster> {
+    const c = new EtcdCluster(opts.tls ?? null);
     const ports = await pickFreePorts(2 * n);
     c.members = Array.from({ length: n }, (_, i) => ({ name: `e${i}`, clientPort: ports[2 * i]!, peerPort: ports[2 * i + 1]!, child: null }));
     for (const m of c.members) c.spawnMember(m, 'new');
@@ -51,7 +61,8 @@ export class EtcdCluster {
   }
 
   private spawnMember(m: EtcdMember, state: 'new' | 'existing'): void {
-    const client = `http://${HOST}:${m.clientPort}`;
+    const client = `${this.tls ? 'https' : 'http'}://${HOST}:${m.clientPort}`;
+    const tlsArgs = this.tls ? [`--cert-file=${this.tls.serverCert}`, `--key-file=${this.tls.serverKey}`, `--trusted-ca-file=${this.tls.ca}`, '--client-cert-auth'] : [];
     const peer = `http://${HOST}:${m.peerPort}`;
     const fd = openSync(join(this.dir, `${m.name}.log`), 'a');
     m.child = spawn(
@@ -70,6 +81,7 @@ export class EtcdCluster {
         '--election-timeout=500',
         '--log-outputs=stderr',
         '--logger=zap',
+        ...tlsArgs,
       ],
       { stdio: ['ignore', fd, fd] },
     );
@@ -78,6 +90,11 @@ export class EtcdCluster {
   }
 
   async waitHealthy(m: EtcdMember, timeoutMs = 20000): Promise<void> {
+    if (this.tls) {
+      const i = this.members.indexOf(m);
+      await waitUntil(async () => (await this.ctl(i, ['endpoint', 'health']).then(() => true, () => false)), { timeoutMs, intervalMs: 100, what: `etcd member ${m.name} healthy (TLS)` });
+      return;
+    }
     await waitUntil(
       async () => {
         try {
@@ -102,7 +119,9 @@ export class EtcdCluster {
 
   /** etcdctl against member `i` (ETCDCTL_API=3), rejecting on failure. */
   async ctl(i: number, args: string[]): Promise<string> {
-    const r = await execa(ETCDCTL_BIN, [`--endpoints=${this.endpoint(i)}`, '--command-timeout=3s', ...args], { env: { ETCDCTL_API: '3' } });
+    const tls = this.tls ? [`--cacert=${this.tls.ca}`, `--cert=${this.tls.clientCert}`, `--key=${this.tls.clientKey}`] : [];
+    const ep = `${this.tls ? 'https://' : ''}${this.endpoint(i)}`;
+    const r = await execa(ETCDCTL_BIN, [`--endpoints=${ep}`, '--command-timeout=3s', ...tls, ...args], { env: { ETCDCTL_API: '3' } });
     return String(r.stdout);
   }
 
@@ -162,4 +181,33 @@ export function patroniScopeKeys(scope: string, members: Record<string, number>,
   };
   for (const [name, port] of Object.entries(members)) out[`/service/${scope}/members/${name}`] = patroniMemberJson(port, name === leader ? 'master' : 'replica');
   return out;
+}
+
+/**
+ * A CA, a server certificate for 127.0.0.1 and a client certificate, made with openssl in `dir`
+ * (for etcd with client TLS). Also a second, unrelated CA's client certificate (`strangerCert`).
+ */
+export async function makeEtcdCerts(dir: string): Promise<EtcdTls & { strangerCert: string; strangerKey: string }> {
+  const f = (n: string) => join(dir, n);
+  const ossl = (args: string[]) => execa('openssl', args, { cwd: dir });
+  writeFileSync(f('san.cnf'), 'subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n');
+  for (const ca of ['ca', 'stranger-ca']) {
+    await ossl(['req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '2', '-subj', `/CN=${ca}`, '-keyout', f(`${ca}.key`), '-out', f(`${ca}.crt`)]);
+  }
+  const leaf = async (name: string, ca: string) => {
+    await ossl(['req', '-newkey', 'rsa:2048', '-nodes', '-subj', `/CN=${name}`, '-keyout', f(`${name}.key`), '-out', f(`${name}.csr`)]);
+    await ossl(['x509', '-req', '-in', f(`${name}.csr`), '-CA', f(`${ca}.crt`), '-CAkey', f(`${ca}.key`), '-CAcreateserial', '-days', '2', '-extfile', f('san.cnf'), '-out', f(`${name}.crt`)]);
+  };
+  await leaf('server', 'ca');
+  await leaf('client', 'ca');
+  await leaf('stranger', 'stranger-ca');
+  return {
+    ca: f('ca.crt'),
+    serverCert: f('server.crt'),
+    serverKey: f('server.key'),
+    clientCert: f('client.crt'),
+    clientKey: f('client.key'),
+    strangerCert: f('stranger.crt'),
+    strangerKey: f('stranger.key'),
+  };
 }

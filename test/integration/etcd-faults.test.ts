@@ -13,7 +13,10 @@ import { chooseSource } from '../../src/topology/choose.js';
 import { type TopologySource } from '../../src/topology/reader.js';
 import { runningPrimary, type Topology } from '../../src/topology/model.js';
 import { captureLog } from '../helpers/log.js';
-import { EtcdCluster, patroniScopeKeys } from '../helpers/etcd-cluster.js';
+import { EtcdCluster, makeEtcdCerts, patroniScopeKeys } from '../helpers/etcd-cluster.js';
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { sleep, waitUntil } from '../helpers/wait.js';
 
 const CN = { 'cn-a': 15432, 'cn-b': 15433 };
@@ -194,5 +197,52 @@ describe('etcd3 reads: a frozen member does not fail a read another member can a
       cluster.thaw(0);
     }
     await h.stop();
+  });
+});
+
+describe('etcd3 over TLS with client certificates (certificates made by the test)', { timeout: 120000 }, () => {
+  let cluster: EtcdCluster;
+  let certs: Awaited<ReturnType<typeof makeEtcdCerts>>;
+  const certDir = mkdtempSync(join(tmpdir(), 'cc-etcd-tls-'));
+  after(async () => {
+    await cluster?.stop();
+    rmSync(certDir, { recursive: true, force: true });
+  });
+
+  function tlsConfig(extra: Record<string, unknown>): ControllerConfig {
+    return config([cluster.endpoint(0)], 'etcd3', extra);
+  }
+
+  test('cacert + cert + key: the reader reads and watches; the wrong client certificate or none: no view, never a silent fallback', async () => {
+    certs = await makeEtcdCerts(certDir);
+    cluster = await EtcdCluster.start(1, { tls: certs });
+    await cluster.ctl(0, ['put', '/service/cn/leader', 'cn-a']);
+    for (const [k, v] of Object.entries(patroniScopeKeys('cn', CN, 'cn-a'))) await cluster.ctl(0, ['put', k, v]);
+
+    const c = captureLog();
+    const h = open(tlsConfig({ cacert: certs.ca, cert: certs.clientCert, key: certs.clientKey }), c.log);
+    await h.start();
+    assert.equal(h.snapshot().fresh, true, h.snapshot().staleReason);
+    assert.equal(primary(h.snapshot()), 'cn-a');
+    for (const [k, v] of Object.entries(patroniScopeKeys('cn', CN, 'cn-b'))) await cluster.ctl(0, ['put', k, v]);
+    await waitUntil(() => primary(h.snapshot()) === 'cn-b', { timeoutMs: 3000, what: 'the change seen through the TLS watch' });
+    await h.stop();
+
+    for (const [what, extra] of [
+      ['no client certificate', { cacert: certs.ca }],
+      ['a client certificate of another CA', { cacert: certs.ca, cert: certs.strangerCert, key: certs.strangerKey }],
+    ] as const) {
+      const h2 = open(tlsConfig(extra), captureLog().log);
+      await h2.start();
+      assert.equal(h2.snapshot().fresh, false, `${what}: etcd refuses, no view`);
+      await h2.stop();
+    }
+  });
+
+  test('TLS settings that cannot work are one config error naming the key', () => {
+    assert.throws(() => tlsConfig({ cacert: join(certDir, 'missing.crt') }), { message: new RegExp(`etcd3\\.cacert: cannot read ${join(certDir, 'missing.crt').replace(/[.]/g, '\\.')}: ENOENT`) });
+    assert.throws(() => tlsConfig({ cacert: certs.ca, cert: certs.clientCert }), { message: /etcd3\.key: a client certificate needs both cert and key/ });
+    assert.throws(() => tlsConfig({ cacert: certs.ca, protocol: 'http' }), { message: /etcd3\.protocol: cacert\/cert\/key are TLS settings: protocol must be https/ });
+    assert.throws(() => config([cluster.endpoint(0)], 'etcd', { cacert: certs.ca }), { message: /etcd\.cacert: TLS files are supported with the etcd3: section \(etcd's v3 API\) only/ });
   });
 });

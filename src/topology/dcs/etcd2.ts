@@ -137,8 +137,10 @@ export class EtcdV2Reader implements TopologyReader {
     let lastErr: unknown = new Error('no etcd host configured');
     const outer = opts.signal ? AbortSignal.any([opts.signal, this.closing.signal]) : this.closing.signal;
     const deadline = opts.budgetMs !== undefined ? performance.now() + opts.budgetMs : undefined;
+    // the member to ask first, fixed for this call (a concurrent call may move this.current)
+    const first = this.current;
     for (let i = 0; i < this.bases.length; i++) {
-      const idx = (this.current + i) % this.bases.length;
+      const idx = (first + i) % this.bases.length;
       const base = this.bases[idx] ?? '';
       let signal = outer;
       if (deadline !== undefined) {

@@ -166,6 +166,16 @@ export class EtcdV3Reader implements TopologyReader {
         watchBackoff: watchBackoff(0, opts.watchBackoffMaxMs ?? 2000),
       },
       ...(dcs.username !== undefined ? { auth: { username: dcs.username, password: dcs.password ?? '' } } : {}),
+      // Patroni's cacert / cert / key (read at config load); https without them: the system CAs
+      ...(dcs.tls?.ca || dcs.tls?.cert
+        ? {
+            credentials: {
+              // no cacert: null makes grpc use the system CAs (the typings say Buffer)
+              rootCertificate: (dcs.tls.ca ?? null) as Buffer,
+              ...(dcs.tls.cert && dcs.tls.key ? { certChain: dcs.tls.cert, privateKey: dcs.tls.key } : {}),
+            },
+          }
+        : {}),
     };
     this.clientOptions = options;
     this.client = makeClient(options);
@@ -268,8 +278,10 @@ export class EtcdV3Reader implements TopologyReader {
     const n = this.readClients.length;
     const deadline = performance.now() + this.readTimeoutMs;
     let lastErr: unknown = new Error('no etcd host configured');
+    // the member to ask first, fixed for this call (a concurrent read may move this.current)
+    const first = this.current;
     for (let i = 0; i < n; i++) {
-      const idx = (this.current + i) % n;
+      const idx = (first + i) % n;
       const left = deadline - performance.now();
       if (left <= 0) break;
       const attemptMs = Math.max(200, Math.floor(left / (n - i)));
@@ -370,7 +382,8 @@ export class EtcdV3Reader implements TopologyReader {
  */
 export async function v2KeyCount(cfg: ControllerConfig, scope: string, timeoutMs: number): Promise<number | null> {
   const dcs = cfg.dcs;
-  if (!dcs) return null;
+  // (fetch cannot use the configured CA / client certificate: no hint rather than a wrong one)
+  if (!dcs || dcs.tls) return null;
   for (const h of dcs.hosts) {
     try {
       const res = await fetch(`${dcs.protocol}://${formatHostPort(h)}/v2/keys${scopePrefix(cfg, scope).replace(/\/$/, '')}?recursive=true`, {
