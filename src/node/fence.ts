@@ -108,8 +108,9 @@ export class VipFence {
       if (!(await this.deps.vipBound())) return;
       const since = age === null ? 'since this process started' : `for ${(age / 1000).toFixed(1)} s`;
       const line = dropNow ? why : `no fresh DCS read has named this node the leader ${since} (limit ${(this.limitMs / 1000).toFixed(1)} s = 2/3 of ttl ${this.cfg.citus.ttl} s): ${why}`;
-      await this.deps.dropVip(line);
+      // said first: the line is there when the address is gone
       this.deps.log.warn(`fencing: VIP released: ${line}`);
+      await this.deps.dropVip(line);
     } catch (err) {
       this.deps.log.warn(`fencing: ${errorMessage(err)}`);
     } finally {
