@@ -61,6 +61,8 @@ describe('systemd units', () => {
       'ProtectHome=yes',
       'RuntimeDirectory=citus-controller',
       'RuntimeDirectoryPreserve=yes',
+      'SystemCallFilter=@system-service',
+      'UMask=0077',
       'CapabilityBoundingSet=',
     ]) {
       assert.match(service, new RegExp(`^${line.replace(/[.*+?^${}()|[\]\\]/g, '\\$&')}$`, 'm'), line);
@@ -79,6 +81,22 @@ describe('systemd units', () => {
     const r = await verify(stage('citus-controller.service', installed, { 'vip.conf': vipDropin }));
     assert.equal(r.code, 0, r.out);
     assert.equal(r.out, '');
+  });
+
+  test('systemd-analyze security: the daemon unit scores OK or better, with and without the VIP drop-in (score printed)', async () => {
+    const score = async (name: string, dropins: Record<string, string>): Promise<{ value: number; level: string }> => {
+      const unit = stage(name, installed, dropins);
+      const r = await execa('systemd-analyze', ['security', '--offline=yes', '--no-pager', unit], { reject: false, env: { SYSTEMD_LOG_COLOR: '0', SYSTEMD_COLORS: '0' } });
+      const m = /Overall exposure level for \S+: (\d+\.\d+) (\w+)/.exec(`${String(r.stdout)}\n${String(r.stderr)}`);
+      assert.ok(m, `a score in: ${String(r.stdout).slice(-300)} ${String(r.stderr)}`);
+      return { value: Number(m[1]), level: m[2]! };
+    };
+    const plain = await score('cc-plain.service', {});
+    const vip = await score('cc-vip.service', { 'vip.conf': vipDropin });
+    console.log(`# systemd-analyze security: citus-controller.service ${plain.value} ${plain.level}; with vip.conf ${vip.value} ${vip.level}`);
+    for (const [what, s] of [['unit', plain], ['unit + vip.conf', vip]] as const) {
+      assert.ok(s.level === 'SAFE' || s.level === 'OK', `${what}: ${s.value} ${s.level} (OK or better wanted)`);
+    }
   });
 
   test('verify reads the drop-ins: a bad key in one is reported', async () => {
