@@ -16,6 +16,7 @@ import yaml from 'js-yaml';
 import type pg from 'pg';
 import { freePort, startPgPair, type PgNode, type PgPair } from '../helpers/pg-pair.js';
 import { alive } from '../helpers/pg.js';
+import { createNetns, type TestNetns } from '../helpers/netns.js';
 import { listenForNudges, type Nudge } from '../../src/runtime/nudge.js';
 
 const root = resolve(fileURLToPath(import.meta.url), '../../..');
@@ -342,30 +343,35 @@ describe('use_secondary_nodes on a PostgreSQL primary + hot standby', () => {
 
 // ---------------------------------------------------------------------------------------------
 
-describe('read/write VIP on an interface created by the test', () => {
-  const created: string[] = [];
+describe('read/write VIP on an interface created by the test, in a network namespace the test creates', () => {
+  // every hook run here runs inside the namespace (`ip netns exec`): nothing is bound, and no ARP
+  // sent, in the root namespace
   const VIP = '192.0.2.10';
+  let ns: TestNetns;
+  let seq = 0;
+  before(async () => {
+    ns = await createNetns();
+  });
+  after(async () => ns?.remove());
 
+  /** A fresh veth pair in the namespace (both ends ours: packets sent on one only reach the other). */
   async function makeInterface(): Promise<string> {
-    const name = `cctest${process.pid % 1000}${created.length}`;
-    // a dummy interface where the kernel has the driver, else a veth pair (both ends are ours;
-    // packets sent on one end only reach the other)
-    const dummy = await execa('ip', ['link', 'add', name, 'type', 'dummy'], { reject: false });
-    if (dummy.failed) await execa('ip', ['link', 'add', name, 'type', 'veth', 'peer', 'name', `${name}p`]);
-    created.push(name);
-    await execa('ip', ['link', 'set', name, 'up']);
+    const name = `vt${++seq}`;
+    await ns.ip(['link', 'add', name, 'type', 'veth', 'peer', 'name', `${name}p`]);
+    await ns.ip(['link', 'set', name, 'up']);
+    await ns.ip(['link', 'set', `${name}p`, 'up']);
     return name;
   }
   async function addresses(iface: string): Promise<string[]> {
-    const r = await execa('ip', ['-o', 'addr', 'show', 'dev', iface]);
-    return r.stdout
+    return (await ns.ip(['-o', 'addr', 'show', 'dev', iface]))
       .split('\n')
       .map((l) => /\sinet6?\s+(\S+)/.exec(l)?.[1])
       .filter((a): a is string => a !== undefined && !a.startsWith('fe80:'));
   }
-  after(async () => {
-    for (const name of created) await execa('ip', ['link', 'del', name], { reject: false });
-  });
+  /** The hook, run inside the namespace (`wrap`: more of the command line, after entering it). */
+  function vipHook(args: string[], wrap: string[] = []): Promise<HookRun> {
+    return hook(args, { wrap: ['ip', 'netns', 'exec', ns.name, ...wrap] });
+  }
 
   // scope wk1 is a worker scope: VIP only, no PostgreSQL needed (the config points at a closed port)
   let closedPort: number;
@@ -377,29 +383,29 @@ describe('read/write VIP on an interface created by the test', () => {
     const iface = await makeInterface();
     const cfg = writeConfig({ port: closedPort, vip: { address: VIP, prefix: 32, interface: iface } });
 
-    const r1 = timed('vip', await hook(['--config', cfg, 'on_role_change', 'master', 'wk1']));
+    const r1 = timed('vip', await vipHook(['--config', cfg, 'on_role_change', 'master', 'wk1']));
     assert.equal(r1.code, 0, r1.stderr);
     assert.equal(lineOf(r1, /vip/), `on_role_change master wk1: vip ${VIP}/32 bound on ${iface}, gratuitous ARP sent x3`);
     assert.ok(!r1.stderr.includes('use_secondary_nodes'), 'a worker scope never touches use_secondary_nodes');
     assert.deepEqual(await addresses(iface), [`${VIP}/32`]);
 
-    const r2 = await hook(['--config', cfg, 'on_start', 'master', 'wk1']);
+    const r2 = await vipHook(['--config', cfg, 'on_start', 'master', 'wk1']);
     assert.equal(r2.code, 0, r2.stderr);
     assert.equal(lineOf(r2, /vip/), `on_start master wk1: vip ${VIP}/32 already bound on ${iface}, gratuitous ARP sent x3`);
     assert.deepEqual(await addresses(iface), [`${VIP}/32`]);
 
-    const r3 = await hook(['--config', cfg, 'on_role_change', 'replica', 'wk1']);
+    const r3 = await vipHook(['--config', cfg, 'on_role_change', 'replica', 'wk1']);
     assert.equal(r3.code, 0, r3.stderr);
     assert.equal(lineOf(r3, /vip/), `on_role_change replica wk1: vip ${VIP}/32 released from ${iface}`);
     assert.deepEqual(await addresses(iface), []);
 
-    const r4 = await hook(['--config', cfg, 'on_role_change', 'demoted', 'wk1']);
+    const r4 = await vipHook(['--config', cfg, 'on_role_change', 'demoted', 'wk1']);
     assert.equal(r4.code, 0, r4.stderr);
     assert.equal(lineOf(r4, /vip/), `on_role_change demoted wk1: vip ${VIP}/32 not bound on ${iface} (nothing to release)`);
 
-    await hook(['--config', cfg, 'on_start', 'master', 'wk1']);
+    await vipHook(['--config', cfg, 'on_start', 'master', 'wk1']);
     assert.deepEqual(await addresses(iface), [`${VIP}/32`]);
-    const r5 = await hook(['--config', cfg, 'on_stop', 'master', 'wk1']);
+    const r5 = await vipHook(['--config', cfg, 'on_stop', 'master', 'wk1']);
     assert.equal(r5.code, 0, r5.stderr);
     assert.equal(lineOf(r5, /vip/), `on_stop master wk1: vip ${VIP}/32 released from ${iface}`);
     assert.deepEqual(await addresses(iface), []);
@@ -407,13 +413,13 @@ describe('read/write VIP on an interface created by the test', () => {
 
   test('bind is exact (the configured prefix is added next to another one); release removes the address under every prefix', async () => {
     const iface = await makeInterface();
-    await execa('ip', ['addr', 'add', `${VIP}/24`, 'dev', iface]);
+    await ns.ip(['addr', 'add', `${VIP}/24`, 'dev', iface]);
     const cfg = writeConfig({ port: closedPort, vip: { address: VIP, prefix: 32, interface: iface } });
-    const r = await hook(['--config', cfg, 'on_role_change', 'primary', 'wk1']);
+    const r = await vipHook(['--config', cfg, 'on_role_change', 'primary', 'wk1']);
     assert.equal(r.code, 0, r.stderr);
     assert.match(lineOf(r, /vip/), /bound on/);
     assert.deepEqual((await addresses(iface)).sort(), [`${VIP}/24`, `${VIP}/32`]);
-    const u = await hook(['--config', cfg, 'on_role_change', 'replica', 'wk1']);
+    const u = await vipHook(['--config', cfg, 'on_role_change', 'replica', 'wk1']);
     assert.equal(u.code, 0, u.stderr);
     assert.equal(lineOf(u, /vip/), `on_role_change replica wk1: vip ${VIP}/24, ${VIP}/32 released from ${iface}`);
     assert.deepEqual(await addresses(iface), [], 'the address answers for the VIP under any prefix: all released');
@@ -422,12 +428,12 @@ describe('read/write VIP on an interface created by the test', () => {
   test('keep_on_stop keeps the address on on_stop, still releases on demote', async () => {
     const iface = await makeInterface();
     const cfg = writeConfig({ port: closedPort, vip: { address: VIP, interface: iface, keep_on_stop: true } });
-    await hook(['--config', cfg, 'on_start', 'master', 'wk1']);
-    const r = await hook(['--config', cfg, 'on_stop', 'master', 'wk1']);
+    await vipHook(['--config', cfg, 'on_start', 'master', 'wk1']);
+    const r = await vipHook(['--config', cfg, 'on_stop', 'master', 'wk1']);
     assert.equal(r.code, 0, r.stderr);
     assert.match(lineOf(r, /vip/), /left as is on .* \(keep_on_stop\)/);
     assert.deepEqual(await addresses(iface), [`${VIP}/32`]);
-    await hook(['--config', cfg, 'on_role_change', 'demoted', 'wk1']);
+    await vipHook(['--config', cfg, 'on_role_change', 'demoted', 'wk1']);
     assert.deepEqual(await addresses(iface), []);
   });
 
@@ -437,7 +443,7 @@ describe('read/write VIP on an interface created by the test', () => {
     const asPostgres = ['setpriv', '--reuid=postgres', '--regid=postgres', '--init-groups'];
     const caps = ['--inh-caps=+net_admin,+net_raw', '--ambient-caps=+net_admin,+net_raw'];
 
-    const denied = await hook(['--config', cfg, 'on_role_change', 'master', 'wk1'], { wrap: [...asPostgres, '--'] });
+    const denied = await vipHook(['--config', cfg, 'on_role_change', 'master', 'wk1'], [...asPostgres, '--']);
     assert.equal(denied.code, 1, denied.stderr);
     assert.match(
       lineOf(denied, /vip/),
@@ -445,21 +451,21 @@ describe('read/write VIP on an interface created by the test', () => {
     );
     assert.deepEqual(await addresses(iface), []);
 
-    const ok = await hook(['--config', cfg, 'on_role_change', 'master', 'wk1'], { wrap: [...asPostgres, ...caps, '--'] });
+    const ok = await vipHook(['--config', cfg, 'on_role_change', 'master', 'wk1'], [...asPostgres, ...caps, '--']);
     assert.equal(ok.code, 0, ok.stderr);
     assert.match(lineOf(ok, /vip/), /bound on .*, gratuitous ARP sent x3$/);
     assert.deepEqual(await addresses(iface), [`${VIP}/32`]);
-    const rel = await hook(['--config', cfg, 'on_role_change', 'replica', 'wk1'], { wrap: [...asPostgres, ...caps, '--'] });
+    const rel = await vipHook(['--config', cfg, 'on_role_change', 'replica', 'wk1'], [...asPostgres, ...caps, '--']);
     assert.equal(rel.code, 0, rel.stderr);
     assert.deepEqual(await addresses(iface), []);
   });
 
   test('a missing interface: binding fails with a clear line, releasing is a no-op', async () => {
     const cfg = writeConfig({ port: closedPort, vip: { address: VIP, interface: 'cctestnone0' } });
-    const r = await hook(['--config', cfg, 'on_role_change', 'master', 'wk1']);
+    const r = await vipHook(['--config', cfg, 'on_role_change', 'master', 'wk1']);
     assert.equal(r.code, 1, r.stderr);
     assert.equal(lineOf(r, /vip|bind/), `on_role_change master wk1: FAILED cannot bind ${VIP}/32: interface cctestnone0 does not exist`);
-    const u = await hook(['--config', cfg, 'on_role_change', 'replica', 'wk1']);
+    const u = await vipHook(['--config', cfg, 'on_role_change', 'replica', 'wk1']);
     assert.equal(u.code, 0, u.stderr);
     assert.match(lineOf(u, /vip/), /not bound on cctestnone0 \(nothing to release\)/);
   });
