@@ -96,6 +96,8 @@ export class VipFence {
           else if (v.kind === 'other') {
             why = `a fresh DCS read says this node does not hold the leader key (${v.why})`;
             dropNow = true;
+            // no binding again on the strength of an earlier confirmation
+            this.confirmedAt = null;
           } else why = v.why;
         } catch (err) {
           why = `the DCS read failed: ${errorMessage(err)}`;

@@ -96,7 +96,7 @@ describe('VIP fence', () => {
       if (after === 'other' || after === 'none') assert.ok(w.drops[0]!.at <= 5100, 'at the first read that says so');
       else assert.ok(w.drops[0]!.at >= 20_000 + 4000 - 1100, 'not before 2/3 of ttl without a confirmation');
       assert.deepEqual(w.warns, [`fencing: VIP released: ${w.drops[0]!.why}`]);
-      assert.equal(w.fence.mayHold(), after === 'other' || after === 'none', 'mayHold: the last confirmation is still young only for an immediate drop');
+      assert.equal(w.fence.mayHold(), false, 'no binding again until a fresh read names this node');
     });
   }
 
