@@ -27,6 +27,7 @@ import type { Logger } from '../../util/log.js';
 import type { ScopeRef } from '../../config/groups.js';
 import { citusLayoutMessage, DcsScopes } from './scopes.js';
 import { flattenV2Node, type DcsKv } from './layout.js';
+import { askMembersInTurn } from './members.js';
 import type { ReaderHooks, TopologyReader } from '../reader.js';
 import type { GroupView } from '../model.js';
 
@@ -134,23 +135,23 @@ export class EtcdV2Reader implements TopologyReader {
    * failure when no member answers.
    */
   private async get(pathAndQuery: string, opts: { budgetMs?: number; signal?: AbortSignal } = {}): Promise<V2Answer> {
-    let lastErr: unknown = new Error('no etcd host configured');
     const outer = opts.signal ? AbortSignal.any([opts.signal, this.closing.signal]) : this.closing.signal;
-    const deadline = opts.budgetMs !== undefined ? performance.now() + opts.budgetMs : undefined;
-    // the member to ask first, fixed for this call (a concurrent call may move this.current)
-    const first = this.current;
-    for (let i = 0; i < this.bases.length; i++) {
-      const idx = (first + i) % this.bases.length;
-      const base = this.bases[idx] ?? '';
-      let signal = outer;
-      if (deadline !== undefined) {
-        const left = deadline - performance.now();
-        if (left <= 0) break;
-        signal = AbortSignal.any([outer, AbortSignal.timeout(Math.max(200, Math.floor(left / (this.bases.length - i))))]);
-      }
-      try {
-        const res = await fetch(`${base}${pathAndQuery}`, { signal, headers: this.headers });
-        const text = await res.text();
+    const { value, idx } = await askMembersInTurn({
+      count: this.bases.length,
+      first: this.current,
+      ...(opts.budgetMs !== undefined ? { budgetMs: opts.budgetMs } : {}),
+      fatal: () => outer.aborted,
+      attempt: async (i, attemptMs) => {
+        const base = this.bases[i] ?? '';
+        const signal = attemptMs === undefined ? outer : AbortSignal.any([outer, AbortSignal.timeout(attemptMs)]);
+        let res: Response;
+        let text: string;
+        try {
+          res = await fetch(`${base}${pathAndQuery}`, { signal, headers: this.headers });
+          text = await res.text();
+        } catch (err) {
+          throw signal.aborted && !outer.aborted ? new Error(`${base} did not answer in time`) : err;
+        }
         let body: unknown = null;
         try {
           body = JSON.parse(text);
@@ -160,19 +161,15 @@ export class EtcdV2Reader implements TopologyReader {
         const code = body && typeof body === 'object' ? (body as { errorCode?: unknown }).errorCode : undefined;
         if (!(res.ok || (res.status === 404 && code === 100) || code === 401)) {
           const why = body && typeof body === 'object' && typeof (body as { message?: unknown }).message === 'string' ? (body as { message: string }).message : String(text).slice(0, 80).trim();
-          lastErr = new Error(`${base} answered HTTP ${res.status}${why ? ` (${why})` : ''}${res.status === 404 ? ': is etcd started with --enable-v2?' : ''}`);
-          continue;
+          throw new Error(`${base} answered HTTP ${res.status}${why ? ` (${why})` : ''}${res.status === 404 ? ': is etcd started with --enable-v2?' : ''}`);
         }
         let ix = Number(res.headers.get('x-etcd-index'));
         if (!(Number.isSafeInteger(ix) && ix > 0) && body && typeof body === 'object') ix = Number((body as { index?: unknown }).index);
-        this.current = idx;
         return { status: res.status, index: Number.isSafeInteger(ix) && ix > 0 ? ix : null, body };
-      } catch (err) {
-        if (outer.aborted) throw err;
-        lastErr = signal.aborted ? new Error(`${base} did not answer in time`) : err;
-      }
-    }
-    throw lastErr;
+      },
+    });
+    this.current = idx;
+    return value;
   }
 
   /**

@@ -35,6 +35,7 @@ import { LogOnce } from '../../util/log-once.js';
 import { Backoff } from '../../util/backoff.js';
 import { basicAuth } from './etcd2.js';
 import { citusLayoutMessage, DcsScopes } from './scopes.js';
+import { askMembersInTurn } from './members.js';
 import { flattenV2Node, type DcsKv } from './layout.js';
 import type { ReaderHooks, TopologyReader } from '../reader.js';
 import type { GroupView } from '../model.js';
@@ -275,26 +276,22 @@ export class EtcdV3Reader implements TopologyReader {
    * can answer.
    */
   private async range(prefix: string): Promise<Array<{ key: Buffer; value: Buffer }>> {
-    const n = this.readClients.length;
-    const deadline = performance.now() + this.readTimeoutMs;
-    let lastErr: unknown = new Error('no etcd host configured');
-    // the member to ask first, fixed for this call (a concurrent read may move this.current)
-    const first = this.current;
-    for (let i = 0; i < n; i++) {
-      const idx = (first + i) % n;
-      const left = deadline - performance.now();
-      if (left <= 0) break;
-      const attemptMs = Math.max(200, Math.floor(left / (n - i)));
-      try {
-        const res = await this.readClients[idx]!.getAll().prefix(prefix).options({ deadline: Date.now() + attemptMs }).exec();
-        this.current = idx;
-        return res.kvs;
-      } catch (err) {
-        if (this.closed) throw err;
-        lastErr = new Error(`${this.readHosts[idx] ?? '?'}: ${errorMessage(err)}`);
-      }
-    }
-    throw lastErr;
+    const { value, idx } = await askMembersInTurn({
+      count: this.readClients.length,
+      first: this.current,
+      budgetMs: this.readTimeoutMs,
+      fatal: () => this.closed,
+      attempt: async (i, attemptMs) => {
+        try {
+          const res = await this.readClients[i]!.getAll().prefix(prefix).options({ deadline: Date.now() + (attemptMs ?? this.readTimeoutMs) }).exec();
+          return res.kvs;
+        } catch (err) {
+          throw new Error(`${this.readHosts[i] ?? '?'}: ${errorMessage(err)}`);
+        }
+      },
+    });
+    this.current = idx;
+    return value;
   }
 
   private async rangeOf(prefix: string): Promise<DcsKv[]> {
