@@ -58,20 +58,25 @@ class FakeSource implements TopologySource {
   }
 }
 
+/** A config whose coordinator is `p`'s primary, with worker group 1 (scope wk1); `citus` adds keys. */
+function pairConfig(p: PgPair, citus: Record<string, unknown> = {}) {
+  return configFromObject(
+    {
+      scope: 'cn',
+      etcd3: { hosts: '127.0.0.1:2379' },
+      postgresql: { connect_address: `127.0.0.1:${p.primary.port}`, authentication: { superuser: { username: 'postgres', password: p.password } } },
+      citus: { databases: ['postgres'], workers: [{ groupid: 1, scope: 'wk1' }], ...citus },
+    },
+    'test.yml',
+  );
+}
+
 function group(leader: string | null, members: MemberView[]): GroupView {
   return { groupid: 1, scope: 'wk1', leader, members, problems: [] };
 }
 
 test('a leader still in recovery stays "not yet promoted"; once promoted it is a running primary before Patroni says so', async () => {
-  const cfg = configFromObject(
-    {
-      scope: 'cn',
-      etcd3: { hosts: '127.0.0.1:2379' },
-      postgresql: { connect_address: `127.0.0.1:${pair.primary.port}`, authentication: { superuser: { username: 'postgres', password: pair.password } } },
-      citus: { databases: ['postgres'], workers: [{ groupid: 1, scope: 'wk1' }] },
-    },
-    'test.yml',
-  );
+  const cfg = pairConfig(pair);
   const a = member('wk1-a', pair.primary.port, 'master');
   const b = member('wk1-b', pair.standby.port, 'replica');
   const fake = new FakeSource({ source: 'etcd', observedAt: 0, fresh: true, groups: [group('wk1-a', [a, b])] });
@@ -110,15 +115,7 @@ test('a leader still in recovery stays "not yet promoted"; once promoted it is a
 });
 
 test('a leader that does not answer is never confirmed; a vanished leader key stays "no leader"', async () => {
-  const cfg = configFromObject(
-    {
-      scope: 'cn',
-      etcd3: { hosts: '127.0.0.1:2379' },
-      postgresql: { connect_address: `127.0.0.1:${pair.primary.port}`, authentication: { superuser: { username: 'postgres', password: pair.password } } },
-      citus: { databases: ['postgres'], workers: [{ groupid: 1, scope: 'wk1' }], connect_timeout: 200 },
-    },
-    'test.yml',
-  );
+  const cfg = pairConfig(pair, { connect_timeout: 200 });
   const dead = member('wk1-dead', closedPort, 'replica');
   const fake = new FakeSource({ source: 'etcd', observedAt: 0, fresh: true, groups: [group('wk1-dead', [dead])] });
   const confirmer = new PromotionConfirmer(fake, cfg, createLogger({ level: 'silent' }), { pollMs: 10 });
@@ -139,15 +136,7 @@ test('a leader that does not answer is never confirmed; a vanished leader key st
 test('a promotion slower than the give-up time is still confirmed: the leader is asked less often, never given up on', async () => {
   const slowPair = await startPgPair();
   try {
-    const cfg = configFromObject(
-      {
-        scope: 'cn',
-        etcd3: { hosts: '127.0.0.1:2379' },
-        postgresql: { connect_address: `127.0.0.1:${slowPair.primary.port}`, authentication: { superuser: { username: 'postgres', password: slowPair.password } } },
-        citus: { databases: ['postgres'], workers: [{ groupid: 1, scope: 'wk1' }] },
-      },
-      'test.yml',
-    );
+    const cfg = pairConfig(slowPair);
     const a = member('wk1-a', slowPair.primary.port, 'replica', 'stopped');
     const b = member('wk1-b', slowPair.standby.port, 'replica');
     const fake = new FakeSource({ source: 'etcd', observedAt: 0, fresh: true, groups: [group('wk1-b', [a, b])] });
