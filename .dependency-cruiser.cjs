@@ -13,7 +13,7 @@ const PURE = [
   '^src/citus/(model|plan|simulate|actions|failure|results)\\.ts$',
   '^src/topology/model\\.ts$',
   '^src/topology/dcs/(layout|scopes)\\.ts$',
-  '^src/node/(callback-plan|local-role)\\.ts$',
+  '^src/node/(callback-plan|local-role|vip-helper-protocol)\\.ts$',
   '^src/runtime/outcome\\.ts$',
 ];
 

@@ -20,6 +20,7 @@ const COMMANDS: Readonly<Record<string, () => Promise<Register>>> = {
   status: () => import('./commands/controller-commands.js').then((m) => m.registerControllerCommands),
   config: () => import('./commands/config-check.js').then((m) => m.registerConfigCommand),
   callback: () => import('./commands/callback.js').then((m) => m.registerCallbackCommand),
+  'vip-helper': () => import('./commands/vip-helper.js').then((m) => m.registerVipHelperCommand),
   lab: () => import('./lab/cli.js').then((m) => m.registerLabCommand),
 };
 

@@ -190,6 +190,7 @@ export function configFromObject(doc: unknown, file: string): ControllerConfig {
               prefix: vip.prefix ?? (vip.address.includes(':') ? 128 : 32),
               interface: vip.interface,
               keepOnStop: vip.keep_on_stop ?? false,
+              ...(vip.helper !== undefined ? { helper: vip.helper } : {}),
             },
           }
         : {}),

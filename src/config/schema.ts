@@ -95,6 +95,11 @@ export const vipSchema = z
       .string({ error: 'expected an interface name' })
       .regex(/^[A-Za-z0-9_.:-]{1,15}$/, { error: 'not a valid interface name (1-15 characters: letters, digits, _ . : -)' }),
     keep_on_stop: z.boolean({ error: 'expected true or false' }).optional(),
+    helper: z
+      .string({ error: 'expected an absolute path (string)' })
+      .refine((v) => v.startsWith('/'), { error: 'must be an absolute path (the VIP helper\'s unix socket)' })
+      .refine((v) => !v.includes('\0'), { error: 'must not contain NUL' })
+      .optional(),
   })
   .strict();
 

@@ -36,6 +36,12 @@ export interface VipConfig {
   prefix: number;
   interface: string;
   keepOnStop: boolean;
+  /**
+   * Unix socket of the VIP helper (`citus-controller vip-helper`, systemd/citus-controller-vip.*):
+   * when set, binding, releasing and announcing go through it, and the caller needs no capability.
+   * Unset: this process runs `ip` / `arping` itself (it needs CAP_NET_ADMIN and CAP_NET_RAW).
+   */
+  helper?: string;
 }
 
 export interface CitusConfig {

@@ -3,15 +3,19 @@
  * limits, LC_ALL=C for stable messages). Every step is idempotent and checks with an EXACT match of
  * `address/prefix` on the interface (vip-manager's lesson: 192.0.2.10/24 is not 192.0.2.10/32).
  *
- * Needs CAP_NET_ADMIN (ip addr add/del) and CAP_NET_RAW (arping): see
- * systemd/patroni.service.d/citus-controller-vip.conf.
+ * Binding, releasing and announcing need CAP_NET_ADMIN (ip addr add/del) and CAP_NET_RAW
+ * (arping). With `helper` set (citus.vip.helper) they are asked of the VIP helper over its unix
+ * socket instead (node/vip-helper.ts, systemd/citus-controller-vip.*), and only that helper holds
+ * the capabilities. Listing the addresses (`ip addr show`) needs none and is always done here.
  */
 import { accessSync, constants } from 'node:fs';
 import { delimiter, join } from 'node:path';
 import type { VipConfig } from '../config/types.js';
 import { canonicalAddress } from '../net/address.js';
+import { askVipHelper } from './vip-helper-client.js';
+import type { HelperReply, HelperRequest } from './vip-helper-protocol.js';
 
-export type VipSpec = Pick<VipConfig, 'address' | 'prefix' | 'interface'>;
+export type VipSpec = Pick<VipConfig, 'address' | 'prefix' | 'interface' | 'helper'>;
 
 export interface VipOptions {
   /** Limit for each `ip` run (ms, default 1000). */
@@ -111,7 +115,7 @@ function describeFailure(what: string, bin: string, r: RunResult, timeoutMs: num
   if (r.code) return `${what}: cannot run ${bin} (${r.code})`;
   const why = firstLine(r.stderr) || firstLine(r.stdout) || `exit code ${String(r.exitCode)}`;
   const hint = /not permitted|permission denied|CAP_NET/i.test(why)
-    ? ' (needs CAP_NET_ADMIN/CAP_NET_RAW: see systemd/patroni.service.d/citus-controller-vip.conf)'
+    ? ' (needs CAP_NET_ADMIN/CAP_NET_RAW: set citus.vip.helper and run the VIP helper, systemd/citus-controller-vip.socket)'
     : '';
   return `${what}: ${why.replace(/^RTNETLINK answers:\s*/, '')}${hint}`;
 }
@@ -148,6 +152,10 @@ export async function hasAddress(vip: VipSpec, opts: VipOptions = {}): Promise<b
 /** Adds the address unless it is there already. `changed` says whether this call added it. */
 export async function bind(vip: VipSpec, opts: VipOptions = {}): Promise<{ changed: boolean }> {
   const timeoutMs = opts.timeoutMs ?? 1000;
+  if (vip.helper) {
+    const r = await helperOrThrow(vip.helper, { op: 'bind', ...specOf(vip) }, 3 * timeoutMs, `cannot bind ${vipText(vip)} on ${vip.interface}`);
+    return { changed: r.changed === true };
+  }
   const list = await listAddresses(vip.interface, opts);
   if (list === null) throw new VipError(`cannot bind ${vipText(vip)}: interface ${vip.interface} does not exist`);
   if (list.includes(`${canonicalAddress(vip.address)}/${vip.prefix}`)) return { changed: false };
@@ -170,6 +178,10 @@ export async function bind(vip: VipSpec, opts: VipOptions = {}): Promise<{ chang
  */
 export async function unbind(vip: VipSpec, opts: VipOptions = {}): Promise<{ changed: boolean; removed: string[] }> {
   const timeoutMs = opts.timeoutMs ?? 1000;
+  if (vip.helper) {
+    const r = await helperOrThrow(vip.helper, { op: 'unbind', ...specOf(vip) }, 4 * timeoutMs, `cannot unbind ${vip.address} from ${vip.interface}`);
+    return { changed: r.changed === true, removed: r.removed ?? [] };
+  }
   const list = await listAddresses(vip.interface, opts);
   const want = canonicalAddress(vip.address);
   const bound = (list ?? []).filter((a) => a.slice(0, a.lastIndexOf('/')) === want);
@@ -187,6 +199,15 @@ export async function unbind(vip: VipSpec, opts: VipOptions = {}): Promise<{ cha
   const left = ((await listAddresses(vip.interface, opts)) ?? []).filter((a) => a.slice(0, a.lastIndexOf('/')) === want);
   if (left.length > 0) throw new VipError(`cannot unbind ${vip.address} from ${vip.interface}: still bound as ${left.join(', ')}`);
   return { changed: removed.length > 0, removed };
+}
+
+const specOf = (vip: VipSpec): Omit<HelperRequest, 'op'> => ({ address: vip.address, prefix: vip.prefix, interface: vip.interface });
+
+/** The helper's answer, or a VipError: the helper's own one-line reason when it gave one. */
+async function helperOrThrow(socket: string, request: HelperRequest, timeoutMs: number, what: string): Promise<Extract<HelperReply, { ok: true }>> {
+  const r = await askVipHelper(socket, request, timeoutMs);
+  if (!r.ok) throw new VipError(r.error.startsWith('refused') || r.error.startsWith('the VIP helper') ? `${what}: ${r.error}` : r.error);
+  return r;
 }
 
 type ArpingFlavour = 'habets' | 'iputils';
@@ -208,6 +229,15 @@ export async function gratuitousArp(vip: VipSpec, opts: GarpOptions = {}): Promi
   const count = Math.max(1, opts.count ?? 3);
   const intervalMs = Math.max(10, opts.intervalMs ?? 150);
   const timeoutMs = opts.timeoutMs ?? count * intervalMs + 700;
+  if (vip.helper) {
+    const r = await helperOrThrow(
+      vip.helper,
+      { op: 'garp', ...specOf(vip), count: Math.min(count, 5), intervalMs: Math.min(intervalMs, 500) },
+      timeoutMs + 1000,
+      `gratuitous ARP for ${vip.address} on ${vip.interface}`,
+    );
+    return { sent: r.sent ?? 0, ...(r.skipped !== undefined ? { skipped: r.skipped } : {}) };
+  }
   const bin = opts.arpingBin ?? findBinary('arping');
   const flavour = await arpingFlavour(bin);
   const seconds = (intervalMs / 1000).toFixed(3);

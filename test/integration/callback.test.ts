@@ -437,7 +437,7 @@ describe('read/write VIP on an interface created by the test, in a network names
     assert.deepEqual(await addresses(iface), []);
   });
 
-  test('as user postgres with the ambient capabilities of the patroni drop-in: works; without them: a clear failure', async () => {
+  test('direct mode (no citus.vip.helper) as user postgres: with both capabilities it works; without them: a clear failure', async () => {
     const iface = await makeInterface();
     const cfg = writeConfig({ port: closedPort, vip: { address: VIP, interface: iface } });
     const asPostgres = ['setpriv', '--reuid=postgres', '--regid=postgres', '--init-groups'];

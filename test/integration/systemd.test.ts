@@ -75,12 +75,38 @@ describe('systemd units', () => {
     assert.equal(r.out, '');
   });
 
-  test('citus-controller.service + the vip.conf drop-in verify without any warning', async () => {
-    assert.match(vipDropin, /^AmbientCapabilities=CAP_NET_ADMIN CAP_NET_RAW$/m);
-    assert.match(vipDropin, /^CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_RAW$/m);
+  test('citus-controller.service + the vip.conf drop-in verify without any warning; the drop-in adds no capability', async () => {
+    assert.doesNotMatch(vipDropin, /^(AmbientCapabilities|CapabilityBoundingSet)=/m);
+    assert.match(vipDropin, /^Wants=citus-controller-vip\.socket$/m);
+    assert.match(vipDropin, /^After=citus-controller-vip\.socket$/m);
     const r = await verify(stage('citus-controller.service', installed, { 'vip.conf': vipDropin }));
     assert.equal(r.code, 0, r.out);
     assert.equal(r.out, '');
+  });
+
+  const helperSocket = readFileSync(join(sd, 'citus-controller-vip.socket'), 'utf8');
+  const helperService = readFileSync(join(sd, 'citus-controller-vip.service'), 'utf8');
+  const helperInstalled = helperService.replace(/^ExecStart=\/usr\/bin\/citus-controller /m, `ExecStart=${dist} `);
+
+  test('the VIP helper: socket (root:postgres 0660) + service verify without any warning; the service alone holds the two capabilities', async () => {
+    assert.match(helperService, /^ExecStart=\/usr\/bin\/citus-controller vip-helper -c \/etc\/patroni\.yml$/m);
+    assert.notEqual(helperInstalled, helperService);
+    for (const line of ['ListenStream=/run/citus-controller-vip.sock', 'SocketUser=root', 'SocketGroup=postgres', 'SocketMode=0660']) {
+      assert.ok(helperSocket.split('\n').includes(line), line);
+    }
+    for (const line of ['User=postgres', 'AmbientCapabilities=CAP_NET_ADMIN CAP_NET_RAW', 'CapabilityBoundingSet=CAP_NET_ADMIN CAP_NET_RAW', 'NoNewPrivileges=yes', 'IPAddressDeny=any']) {
+      assert.ok(helperService.split('\n').includes(line), line);
+    }
+    const dir = join(work, 'helper');
+    mkdirSync(dir, { recursive: true });
+    writeFileSync(join(dir, 'citus-controller-vip.socket'), helperSocket);
+    writeFileSync(join(dir, 'citus-controller-vip.service'), helperInstalled);
+    const r = await verify(join(dir, 'citus-controller-vip.socket'));
+    assert.equal(r.code, 0, r.out);
+    assert.equal(r.out, '');
+    const s = await verify(join(dir, 'citus-controller-vip.service'));
+    assert.equal(s.code, 0, s.out);
+    assert.equal(s.out, '');
   });
 
   test('systemd-analyze security: the daemon unit scores OK or better, with and without the VIP drop-in (score printed)', async () => {
@@ -93,8 +119,17 @@ describe('systemd units', () => {
     };
     const plain = await score('cc-plain.service', {});
     const vip = await score('cc-vip.service', { 'vip.conf': vipDropin });
-    console.log(`# systemd-analyze security: citus-controller.service ${plain.value} ${plain.level}; with vip.conf ${vip.value} ${vip.level}`);
-    for (const [what, s] of [['unit', plain], ['unit + vip.conf', vip]] as const) {
+    const helperUnit = join(work, 'security', 'cc-helper.service');
+    mkdirSync(join(work, 'security'), { recursive: true });
+    writeFileSync(helperUnit, helperInstalled);
+    const hr = await execa('systemd-analyze', ['security', '--offline=yes', '--no-pager', helperUnit], { reject: false, env: { SYSTEMD_LOG_COLOR: '0', SYSTEMD_COLORS: '0' } });
+    const hm = /Overall exposure level for \S+: (\d+\.\d+) (\w+)/.exec(`${String(hr.stdout)}\n${String(hr.stderr)}`);
+    assert.ok(hm, `a score in: ${String(hr.stdout).slice(-300)}`);
+    const helper = { value: Number(hm[1]), level: hm[2]! };
+    console.log(
+      `# systemd-analyze security: citus-controller.service ${plain.value} ${plain.level}; with vip.conf ${vip.value} ${vip.level}; citus-controller-vip.service (the helper, two capabilities) ${helper.value} ${helper.level}`,
+    );
+    for (const [what, s] of [['unit', plain], ['unit + vip.conf', vip], ['VIP helper', helper]] as const) {
       assert.ok(s.level === 'SAFE' || s.level === 'OK', `${what}: ${s.value} ${s.level} (OK or better wanted)`);
     }
   });
@@ -105,7 +140,8 @@ describe('systemd units', () => {
   });
 
   test("patroni.service + citus-controller-vip.conf verify without any warning", async () => {
-    assert.match(patroniDropin, /^AmbientCapabilities=CAP_NET_ADMIN CAP_NET_RAW$/m);
+    assert.doesNotMatch(patroniDropin, /^(AmbientCapabilities|CapabilityBoundingSet)=/m, 'Patroni (and PostgreSQL) get no capability');
+    assert.match(patroniDropin, /^Wants=citus-controller-vip\.socket$/m);
     // Debian's unit when installed, else a minimal stand-in with the same shape
     const deb = '/lib/systemd/system/patroni.service';
     const base = existsSync(deb)
@@ -119,9 +155,12 @@ describe('systemd units', () => {
     assert.match((await verify(bad)).out, /citus-controller-vip\.conf:\d+: Unknown key( name)? 'NoSuchKey'/);
   });
 
-  test('every capability named in the units is one systemd knows (verify ignores unknown ones)', async () => {
-    const names = new Set<string>();
+  test('only the VIP helper unit names a capability, and each one is one systemd knows (verify ignores unknown ones)', async () => {
     for (const text of [service, vipDropin, patroniDropin]) {
+      for (const m of text.matchAll(/^(?:AmbientCapabilities|CapabilityBoundingSet)=(.*)$/gm)) assert.equal((m[1] ?? '').trim(), '', `no capability outside the helper: ${m[0]}`);
+    }
+    const names = new Set<string>();
+    for (const text of [helperService]) {
       for (const m of text.matchAll(/^(?:AmbientCapabilities|CapabilityBoundingSet)=(.*)$/gm)) {
         for (const cap of (m[1] ?? '').split(/\s+/).filter((c) => c !== '')) names.add(cap);
       }

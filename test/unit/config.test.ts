@@ -210,6 +210,7 @@ const badCases: BadCase[] = [
   ['bad etcd host', (d) => (d.etcd3 = { hosts: ['127.0.0.1:2379', 'nope nope'] }), /^citus-controller: config error: etcd3\.hosts: "nope nope" has an invalid host name$/],
   ['bad vip address', (d) => (citus(d).vip = { address: '10.0.0.300', interface: 'eth0' }), /^citus-controller: config error: citus\.vip\.address: not an IP address$/],
   ['bad vip interface', (d) => (citus(d).vip = { address: '10.0.0.3', interface: 'eth0; reboot' }), /^citus-controller: config error: citus\.vip\.interface: not a valid interface name/],
+  ['relative vip helper socket', (d) => (citus(d).vip = { address: '10.0.0.3', interface: 'eth0', helper: 'vip.sock' }), /^citus-controller: config error: citus\.vip\.helper: must be an absolute path \(the VIP helper's unix socket\)$/],
   ['relative citus.socket', (d) => (citus(d).socket = 'run/cn.sock'), /^citus-controller: config error: citus\.socket: must be an absolute path$/],
   ['bad namespace', (d) => (d.namespace = '///'), /^citus-controller: config error: namespace: must not be empty$/],
   [
