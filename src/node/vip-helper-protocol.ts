@@ -3,8 +3,11 @@
  * configured for? Pure (no I/O).
  *
  * One request per connection, one JSON line each way:
- *   -> {"op":"bind"|"unbind"|"garp","address":"192.0.2.10","prefix":32,"interface":"eth0","count":3,"intervalMs":150}
- *   <- {"ok":true,"changed":true,"removed":["192.0.2.10/32"],"sent":3} | {"ok":false,"error":"one line"}
+ *   -> {"op":"bind"|"unbind"|"garp"|"status","address":"192.0.2.10","prefix":32,"interface":"eth0","count":3,"intervalMs":150}
+ *   <- {"ok":true,"changed":true,"removed":["192.0.2.10/32"],"sent":3,"bound":true} | {"ok":false,"error":"one line"}
+ *
+ * `status` (is exactly address/prefix on the interface?) is asked of the helper too: the interface
+ * is the helper's, which may live in another network namespace than the caller.
  *
  * The caller repeats the address it wants so that a helper started from another config refuses
  * instead of acting on a different address; the helper acts only on the VIPs of ITS config, so a
@@ -13,7 +16,7 @@
  */
 import { canonicalAddress } from '../net/address.js';
 
-export type HelperOp = 'bind' | 'unbind' | 'garp';
+export type HelperOp = 'bind' | 'unbind' | 'garp' | 'status';
 
 export interface HelperVip {
   address: string;
@@ -29,7 +32,7 @@ export interface HelperRequest extends HelperVip {
 }
 
 export type HelperReply =
-  | { ok: true; changed?: boolean; removed?: string[]; sent?: number; skipped?: string }
+  | { ok: true; changed?: boolean; removed?: string[]; sent?: number; skipped?: string; bound?: boolean }
   | { ok: false; error: string };
 
 /** Longest request line accepted (bytes); a real one is < 200. */
@@ -38,7 +41,7 @@ export const GARP_MAX_COUNT = 5;
 export const GARP_MIN_INTERVAL_MS = 10;
 export const GARP_MAX_INTERVAL_MS = 500;
 
-const OPS: readonly HelperOp[] = ['bind', 'unbind', 'garp'];
+const OPS: readonly HelperOp[] = ['bind', 'unbind', 'garp', 'status'];
 
 export const helperVipText = (v: HelperVip): string => `${v.address}/${v.prefix} on ${v.interface}`;
 
@@ -99,5 +102,6 @@ export function parseHelperReply(line: string): HelperReply {
   if (Array.isArray(raw.removed)) reply.removed = raw.removed.filter((x): x is string => typeof x === 'string');
   if (typeof raw.sent === 'number') reply.sent = raw.sent;
   if (typeof raw.skipped === 'string') reply.skipped = raw.skipped;
+  if (typeof raw.bound === 'boolean') reply.bound = raw.bound;
   return reply;
 }

@@ -14,6 +14,7 @@ import { bind, gratuitousArp, hasAddress, unbind, type VipOptions } from './vip.
 import { checkHelperRequest, MAX_REQUEST_BYTES, helperVipText, type HelperReply, type HelperRequest, type HelperVip } from './vip-helper-protocol.js';
 
 export interface VipHelperLog {
+  debug?(obj: object, msg: string): void;
   info(obj: object, msg: string): void;
   warn(obj: object, msg: string): void;
 }
@@ -50,6 +51,7 @@ export function serveVipHelper(server: Server, opts: VipHelperOptions): VipHelpe
     try {
       if (req.op === 'bind') return { ok: true, ...(await serial(() => bind(spec, vipOptions))) };
       if (req.op === 'unbind') return { ok: true, ...(await serial(() => unbind(spec, vipOptions))) };
+      if (req.op === 'status') return { ok: true, bound: await hasAddress(spec, vipOptions) };
       if (!(await hasAddress(spec, vipOptions))) return { ok: false, error: `gratuitous ARP for ${spec.address} on ${spec.interface}: not bound here, nothing announced` };
       const { timeoutMs: _perIpRun, ...arpOptions } = vipOptions;
       const g = await gratuitousArp(spec, { ...arpOptions, count: req.count ?? 3, intervalMs: req.intervalMs ?? 150 });
@@ -93,7 +95,8 @@ export function serveVipHelper(server: Server, opts: VipHelperOptions): VipHelpe
       const req = checked.request;
       void perform(req).then((reply) => {
         const what = `${req.op} ${helperVipText(req)}`;
-        if (reply.ok) opts.log.info({ op: req.op, address: req.address, prefix: req.prefix, interface: req.interface, ...reply }, `vip-helper: ${what}: ${describe(reply)}`);
+        if (reply.ok && req.op === 'status') opts.log.debug?.({ op: req.op, bound: reply.bound }, `vip-helper: ${what}: ${describe(reply)}`);
+        else if (reply.ok) opts.log.info({ op: req.op, address: req.address, prefix: req.prefix, interface: req.interface, ...reply }, `vip-helper: ${what}: ${describe(reply)}`);
         else opts.log.warn({ op: req.op, address: req.address, error: reply.error }, `vip-helper: ${what}: ${reply.error}`);
         answer(reply);
       });
@@ -111,6 +114,7 @@ export function serveVipHelper(server: Server, opts: VipHelperOptions): VipHelpe
 }
 
 function describe(reply: Extract<HelperReply, { ok: true }>): string {
+  if (reply.bound !== undefined) return reply.bound ? 'bound' : 'not bound';
   if (reply.sent !== undefined) return reply.skipped ?? `sent x${reply.sent}`;
   if (reply.removed !== undefined) return reply.changed ? `released ${reply.removed.join(', ')}` : 'was not bound';
   return reply.changed ? 'bound' : 'already bound';

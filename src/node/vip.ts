@@ -143,8 +143,12 @@ export async function listAddresses(iface: string, opts: VipOptions = {}): Promi
   return out;
 }
 
-/** True when exactly `address/prefix` is on the interface. */
+/** True when exactly `address/prefix` is on the interface (the helper's interface, with `helper`). */
 export async function hasAddress(vip: VipSpec, opts: VipOptions = {}): Promise<boolean> {
+  if (vip.helper) {
+    const r = await helperOrThrow(vip.helper, { op: 'status', ...specOf(vip) }, 2 * (opts.timeoutMs ?? 1000), `cannot check ${vipText(vip)} on ${vip.interface}`);
+    return r.bound === true;
+  }
   const list = await listAddresses(vip.interface, opts);
   return list !== null && list.includes(`${canonicalAddress(vip.address)}/${vip.prefix}`);
 }

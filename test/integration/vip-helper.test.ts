@@ -17,6 +17,7 @@ import { execa, type ResultPromise } from 'execa';
 import yaml from 'js-yaml';
 import { createNetns, type TestNetns } from '../helpers/netns.js';
 import { waitFor } from '../helpers/wait.js';
+import { hasAddress } from '../../src/node/vip.js';
 
 const root = resolve(fileURLToPath(import.meta.url), '../../..');
 const CLI = join(root, 'dist/cli.js');
@@ -191,18 +192,22 @@ describe('VIP helper: the capability lives in the helper only', () => {
       assert.equal(p24.ok, false);
       // arbitrary ip arguments cannot be smuggled in: the op is one of three words
       const op = JSON.parse(await rawRequest(sock, `${JSON.stringify({ op: 'route add default', address: VIP, prefix: 32, interface: ns.iface })}\n`)) as { error: string };
-      assert.equal(op.error, 'refused: op must be one of bind, unbind, garp');
+      assert.equal(op.error, 'refused: op must be one of bind, unbind, garp, status');
       assert.deepEqual(JSON.parse(await rawRequest(sock, 'not json\n')), { ok: false, error: 'refused: the request is not one JSON object' });
       assert.deepEqual(JSON.parse(await rawRequest(sock, `${'x'.repeat(5000)}\n`)), { ok: false, error: 'refused: request longer than 1024 bytes' });
       assert.deepEqual(await ns.addresses(), [], 'nothing was bound by any of these');
       // and the helper still serves the right request afterwards
       const ok = JSON.parse(await rawRequest(sock, `${JSON.stringify({ op: 'bind', address: VIP, prefix: 32, interface: ns.iface })}\n`)) as { ok: boolean; changed: boolean };
       assert.deepEqual(ok, { ok: true, changed: true });
+      // status is asked of the helper: its interface lives in the namespace, this process is outside it
+      const status = (bound: boolean) => hasAddress({ address: VIP, prefix: 32, interface: ns.iface, helper: sock }).then((b) => assert.equal(b, bound));
+      await status(true);
       const garpTooMany = JSON.parse(await rawRequest(sock, `${JSON.stringify({ op: 'garp', address: VIP, prefix: 32, interface: ns.iface, count: 1000 })}\n`)) as { error: string };
       assert.equal(garpTooMany.error, 'refused: count must be a whole number 1-5');
       const rel = JSON.parse(await rawRequest(sock, `${JSON.stringify({ op: 'unbind', address: VIP, prefix: 32, interface: ns.iface })}\n`)) as { removed: string[] };
       assert.deepEqual(rel.removed, [`${VIP}/32`]);
       assert.deepEqual(await ns.addresses(), []);
+      await status(false);
     } finally {
       await helper.stop();
     }
