@@ -6,7 +6,7 @@
  */
 import { existsSync, openSync, readFileSync, closeSync } from 'node:fs';
 import { spawn } from 'node:child_process';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { UserError } from '../util/errors.js';
 import { memberSocket, writeMemberControllerConfig } from './member-config.js';
@@ -22,8 +22,11 @@ export interface LabController {
   socket: string;
 }
 
-/** How to run this very CLI again: the built dist/cli.js, or src/cli.ts through tsx (tests). */
+/** How to run this very CLI again: the built dist/cli.js, or src/cli.ts through tsx (tests), or $CITUS_LAB_CLI. */
 export function cliCommand(): string[] {
+  // a benchmark measures what is installed: the built CLI (CITUS_LAB_CLI=/path/to/dist/cli.js)
+  const forced = process.env.CITUS_LAB_CLI;
+  if (forced) return [process.execPath, resolve(forced)];
   const here = fileURLToPath(import.meta.url);
   if (here.endsWith('.ts')) return [process.execPath, '--import', 'tsx', join(here, '../../cli.ts')];
   return [process.execPath, join(here, '../../cli.js')];
