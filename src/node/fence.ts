@@ -6,7 +6,11 @@
  * only then can another member take it. So every `everyMs` (ttl/10, at most 1 s) the fence asks
  * the DCS afresh (the source's refresh(), one range read on etcd) whether the coordinator's leader
  * key names this node:
- * - it does: confirmed now;
+ * - it does: confirmed as of the key's last renewal. With etcd3 the key's lease tells when that
+ *   was (granted TTL - TTL left): a key that still names this node but is no longer renewed
+ *   (Patroni killed) confirms nothing new, so the VIP goes 2/3 of ttl after the LAST RENEWAL, a
+ *   third of ttl before the key expires and another member can take it and promote. Without
+ *   lease information a confirmation counts from when the read was sent;
  * - it names another member, or nobody: the VIP goes at once (a fresh read says this node holds
  *   no lock);
  * - the read fails, does not return within everyMs, or is stale: nothing is confirmed; once no
@@ -92,7 +96,12 @@ export class VipFence {
       else {
         try {
           const v = leaderVerdict(await read, this.cfg);
-          if (v.kind === 'me') this.confirmedAt = sentAt;
+          if (v.kind === 'me') {
+            const at = sentAt - (v.renewedAgoMs ?? 0);
+            // never moved back by a read that raced a newer one
+            this.confirmedAt = this.confirmedAt === null ? at : Math.max(this.confirmedAt, at);
+            if (this.now() - this.confirmedAt + this.everyMs > this.limitMs) why = `the leader key names this node but was last renewed ${((this.now() - this.confirmedAt) / 1000).toFixed(1)} s ago (is Patroni running?)`;
+          }
           else if (v.kind === 'other') {
             why = `a fresh DCS read says this node does not hold the leader key (${v.why})`;
             dropNow = true;

@@ -30,7 +30,8 @@ export function localRoleFromTopology(topology: Topology, cfg: Pick<ControllerCo
   return { kind: 'replica', why: `the coordinator's running primary is ${rp.member.name}` };
 }
 
-export type LeaderVerdict = { kind: 'me' } | { kind: 'other'; why: string } | { kind: 'unknown'; why: string };
+/** `renewedAgoMs`: how long before the read the key was last renewed, when the view tells (etcd3 lease). */
+export type LeaderVerdict = { kind: 'me'; renewedAgoMs?: number } | { kind: 'other'; why: string } | { kind: 'unknown'; why: string };
 
 /**
  * Does a view's coordinator leader key name THIS node? Pure. The VIP fence's question: Patroni's
@@ -44,11 +45,12 @@ export function leaderVerdict(topology: Topology, cfg: Pick<ControllerConfig, 'n
   if (!g0) return { kind: 'unknown', why: 'the topology has no coordinator group (group 0)' };
   if (typeof g0.leader !== 'string') return { kind: 'other', why: 'the coordinator group has no leader key' };
   // the key holds a Patroni member name: with this node's name (citus `name:`) it decides alone
-  if (cfg.name !== undefined) return g0.leader === cfg.name ? { kind: 'me' } : { kind: 'other', why: `the leader key names ${g0.leader}` };
+  const me: LeaderVerdict = g0.leaderRenewedAgoMs !== undefined ? { kind: 'me', renewedAgoMs: g0.leaderRenewedAgoMs } : { kind: 'me' };
+  if (cfg.name !== undefined) return g0.leader === cfg.name ? me : { kind: 'other', why: `the leader key names ${g0.leader}` };
   const ca = cfg.postgresql.connectAddress;
   const holder = g0.members.filter((m) => m.name === g0.leader);
   if (holder.length !== 1) return { kind: 'unknown', why: `the leader key names ${g0.leader}, found ${holder.length} times among the members` };
   const h = holder[0]!;
   const isMe = h.host === ca.host && h.port === ca.port;
-  return isMe ? { kind: 'me' } : { kind: 'other', why: `the leader key names ${h.name}` };
+  return isMe ? me : { kind: 'other', why: `the leader key names ${h.name}` };
 }

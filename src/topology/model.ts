@@ -40,6 +40,13 @@ export interface GroupView {
    * null: the leader key is absent (failover under way).
    */
   leader: string | null | undefined;
+  /**
+   * How long before the read the leader key was last renewed (ms), from its etcd lease (granted TTL
+   * minus the TTL left): a leader key that still exists but is no longer renewed (Patroni killed)
+   * expires `ttl` after its last renewal, and only then can another member take it. Set for the
+   * coordinator group by the etcd3 source; undefined: the source cannot tell.
+   */
+  leaderRenewedAgoMs?: number;
   members: MemberView[];
   /** Things the source noticed while reading the group (unparseable member JSON, ...), for `status`. */
   problems: string[];

@@ -100,6 +100,51 @@ describe('VIP fence', () => {
     });
   }
 
+  /** Reads that name this node, with the lease's renewal age as etcd3 reports it (whole seconds). */
+  function leaseWorld(renewedAgoMs: (nowMs: number) => number) {
+    let bound = true;
+    const drops: Array<{ at: number; why: string }> = [];
+    const t0 = Date.now();
+    const fence = new VipFence(cfg, {
+      read: () => {
+        const t = topo([CN(), WK1()]);
+        t.groups[0]!.leaderRenewedAgoMs = renewedAgoMs(Date.now() - t0);
+        return Promise.resolve(t);
+      },
+      vipBound: async () => bound,
+      dropVip: async (why) => {
+        bound = false;
+        drops.push({ at: Date.now() - t0, why });
+      },
+      log: { info: () => undefined, warn: () => undefined },
+    });
+    return { fence, drops };
+  }
+
+  test('Patroni alive (the lease renewed every loop_wait 10 s): the key keeps naming this node, the VIP stays', async () => {
+    const w = leaseWorld((t) => Math.floor((t % 10_000) / 1000) * 1000);
+    w.fence.start();
+    await advance(60_000, 50);
+    w.fence.stop();
+    assert.deepEqual(w.drops, []);
+    assert.equal(w.fence.mayHold(), true);
+  });
+
+  test('Patroni killed at 4 s: the key still names this node but its lease is not renewed: dropped 2/3 of ttl after the last renewal, long before it expires', async () => {
+    // last renewal at 4 s; etcd says TTL left = 30 - (t - 4) s, in whole seconds (granted - left rounds up the age)
+    const w = leaseWorld((t) => (t < 4000 ? Math.floor((t % 1000) / 1000) * 1000 : Math.ceil((t - 4000) / 1000) * 1000));
+    w.fence.start();
+    await advance(40_000, 50);
+    w.fence.stop();
+    assert.equal(w.drops.length, 1, JSON.stringify(w.drops));
+    const at = w.drops[0]!.at;
+    assert.ok(at <= 4000 + 20_000 + 1000, `dropped by 2/3 of ttl after the last renewal (+ one read): at ${at} ms`);
+    assert.ok(at >= 4000 + 20_000 - 2100, `not much earlier than that: at ${at} ms`);
+    assert.ok(at < 4000 + 30_000, 'before the key can expire and another member promote');
+    assert.match(w.drops[0]!.why, /^no fresh DCS read has named this node the leader for 2\d\.\d s \(limit 20\.0 s = 2\/3 of ttl 30 s\): the leader key names this node but was last renewed 2\d\.\d s ago \(is Patroni running\?\)$/);
+    assert.equal(w.fence.mayHold(), false);
+  });
+
   test('never confirmed (etcd down from the start): dropped at the first read', async () => {
     const w = world(() => 'fail');
     w.fence.start();

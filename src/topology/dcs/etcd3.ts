@@ -40,6 +40,11 @@ import { flattenV2Node, type DcsKv } from './layout.js';
 import type { ReaderHooks, TopologyReader } from '../reader.js';
 import type { GroupView } from '../model.js';
 
+/** The lease of the coordinator's leader key, as one read saw it (null: not covered; '0': none). */
+interface LeaseSeen {
+  lease: string | null;
+}
+
 type FaultHandling = NonNullable<IOptions['faultHandling']>;
 type RetryPolicy = NonNullable<FaultHandling['global']>;
 type WatchBackoff = NonNullable<FaultHandling['watchBackoff']>;
@@ -275,7 +280,7 @@ export class EtcdV3Reader implements TopologyReader {
    * left (at least 200 ms), so a frozen or leaderless member does not fail a read another member
    * can answer.
    */
-  private async range(prefix: string): Promise<Array<{ key: Buffer; value: Buffer }>> {
+  private async range(prefix: string): Promise<Array<{ key: Buffer; value: Buffer; lease: string }>> {
     const { value, idx } = await askMembersInTurn({
       count: this.readClients.length,
       first: this.current,
@@ -294,18 +299,23 @@ export class EtcdV3Reader implements TopologyReader {
     return value;
   }
 
-  private async rangeOf(prefix: string): Promise<DcsKv[]> {
+  private async rangeOf(prefix: string, seen: LeaseSeen): Promise<DcsKv[]> {
     const kvs = await this.range(prefix);
-    return kvs.map((kv) => ({ key: kv.key.toString('utf8'), value: kv.value.toString('utf8') }));
+    return kvs.map((kv) => {
+      const key = kv.key.toString('utf8');
+      if (key === this.cnLeaderKey) seen.lease = kv.lease;
+      return { key, value: kv.value.toString('utf8') };
+    });
   }
 
   /** The whole namespace in ONE range request, bucketed by managed scope (values of other scopes never decoded). */
-  private async readNamespace(): Promise<Map<string, DcsKv[]>> {
+  private async readNamespace(seen: LeaseSeen): Promise<Map<string, DcsKv[]>> {
     this.counters.namespaceRanges++;
     const kvs = await this.range(this.nsPrefix);
     const out = new Map<string, DcsKv[]>();
     for (const kv of kvs) {
       const key = kv.key.toString('utf8');
+      if (key === this.cnLeaderKey) seen.lease = kv.lease;
       const scope = this.dcsScopes.managedScopeOf(key);
       if (scope === null) continue;
       const entry = { key, value: kv.value.toString('utf8') };
@@ -317,25 +327,53 @@ export class EtcdV3Reader implements TopologyReader {
   }
 
   async read(): Promise<GroupView[]> {
-    const byScope = await this.readNamespace();
-    return this.parse(this.dcsScopes.scopes, byScope);
+    const seen: LeaseSeen = { lease: null };
+    const byScope = await this.readNamespace(seen);
+    return this.withLeaderLease(await this.parse(this.dcsScopes.scopes, byScope), seen);
+  }
+
+  private get cnLeaderKey(): string {
+    return `${scopePrefix(this.cfg, this.cfg.scope)}leader`;
+  }
+
+  /**
+   * The coordinator group's leaderRenewedAgoMs, from the leader key's lease (one LeaseTimeToLive
+   * on the member that answered the range). Without an answer the field stays unset: the VIP
+   * fence then counts a confirmation from the read itself, as before.
+   */
+  private async withLeaderLease(groups: GroupView[], seen: LeaseSeen): Promise<GroupView[]> {
+    const lease = seen.lease;
+    const g0 = groups.find((g) => g.groupid === 0);
+    if (!g0 || typeof g0.leader !== 'string' || lease === null || lease === '0') return groups;
+    try {
+      const r = await this.readClients[this.current]!.leaseClient.leaseTimeToLive({ ID: lease }, { deadline: Date.now() + this.readTimeoutMs });
+      const left = Number(r.TTL);
+      const granted = Number(r.grantedTTL);
+      // TTL -1: the lease is gone (the key with it, or about to be): renewed "infinitely" long ago
+      if (left < 0) g0.leaderRenewedAgoMs = Number.MAX_SAFE_INTEGER;
+      else if (Number.isFinite(left) && Number.isFinite(granted) && granted > 0) g0.leaderRenewedAgoMs = Math.max(0, granted - left) * 1000;
+    } catch (err) {
+      this.log.debug({ source: 'etcd', lease, err: errorMessage(err) }, 'etcd3: the leader lease could not be read');
+    }
+    return groups;
   }
 
   async readScopes(scopes: readonly string[]): Promise<GroupView[]> {
+    const seen: LeaseSeen = { lease: null };
     const { names, refs } = this.dcsScopes.select(scopes);
     let byScope: Map<string, DcsKv[]>;
     if (names.length > this.partialRangeMax) {
-      byScope = await this.readNamespace();
+      byScope = await this.readNamespace(seen);
     } else {
       byScope = new Map();
       await Promise.all(
         names.map(async (name) => {
           this.counters.scopeRanges++;
-          byScope.set(name, await this.rangeOf(scopePrefix(this.cfg, name)));
+          byScope.set(name, await this.rangeOf(scopePrefix(this.cfg, name), seen));
         }),
       );
     }
-    return this.parse(refs, byScope);
+    return this.withLeaderLease(await this.parse(refs, byScope), seen);
   }
 
   /** Keys by scope -> the groups of `refs` (every one read: a scope without keys is empty). */
