@@ -44,7 +44,8 @@ export interface GroupView {
    * How long before the read the leader key was last renewed (ms), from its etcd lease (granted TTL
    * minus the TTL left): a leader key that still exists but is no longer renewed (Patroni killed)
    * expires `ttl` after its last renewal, and only then can another member take it. Set for the
-   * coordinator group by the etcd3 source; undefined: the source cannot tell.
+   * coordinator group by the etcd3 source (lease) and the etcd2 source (the seconds the key has
+   * left); undefined: the source cannot tell.
    */
   leaderRenewedAgoMs?: number;
   members: MemberView[];

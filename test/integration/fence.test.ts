@@ -33,13 +33,13 @@ after(async () => {
   await ns?.remove();
 });
 
-function config() {
+function config(api: 'etcd3' | 'etcd' = 'etcd3') {
   return configFromObject(
     {
       scope: 'cn',
       name: 'cn-a',
       namespace: '/service/',
-      etcd3: { hosts: [etcd.endpoint(0)] },
+      [api]: { hosts: [etcd.endpoint(0)] },
       postgresql: { connect_address: `127.0.0.1:${pgPort}`, authentication: { superuser: { username: 'postgres' } } },
       citus: { databases: ['postgres'], workers: [], ttl: TTL, connect_timeout: 300, confirm_promotion: false, vip: { address: '192.0.2.10', interface: ns.iface } },
     },
@@ -57,7 +57,7 @@ async function leaderOnLease(ttl: number): Promise<string> {
   return lease;
 }
 
-async function running(cfg = config()) {
+async function running(cfg: ReturnType<typeof config> = config()) {
   const { log, lines } = captureLog();
   const source = chooseSource(cfg, { log });
   await source.start();
@@ -98,6 +98,34 @@ describe('VIP fence on real etcd', { timeout: 60000 }, () => {
       assert.ok(ms < TTL * 1000, `released before the key expires, ttl after the last renewal (${ms.toFixed(0)} ms)`);
     } finally {
       await d.stop();
+    }
+  });
+
+  test('the same with the etcd v2 API (etcd: section): the leader key\'s TTL left tells the last renewal; released before it expires', async () => {
+    const put = (ttl: number) =>
+      fetch(`http://${etcd.endpoint(0)}/v2/keys/service/cn/leader`, { method: 'PUT', body: new URLSearchParams({ value: 'cn-a', ttl: String(ttl) }), signal: AbortSignal.timeout(3000) }).then((r) => assert.ok(r.ok, `v2 PUT: ${r.status}`));
+    await etcd.v2put(0, { '/service/cn/members/cn-a': patroniMemberJson(pgPort, 'master'), '/service/cn/members/cn-b': patroniMemberJson(pgPort + 1, 'replica') });
+    await put(TTL);
+    await ns.ip(['addr', 'replace', '192.0.2.10/32', 'dev', ns.iface]);
+    const d = await running(config('etcd'));
+    try {
+      d.offer();
+      for (let i = 0; i < 8; i++) {
+        await put(TTL); // Patroni renews: the key written again with ttl
+        await new Promise((r) => setTimeout(r, 500));
+      }
+      assert.deepEqual(await ns.addresses(), ['192.0.2.10/32'], 'kept while Patroni renews the key');
+      const t0 = performance.now() - 500;
+      await waitFor(async () => (await ns.addresses()).length === 0, { timeoutMs: TTL * 1000 + 3000, intervalMs: 20, what: () => `the VIP released; log: ${d.lines.map((l) => l.msg).join(' | ')}` });
+      const ms = performance.now() - t0;
+      const left = await fetch(`http://${etcd.endpoint(0)}/v2/keys/service/cn/leader`).then((r) => r.status);
+      console.log(`# etcd v2, Patroni killed: VIP released ${ms.toFixed(0)} ms after the last renewal (ttl ${TTL} s; leader key HTTP ${left})`);
+      assert.match(d.lines.find((l) => /^fencing: VIP released/.test(l.msg))?.msg ?? '', /the leader key names this node but was last renewed \d+\.\d s ago \(is Patroni running\?\)$/);
+      assert.equal(left, 200, 'released while the leader key still existed');
+      assert.ok(ms < TTL * 1000 - 300, `released well before the key expires (${ms.toFixed(0)} ms)`);
+    } finally {
+      await d.stop();
+      await fetch(`http://${etcd.endpoint(0)}/v2/keys/service?recursive=true&dir=true`, { method: 'DELETE' });
     }
   });
 

@@ -209,6 +209,13 @@ export class EtcdV2Reader implements TopologyReader {
   private parse(refs: readonly ScopeRef[], byScope: ReadonlyMap<string, DcsKv[]>): GroupView[] {
     const r = this.dcsScopes.parse(refs, byScope, "etcd's v2 store");
     if (r.citusLayoutFound !== null) this.log.error({ source: 'etcd2', key: r.citusLayoutFound }, citusLayoutMessage(r.citusLayoutFound));
+    // the coordinator's leader key: Patroni writes it with ttl = its ttl on every renewal, so the
+    // seconds it has left tell when it was last renewed (see GroupView.leaderRenewedAgoMs); etcd
+    // rounds the seconds left up, so one more second is counted (the earlier renewal is assumed)
+    const g0 = r.groups.find((g) => g.groupid === 0);
+    const leaderKey = `${scopePrefix(this.cfg, this.cfg.scope)}leader`;
+    const kv = byScope.get(this.cfg.scope)?.find((x) => x.key === leaderKey);
+    if (g0 && typeof g0.leader === 'string' && kv?.ttl !== undefined) g0.leaderRenewedAgoMs = Math.max(0, this.cfg.citus.ttl - kv.ttl + 1) * 1000;
     return r.groups;
   }
 

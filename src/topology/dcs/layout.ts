@@ -14,6 +14,8 @@ export interface DcsKv {
   /** Full key, e.g. `/service/wk1/members/wk1-a`. */
   key: string;
   value: string;
+  /** etcd v2: seconds the key has left (a key written with a TTL, like Patroni's leader key). */
+  ttl?: number;
 }
 
 export interface ParsedScope {
@@ -175,7 +177,9 @@ export function flattenV2Node(node: unknown, out: DcsKv[] = [], depth = 0): DcsK
   if (node.dir === true) {
     if (Array.isArray(node.nodes)) for (const child of node.nodes) flattenV2Node(child, out, depth + 1);
   } else if (typeof node.key === 'string') {
-    out.push({ key: node.key, value: typeof node.value === 'string' ? node.value : '' });
+    const kv: DcsKv = { key: node.key, value: typeof node.value === 'string' ? node.value : '' };
+    if (typeof node.ttl === 'number' && Number.isFinite(node.ttl)) kv.ttl = node.ttl;
+    out.push(kv);
   }
   return out;
 }
