@@ -75,7 +75,13 @@ export function memberControllerConfigDoc(state: LabState, member: LabMember): R
   if (extra?.resyncInterval !== undefined) citus.resync_interval = extra.resyncInterval;
   const vip = extra?.vips?.[member.name];
   if (vip) {
-    citus.vip = { address: vip.address, prefix: vip.prefix, interface: vip.interface, ...(vip.keepOnStop !== undefined ? { keep_on_stop: vip.keepOnStop } : {}) };
+    citus.vip = {
+      address: vip.address,
+      prefix: vip.prefix,
+      interface: vip.interface,
+      ...(vip.keepOnStop !== undefined ? { keep_on_stop: vip.keepOnStop } : {}),
+      ...(vip.helper !== undefined ? { helper: vip.helper } : {}),
+    };
   }
   return {
     ...base,

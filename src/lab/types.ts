@@ -84,6 +84,8 @@ export interface LabVip {
   prefix: number;
   interface: string;
   keepOnStop?: boolean;
+  /** citus.vip.helper: the VIP helper's socket (the helper may serve an interface in another network namespace). */
+  helper?: string;
 }
 
 export interface LabUpOptions {
@@ -112,6 +114,8 @@ export interface LabUpOptions {
     groups: Record<string, { address: string; prefix?: number }>;
     interfaceOf: (member: LabMember) => string;
     keepOnStop?: boolean;
+    /** citus.vip.helper per member: its VIP helper's socket (the caller runs the helpers). */
+    helperOf?: (member: LabMember) => string;
   };
   /** citus.resync_interval (seconds) in the per-member controller configs (default: the controller's, 30). */
   controllerResyncInterval?: number;

@@ -147,11 +147,12 @@ function elapsed(t0: number): string {
 async function prepareCallbacks(opts: LabUpOptions, runAs: RunAs | null, progress: (l: string) => void): Promise<LabCallbacks | null> {
   if (!opts.callbacks) return null;
   const wantsVip = opts.vip !== undefined && Object.keys(opts.vip.groups).length > 0;
-  const capabilities = wantsVip && runAs !== null;
+  // with VIP helpers (citus.vip.helper) the helpers hold the capabilities, Patroni gets none
+  const capabilities = wantsVip && runAs !== null && opts.vip?.helperOf === undefined;
   if (capabilities && !findExecutable('setpriv')) {
     throw new UserError('lab up --callbacks with VIPs: setpriv (util-linux) not found: it starts Patroni with CAP_NET_ADMIN/CAP_NET_RAW as ambient capabilities');
   }
-  if (wantsVip && !runAs) progress(`warning: not running as root: Patroni runs as this user without CAP_NET_ADMIN, so its callbacks cannot bind VIPs`);
+  if (wantsVip && !runAs && opts.vip?.helperOf === undefined) progress(`warning: not running as root: Patroni runs as this user without CAP_NET_ADMIN, so its callbacks cannot bind VIPs`);
   const callbacks: LabCallbacks = { hook: HOOK_PATH, node: process.execPath, capabilities };
   await checkCallbackHook(callbacks, runAs, { PATH: process.env.PATH ?? '/usr/bin:/bin', LANG: 'C.UTF-8', LC_ALL: 'C.UTF-8' });
   progress(`callbacks: ${HOOK_PATH} on_start/on_stop/on_restart/on_role_change${capabilities ? ' (Patroni with ambient CAP_NET_ADMIN, CAP_NET_RAW)' : ''}`);
@@ -176,6 +177,7 @@ function memberConfigsOf(opts: LabUpOptions, groups: LabGroup[]): LabState['memb
           prefix: v.prefix ?? (v.address.includes(':') ? 128 : 32),
           interface: opts.vip.interfaceOf(m),
           ...(opts.vip.keepOnStop !== undefined ? { keepOnStop: opts.vip.keepOnStop } : {}),
+          ...(opts.vip.helperOf ? { helper: opts.vip.helperOf(m) } : {}),
         };
       }
     }

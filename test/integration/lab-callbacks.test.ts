@@ -7,13 +7,20 @@
  * - watch repairs drift of its node (VIP removed, use_secondary_nodes changed by hand) within one
  *   resync interval, and releases the VIP on SIGTERM (unless keep_on_stop);
  * - the hook run twice changes nothing the second time.
- * VIPs are TEST-NET addresses on interfaces this test creates (a veth pair each: this kernel has
- * no dummy driver) and deletes, whatever happens. Runs the BUILT hook: `npm run build` first.
+ * VIPs are TEST-NET addresses. Each member with a VIP is a node with its own network namespace
+ * (created and deleted by this test) holding interface vip0, and its own VIP helper running inside
+ * it (`citus-controller vip-helper`); the member's callback and daemon reach the helper through
+ * citus.vip.helper, and Patroni runs without capabilities. Nothing is bound in the root namespace.
+ * Runs the BUILT hook and CLI: `npm run build` first.
  */
 import assert from 'node:assert/strict';
-import { existsSync, readFileSync } from 'node:fs';
+import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { connect } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { execa } from 'execa';
+import { execa, type ResultPromise } from 'execa';
+import yaml from 'js-yaml';
 import {
   HOOK_PATH,
   labSwitchover,
@@ -30,39 +37,63 @@ import { BUILT_CLI } from '../../src/lab/member-config.js';
 import { newLabDir, startLab, stopLab } from '../helpers/lab.js';
 import { alive, scalar } from '../helpers/pg.js';
 import { sleep, waitFor } from '../helpers/wait.js';
+import { createNetns, type TestNetns } from '../helpers/netns.js';
 
 const CN_VIP = '192.0.2.20';
 const WK_VIP = '192.0.2.21';
 const RESYNC_S = 2;
 
 const dir = newLabDir('callbacks');
-/** member name -> the interface this test created for it */
-const ifaceOf = new Map<string, string>();
-const created: string[] = [];
+const VIP_IFACE = 'vip0';
+/** member name -> its node's network namespace (interface vip0) */
+const nsOf = new Map<string, TestNetns>();
+const helpers: ResultPromise[] = [];
+const helperDir = mkdtempSync(join(tmpdir(), 'cc-lab-helpers-'));
+chmodSync(helperDir, 0o755);
 let state: LabState;
 
-async function makeInterface(name: string): Promise<void> {
-  // a dummy interface where the kernel has the driver, else a veth pair (both ends are ours)
-  const dummy = await execa('ip', ['link', 'add', name, 'type', 'dummy'], { reject: false });
-  if (dummy.failed) await execa('ip', ['link', 'add', name, 'type', 'veth', 'peer', 'name', `${name}p`]);
-  created.push(name);
-  await execa('ip', ['link', 'set', name, 'up']);
+const helperSocket = (member: string) => join(helperDir, `${member}.sock`);
+
+/** The member's node: a network namespace with vip0, and a VIP helper for `vip` inside it. */
+async function makeNode(member: string, vip: string): Promise<void> {
+  const ns = await createNetns();
+  nsOf.set(member, ns);
+  // the helper's own config: only citus.vip matters to it
+  const cfg = join(helperDir, `${member}.yml`);
+  writeFileSync(
+    cfg,
+    yaml.dump({
+      scope: 'cn',
+      name: member,
+      postgresql: { connect_address: '127.0.0.1:1', authentication: { superuser: { username: 'postgres' } } },
+      citus: { databases: ['postgres'], workers: [], vip: { address: vip, interface: VIP_IFACE, helper: helperSocket(member) } },
+    }),
+    { mode: 0o644 },
+  );
+  const gid = (await execa('id', ['-g', 'postgres'], { reject: false })).stdout;
+  const h = execa('ip', ['netns', 'exec', ns.name, process.execPath, BUILT_CLI, 'vip-helper', '-c', cfg, ...(gid ? ['--group', String(gid)] : [])], { reject: false, stdio: ['ignore', 'ignore', 'pipe'] });
+  helpers.push(h);
+  await waitFor(() => existsSync(helperSocket(member)) && answers(helperSocket(member)), { timeoutMs: 15000, what: `the VIP helper of ${member}` });
 }
 
-/** IPv4 addresses on an interface (`ip -o addr show dev X`). */
-async function addresses(iface: string): Promise<string[]> {
-  const r = await execa('ip', ['-o', '-4', 'addr', 'show', 'dev', iface]);
-  return r.stdout
-    .split('\n')
-    .map((l) => /\sinet\s+(\S+)/.exec(l)?.[1])
-    .filter((a): a is string => a !== undefined);
+function answers(path: string): Promise<boolean> {
+  return new Promise((res) => {
+    const s = connect(path);
+    s.on('connect', () => (s.destroy(), res(true)));
+    s.on('error', () => res(false));
+  });
 }
 
-/** Which of the group's members' interfaces carry `vip` (as address/32). */
+/** IPv4 addresses on the member's vip0. */
+async function addressesOf(member: string): Promise<string[]> {
+  return (await nsOf.get(member)!.addresses()).filter((a) => !a.includes(':'));
+}
+
+/** Which of the group's members' nodes carry `vip` (as address/32). */
 async function vipHolders(scope: string, vip: string): Promise<string[]> {
   const g = state.groups.find((x) => x.scope === scope)!;
   const out: string[] = [];
-  for (const m of g.members) if ((await addresses(ifaceOf.get(m.name)!)).includes(`${vip}/32`)) out.push(m.name);
+  for (const m of g.members) if ((await addressesOf(m.name)).includes(`${vip}/32`)) out.push(m.name);
   return out;
 }
 
@@ -96,19 +127,15 @@ const timings: string[] = [];
 
 before(async () => {
   assert.ok(existsSync(BUILT_CLI), `${BUILT_CLI} is missing: run \`npm run build\` first (Patroni runs the built hook)`);
-  const tag = String(process.pid % 100000);
-  for (const [i, m] of ['cn-1', 'cn-2', 'wk1-1', 'wk1-2'].entries()) {
-    const name = `cclb${tag}${i}`;
-    await makeInterface(name);
-    ifaceOf.set(m, name);
-  }
+  for (const m of ['cn-1', 'cn-2']) await makeNode(m, CN_VIP);
+  for (const m of ['wk1-1', 'wk1-2']) await makeNode(m, WK_VIP);
   const t0 = Date.now();
   state = await startLab({
     dir,
     workers: 1,
     replicas: 1,
     callbacks: true,
-    vip: { groups: { cn: { address: CN_VIP }, wk1: { address: WK_VIP } }, interfaceOf: (m) => ifaceOf.get(m.name)! },
+    vip: { groups: { cn: { address: CN_VIP }, wk1: { address: WK_VIP } }, interfaceOf: () => VIP_IFACE, helperOf: (m) => helperSocket(m.name) },
     controllerResyncInterval: RESYNC_S,
   });
   timings.push(`lab up ${Date.now() - t0} ms`);
@@ -116,7 +143,10 @@ before(async () => {
 
 after(async () => {
   await stopLab(dir);
-  for (const name of created) await execa('ip', ['link', 'del', name], { reject: false });
+  for (const h of helpers) h.kill('SIGTERM');
+  await Promise.all(helpers.map((h) => h.catch(() => undefined)));
+  for (const ns of nsOf.values()) await ns.remove();
+  rmSync(helperDir, { recursive: true, force: true });
   process.stdout.write(`# ${timings.join('; ')}\n`);
 });
 
@@ -142,8 +172,8 @@ describe('lab up --callbacks (real hook as Patroni callback)', { timeout: 240000
     await labSwitchover(dir, 'wk1', newPrimary.name);
     await waitFor(async () => (await vipHolders('wk1', WK_VIP)).join() === newPrimary.name, { timeoutMs: 5000, what: `${WK_VIP} on ${newPrimary.name} only` });
     timings.push(`wk1 switchover + VIP move ${Date.now() - t0} ms`);
-    assert.deepEqual(await addresses(ifaceOf.get(oldPrimary.name)!), [], `nothing left on ${ifaceOf.get(oldPrimary.name)}`);
-    assert.deepEqual(await addresses(ifaceOf.get(newPrimary.name)!), [`${WK_VIP}/32`]);
+    assert.deepEqual(await addressesOf(oldPrimary.name), [], `nothing left on ${oldPrimary.name}`);
+    assert.deepEqual(await addressesOf(newPrimary.name), [`${WK_VIP}/32`]);
   });
 
   describe('watch on both CN members (resync_interval 2 s)', () => {
@@ -243,10 +273,10 @@ describe('lab up --callbacks (real hook as Patroni callback)', { timeout: 240000
           what: `the switchover's on_role_change ${role} callback on ${m.name} to finish`,
         });
       }
-      const iface = ifaceOf.get(cn.primary.name)!;
-      assert.deepEqual(await addresses(iface), [`${CN_VIP}/32`]);
+      const iface = VIP_IFACE;
+      assert.deepEqual(await addressesOf(cn.primary.name), [`${CN_VIP}/32`]);
       const t0 = Date.now();
-      await execa('ip', ['addr', 'del', `${CN_VIP}/32`, 'dev', iface]);
+      await nsOf.get(cn.primary.name)!.ip(['addr', 'del', `${CN_VIP}/32`, 'dev', iface]);
       for (const [m, wrong] of [
         [cn.primary, 'always'],
         [cn.replica, 'never'],
@@ -270,13 +300,13 @@ describe('lab up --callbacks (real hook as Patroni callback)', { timeout: 240000
         async () =>
           since(controllerOf(cn.primary)).filter((l) => /^self-check: repaired drift/.test(l.msg)).length >= 2 &&
           since(controllerOf(cn.replica)).some((l) => l.msg.startsWith(replicaFixed)) &&
-          (await addresses(iface)).includes(`${CN_VIP}/32`) &&
+          (await addressesOf(cn.primary.name)).includes(`${CN_VIP}/32`) &&
           (await gucOf(cn.primary)) === 'never' &&
           (await gucOf(cn.replica)) === 'always',
         { timeoutMs: limitMs + 5000, intervalMs: 50, what: 'the daemons to repair the drift and log it' },
       ).catch(async (err: unknown) => {
         const logs = [cn.primary, cn.replica].map((m) => `${m.name}:\n  ${since(controllerOf(m)).map((l) => l.msg).join('\n  ')}`);
-        const now = `vip: ${(await addresses(iface)).join(',')}; guc ${await gucOf(cn.primary)} / ${await gucOf(cn.replica)}`;
+        const now = `vip: ${(await addressesOf(cn.primary.name)).join(',')}; guc ${await gucOf(cn.primary)} / ${await gucOf(cn.replica)}`;
         const hooks = [cn.primary, cn.replica].map((m) => `${m.name} hooks: ${(readFileSync(m.logFile, 'utf8').match(/.*citus-controller-callback.*/g) ?? []).slice(-4).join(' | ')}`);
         const tail = [cn.primary, cn.replica].map((m) => `${m.name} TAIL:\n  ${logLines(controllerOf(m)).slice(-30).map((l) => `${l.time} ${l.msg}`).join('\n  ')}`);
         throw new Error(`${String(err)}\n${now}\n${logs.join('\n')}\n${hooks.join('\n')}\n${tail.join('\n')}`);
@@ -295,15 +325,15 @@ describe('lab up --callbacks (real hook as Patroni callback)', { timeout: 240000
       const before = repairs();
       await sleep(RESYNC_S * 1000 + 500);
       assert.deepEqual(repairs(), before, 'no repair after the drift was repaired');
-      assert.ok((await addresses(iface)).includes(`${CN_VIP}/32`) && (await gucOf(cn.primary)) === 'never' && (await gucOf(cn.replica)) === 'always', '(await addresses(iface)).includes(`${CN_VIP}/32`) && (await gucOf(cn.primary)) === \'never\' && (aw...');
+      assert.ok((await addressesOf(cn.primary.name)).includes(`${CN_VIP}/32`) && (await gucOf(cn.primary)) === 'never' && (await gucOf(cn.replica)) === 'always', '(await addressesOf(cn.primary.name)).includes(`${CN_VIP}/32`) && (await gucOf(cn.primary)) === \'never\' && (aw...');
       assert.equal(await vipHolders('cn', CN_VIP).then((h) => h.join()), cn.primary.name, 'the replica daemon never binds it');
     });
 
     test('SIGTERM of the daemon on the healthy CN primary keeps the VIP (a daemon restart is no write outage); with keep_on_stop it stays too', async () => {
-      const iface = ifaceOf.get(cn.primary.name)!;
+      const iface = VIP_IFACE;
       const [stopped] = await stopControllers(dir, { members: [cn.primary.name] });
       assert.ok(stopped, 'the primary daemon was running');
-      assert.deepEqual(await addresses(iface), [`${CN_VIP}/32`], 'kept on SIGTERM: this node is still the primary');
+      assert.deepEqual(await addressesOf(cn.primary.name), [`${CN_VIP}/32`], 'kept on SIGTERM: this node is still the primary');
       const kept = `on stop: vip ${CN_VIP}/32 kept on ${iface}: this node is still the coordinator primary (fresh DCS view, writable); Patroni's callbacks move it when that changes`;
       assert.ok(logLines(stopped).some((l) => l.msg === kept), `the stop line: ${logLines(stopped).filter((l) => /on stop/.test(l.msg)).map((l) => l.msg).join(' | ')}`);
 
@@ -316,7 +346,7 @@ describe('lab up --callbacks (real hook as Patroni callback)', { timeout: 240000
       assert.ok(keeper, 'keeper');
       await waitFor(() => logLines(keeper).some((l) => /self-check: this node is a coordinator primary/.test(l.msg)), { timeoutMs: 10000, what: 'the restarted daemon checked its node' });
       await stopControllers(dir, { members: [cn.primary.name] });
-      assert.deepEqual(await addresses(iface), [`${CN_VIP}/32`], 'kept on SIGTERM with keep_on_stop');
+      assert.deepEqual(await addressesOf(cn.primary.name), [`${CN_VIP}/32`], 'kept on SIGTERM with keep_on_stop');
       assert.ok(logLines(keeper).some((l) => l.msg === `on stop: vip ${CN_VIP}/32 kept on ${iface} (keep_on_stop)`), 'logLines(keeper).some((l) => l.msg === `on stop: vip ${CN_VIP}/32 kept on ${iface} (keep_on_stop)`)');
       writeMemberControllerConfig(loadLabState(dir), cn.primary, { runAs: state.runAs ?? null });
     });
@@ -334,7 +364,7 @@ describe('lab up --callbacks (real hook as Patroni callback)', { timeout: 240000
       await run();
       const second = await run();
       assert.match(second, /on_role_change master cn: use_secondary_nodes already right \(never\) on .*, terminated 0 client sessions/);
-      assert.match(second, new RegExp(`on_role_change master cn: vip ${CN_VIP.replace(/\./g, '\\.')}/32 already bound on ${ifaceOf.get(primary.name)}`));
+      assert.match(second, new RegExp(`on_role_change master cn: vip ${CN_VIP.replace(/\./g, '\\.')}/32 already bound on ${VIP_IFACE}`));
       assert.equal(await alive(client), true, 'a client session survives both runs');
       assert.deepEqual(await vipHolders('cn', CN_VIP), [primary.name]);
     } finally {
