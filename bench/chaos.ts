@@ -31,7 +31,7 @@
  * Everything it starts is stopped on every way out (lab down, helpers, namespaces); exit 0 when
  * every row met the wrong-pointing and two-VIP targets, 1 otherwise.
  */
-import { chmodSync, existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -718,6 +718,12 @@ async function runScenario(sc: Scenario, ctx: Ctx, vips: VipWatch): Promise<Row>
     note = r.note;
   } catch (err) {
     error = errorMessage(err);
+    // "... exited; see <log>": the log's last lines say why (the temp dir goes at the end)
+    const log = / see (\/\S+\.log)/.exec(error)?.[1];
+    if (log && existsSync(log)) {
+      const tail = readFileSync(log, 'utf8').trim().split('\n').slice(-3).join(' | ');
+      error = `${error}: ${tail.slice(0, 600)}`;
+    }
     progress(`${sc.name}: ${error}`);
   }
   progress(`${sc.name}: cleared; waiting for convergence`);
