@@ -26,7 +26,7 @@ import { createLogger, type Logger } from '../util/log.js';
 import { oneLine } from '../pg/errors.js';
 import { batchesOf, describeAction, validateAction, type Batch } from './actions.js';
 import { BatchCheckError, classifyBatchFailure, type FailureClass } from './failure.js';
-import { checkCoordinatorPrimary } from './metadata.js';
+import { checkCoordinatorPrimary, type RecoveryRow } from './metadata.js';
 import type { Action, DistNodeRow, Plan } from './model.js';
 import type { AppliedAction, ApplyResult, DetectedAt, LockStatus, SkippedDatabase, WriterState } from './results.js';
 import { CoordinatorSessions } from './sessions.js';
@@ -177,7 +177,7 @@ export class Applier {
     let stopAll: string | null = null;
     if (this.sessions.closed) stopAll = 'the applier is closed';
     else {
-      const lock = await this.sessions.acquireLock();
+      const lock = await this.sessions.acquireLock({ trustHeld: true });
       if (!lock.held) stopAll = `not writing: writer lock not held: ${lock.reason}`;
     }
 
@@ -305,13 +305,22 @@ export class Applier {
     try {
       await client.query(APPLY_SQL.begin);
       inTransaction = true;
-      await client.query(APPLY_SQL.timeouts, [String(this.cfg.citus.lockTimeoutMs), String(this.cfg.citus.statementTimeoutMs)]);
-      const check = await checkCoordinatorPrimary(client);
-      if (!check.ok) {
+      // round trips are most of a failover's time on a busy coordinator: the timeouts and the first
+      // check go in one query, and the lock is checked on its own session at the same time
+      const checked = (async () => {
+        const first = await client.query<RecoveryRow>(APPLY_SQL.timeoutsAndRecovery, [String(this.cfg.citus.lockTimeoutMs), String(this.cfg.citus.statementTimeoutMs)]);
+        return checkCoordinatorPrimary(client, first.rows[0]);
+      })();
+      const lockHeld = lockClient === client ? checked.then(() => this.sessions.verifyLock(lockClient)) : this.sessions.verifyLock(lockClient);
+      // both settle before anything else happens on these sessions
+      const [checkR, heldR] = await Promise.allSettled([checked, lockHeld]);
+      if (checkR.status === 'rejected') throw checkR.reason;
+      if (!checkR.value.ok) {
         await this.rollback(batch.database, client);
-        return { kind: 'not_primary', reason: check.reason };
+        return { kind: 'not_primary', reason: checkR.value.reason };
       }
-      if (!(await this.sessions.verifyLock(lockClient))) {
+      if (heldR.status === 'rejected') throw heldR.reason;
+      if (!heldR.value) {
         await this.rollback(batch.database, client);
         this.sessions.forgetLock(lockClient);
         return { kind: 'lock_lost', reason: 'the writer lock is no longer held by this session (taken again on the next pass)' };

@@ -58,9 +58,15 @@ export type CoordinatorCheck = { ok: true } | { ok: false; reason: string };
  * `node is in recovery (a replica)`, `node is not the Citus coordinator (...)`,
  * `Citus is not installed in database "x" (...)`. Two round trips; safe inside a transaction.
  */
-export async function checkCoordinatorPrimary(client: pg.ClientBase): Promise<CoordinatorCheck> {
-  const first = await client.query<{ in_recovery: boolean; has_citus: boolean; database: string }>(RECOVERY_AND_CITUS_SQL);
-  const r = first.rows[0];
+export interface RecoveryRow {
+  in_recovery: boolean;
+  has_citus: boolean;
+  database: string;
+}
+
+export async function checkCoordinatorPrimary(client: pg.ClientBase, already?: RecoveryRow): Promise<CoordinatorCheck> {
+  // `already`: the first query's row, when the caller asked it together with something else
+  const r = already ?? (await client.query<RecoveryRow>(RECOVERY_AND_CITUS_SQL)).rows[0];
   if (!r) return { ok: false, reason: 'cannot tell whether the node is in recovery (no answer)' };
   if (r.in_recovery) return { ok: false, reason: REASON_IN_RECOVERY };
   if (!r.has_citus) {

@@ -118,8 +118,11 @@ export class CoordinatorSessions {
    * Takes the writer lock if this process does not hold it (pg_try_advisory_lock: never waits).
    * `held: false` with a reason when another session has it or the CN cannot be reached.
    */
-  async acquireLock(): Promise<LockStatus> {
+  async acquireLock(o: { trustHeld?: boolean } = {}): Promise<LockStatus> {
     if (this.isClosed) return { held: false, reason: 'the applier is closed' };
+    // trustHeld: the caller checks the lock again inside its transaction (the applier does, right
+    // before it writes): no round trip here for a lock this process already holds
+    if (o.trustHeld && this.holdsLock()) return { held: true };
     const database = this.lockDatabase;
     let client: pg.Client;
     try {

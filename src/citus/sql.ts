@@ -33,6 +33,12 @@ export const APPLY_SQL = {
   begin: 'BEGIN',
   timeouts: `SELECT pg_catalog.set_config('lock_timeout', $1::text, true) AS lock_timeout,
        pg_catalog.set_config('statement_timeout', $2::text, true) AS statement_timeout`,
+  /** The transaction's timeouts and the first coordinator check in one round trip (see RECOVERY_AND_CITUS_SQL). */
+  timeoutsAndRecovery: `SELECT pg_catalog.set_config('lock_timeout', $1::text, true) AS lock_timeout,
+       pg_catalog.set_config('statement_timeout', $2::text, true) AS statement_timeout,
+       pg_catalog.pg_is_in_recovery() AS in_recovery,
+       pg_catalog.to_regprocedure('pg_catalog.citus_is_coordinator()') IS NOT NULL AS has_citus,
+       pg_catalog.current_database() AS database`,
   rowForUpdate: `SELECT nodeid, groupid, nodename, nodeport, noderole::text AS noderole
   FROM pg_catalog.pg_dist_node WHERE nodeid = $1::int FOR UPDATE`,
   rowById: `SELECT nodeid, groupid, nodename, nodeport, noderole::text AS noderole
