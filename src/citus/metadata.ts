@@ -56,7 +56,8 @@ export type CoordinatorCheck = { ok: true } | { ok: false; reason: string };
  * citus_is_coordinator() is true (citus_update_node has no coordinator check of its own: on an
  * MX worker it would silently rewrite that worker's local copy). Reasons:
  * `node is in recovery (a replica)`, `node is not the Citus coordinator (...)`,
- * `Citus is not installed in database "x" (...)`. Two round trips; safe inside a transaction.
+ * `Citus is not installed in database "x" (...)`. Two round trips (one when the caller passes the
+ * first row, asked together with something else); safe inside a transaction.
  */
 export interface RecoveryRow {
   in_recovery: boolean;
