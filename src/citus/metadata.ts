@@ -51,6 +51,13 @@ export async function readDistNodes(client: pg.ClientBase): Promise<DistNodeRow[
 
 export type CoordinatorCheck = { ok: true } | { ok: false; reason: string };
 
+/** The first coordinator check's row (RECOVERY_AND_CITUS_SQL). */
+export interface RecoveryRow {
+  in_recovery: boolean;
+  has_citus: boolean;
+  database: string;
+}
+
 /**
  * May this session write pg_dist_node? Only when the node is NOT in recovery and
  * citus_is_coordinator() is true (citus_update_node has no coordinator check of its own: on an
@@ -59,12 +66,6 @@ export type CoordinatorCheck = { ok: true } | { ok: false; reason: string };
  * `Citus is not installed in database "x" (...)`. Two round trips (one when the caller passes the
  * first row, asked together with something else); safe inside a transaction.
  */
-export interface RecoveryRow {
-  in_recovery: boolean;
-  has_citus: boolean;
-  database: string;
-}
-
 export async function checkCoordinatorPrimary(client: pg.ClientBase, already?: RecoveryRow): Promise<CoordinatorCheck> {
   // `already`: the first query's row, when the caller asked it together with something else
   const r = already ?? (await client.query<RecoveryRow>(RECOVERY_AND_CITUS_SQL)).rows[0];
