@@ -17,6 +17,11 @@ export function scopePrefix(cfg: Pick<ControllerConfig, 'namespace'>, scope: str
   return `/${cfg.namespace}/${scope}/`;
 }
 
+/** The coordinator's leader key, `/<namespace>/<scope>/leader`: the lock whose renewals the VIP fence dates. */
+export function coordinatorLeaderKey(cfg: Pick<ControllerConfig, 'namespace' | 'scope'>): string {
+  return `${scopePrefix(cfg, cfg.scope)}leader`;
+}
+
 /** `/<namespace>/`: the prefix of every scope, what the one DCS watch and full read cover. */
 export function namespacePrefix(cfg: Pick<ControllerConfig, 'namespace'>): string {
   return `/${cfg.namespace}/`;

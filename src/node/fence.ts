@@ -98,7 +98,8 @@ export class VipFence {
           const v = leaderVerdict(await read, this.cfg);
           if (v.kind === 'me') {
             const at = sentAt - (v.renewedAgoMs ?? 0);
-            // never moved back by a read that raced a newer one
+            // never moved back: the lease's age comes in whole seconds, so a later read may date
+            // the same renewal up to a second earlier
             this.confirmedAt = this.confirmedAt === null ? at : Math.max(this.confirmedAt, at);
             if (this.now() - this.confirmedAt + this.everyMs > this.limitMs) why = `the leader key names this node but was last renewed ${((this.now() - this.confirmedAt) / 1000).toFixed(1)} s ago (is Patroni running?)`;
           }

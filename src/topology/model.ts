@@ -44,8 +44,9 @@ export interface GroupView {
    * How long before the read the leader key was last renewed (ms), from its etcd lease (granted TTL
    * minus the TTL left): a leader key that still exists but is no longer renewed (Patroni killed)
    * expires `ttl` after its last renewal, and only then can another member take it. Set for the
-   * coordinator group by the etcd3 source (lease) and the etcd2 source (the seconds the key has
-   * left); undefined: the source cannot tell.
+   * coordinator group by full reads of the etcd3 source (lease) and by the etcd2 source (the
+   * seconds the key has left); undefined: the source cannot tell. A clock reading, not topology:
+   * left out of groupSignature, like lag.
    */
   leaderRenewedAgoMs?: number;
   members: MemberView[];
@@ -166,11 +167,13 @@ export function runningPrimary(group: GroupView, source: SourceKind): RunningPri
 
 /**
  * The part of one group that matters for "did something change": everything except lag (which
- * moves with every WAL write). Members in a stable order.
+ * moves with every WAL write) and the leader key's renewal age (which moves with the clock).
+ * Members in a stable order.
  */
 export function groupSignature(g: GroupView): string {
+  const { leaderRenewedAgoMs: _age, ...rest } = g;
   return JSON.stringify({
-    ...g,
+    ...rest,
     members: [...g.members].sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0)).map((m) => ({ ...m, lagBytes: null })),
   });
 }

@@ -265,6 +265,13 @@ describe('viewSignature', () => {
     assert.notEqual(viewSignature([a.group]), viewSignature([c.group]));
   });
 
+  test("ignores the leader key's renewal age (a clock reading), sees the leader", () => {
+    const g = parseScopeKeys(kvs({ leader: 'a', 'members/a': member({ role: 'master' }) }), P, 0, 'cn').group;
+    assert.equal(groupSignature({ ...g, leaderRenewedAgoMs: 1000 }), groupSignature({ ...g, leaderRenewedAgoMs: 9000 }));
+    assert.equal(groupSignature({ ...g, leaderRenewedAgoMs: 1000 }), groupSignature(g));
+    assert.notEqual(groupSignature({ ...g, leaderRenewedAgoMs: 1000 }), groupSignature({ ...g, leader: 'b', leaderRenewedAgoMs: 1000 }));
+  });
+
   test('is the JSON of the groups in groupid order, members sorted, lag nulled (group by group: groupSignature)', () => {
     const g1 = parseScopeKeys(kvs({ leader: 'b', 'members/b': member({ role: 'master' }), 'members/a': member() }), P, 1, 'wk1').group;
     const g0 = parseScopeKeys(

@@ -19,7 +19,7 @@
  * says `reconnected`.
  */
 import { formatHostPort } from '../../net/address.js';
-import { scopePrefix } from '../../config/groups.js';
+import { coordinatorLeaderKey, scopePrefix } from '../../config/groups.js';
 import { type ControllerConfig } from '../../config/types.js';
 import { Backoff } from '../../util/backoff.js';
 import { errorMessage } from '../../util/errors.js';
@@ -213,7 +213,7 @@ export class EtcdV2Reader implements TopologyReader {
     // seconds it has left tell when it was last renewed (see GroupView.leaderRenewedAgoMs); etcd
     // rounds the seconds left up, so one more second is counted (the earlier renewal is assumed)
     const g0 = r.groups.find((g) => g.groupid === 0);
-    const leaderKey = `${scopePrefix(this.cfg, this.cfg.scope)}leader`;
+    const leaderKey = coordinatorLeaderKey(this.cfg);
     const kv = byScope.get(this.cfg.scope)?.find((x) => x.key === leaderKey);
     if (g0 && typeof g0.leader === 'string' && kv?.ttl !== undefined) g0.leaderRenewedAgoMs = Math.max(0, this.cfg.citus.ttl - kv.ttl + 1) * 1000;
     return r.groups;

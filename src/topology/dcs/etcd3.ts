@@ -26,7 +26,7 @@
  */
 import { Etcd3, type IOptions, type Watcher } from 'etcd3';
 import { formatHostPort } from '../../net/address.js';
-import { scopePrefix } from '../../config/groups.js';
+import { coordinatorLeaderKey, scopePrefix } from '../../config/groups.js';
 import { type ControllerConfig } from '../../config/types.js';
 import { errorMessage } from '../../util/errors.js';
 import type { Logger } from '../../util/log.js';
@@ -118,6 +118,8 @@ export class EtcdV3Reader implements TopologyReader {
   readonly periodMs: number;
   private readonly dcsScopes: DcsScopes;
   private readonly nsPrefix: string;
+  /** The coordinator's leader key: full reads look up its lease (withLeaderLease). */
+  private readonly leaderKey: string;
   /** The watch's client (all hosts; replaced after a watch error). */
   private client: Etcd3;
   /** One client per host for range reads, so a read that fails on one member can go to the next. */
@@ -150,6 +152,7 @@ export class EtcdV3Reader implements TopologyReader {
     if (!dcs) throw new Error('EtcdV3Reader needs cfg.dcs');
     this.dcsScopes = new DcsScopes(cfg);
     this.nsPrefix = this.dcsScopes.nsPrefix;
+    this.leaderKey = coordinatorLeaderKey(cfg);
     this.emptyScopes = new LogOnce({ problem: (text) => this.log.warn({ source: 'etcd' }, text) });
     this.hostsText = dcs.hosts.map(formatHostPort).join(',');
     this.target = `etcd ${this.hostsText}`;
@@ -299,23 +302,19 @@ export class EtcdV3Reader implements TopologyReader {
     return value;
   }
 
-  private async rangeOf(prefix: string, seen: LeaseSeen): Promise<DcsKv[]> {
+  private async rangeOf(prefix: string): Promise<DcsKv[]> {
     const kvs = await this.range(prefix);
-    return kvs.map((kv) => {
-      const key = kv.key.toString('utf8');
-      if (key === this.cnLeaderKey) seen.lease = kv.lease;
-      return { key, value: kv.value.toString('utf8') };
-    });
+    return kvs.map((kv) => ({ key: kv.key.toString('utf8'), value: kv.value.toString('utf8') }));
   }
 
   /** The whole namespace in ONE range request, bucketed by managed scope (values of other scopes never decoded). */
-  private async readNamespace(seen: LeaseSeen): Promise<Map<string, DcsKv[]>> {
+  private async readNamespace(seen?: LeaseSeen): Promise<Map<string, DcsKv[]>> {
     this.counters.namespaceRanges++;
     const kvs = await this.range(this.nsPrefix);
     const out = new Map<string, DcsKv[]>();
     for (const kv of kvs) {
       const key = kv.key.toString('utf8');
-      if (key === this.cnLeaderKey) seen.lease = kv.lease;
+      if (seen && key === this.leaderKey) seen.lease = kv.lease;
       const scope = this.dcsScopes.managedScopeOf(key);
       if (scope === null) continue;
       const entry = { key, value: kv.value.toString('utf8') };
@@ -332,14 +331,13 @@ export class EtcdV3Reader implements TopologyReader {
     return this.withLeaderLease(await this.parse(this.dcsScopes.scopes, byScope), seen);
   }
 
-  private get cnLeaderKey(): string {
-    return `${scopePrefix(this.cfg, this.cfg.scope)}leader`;
-  }
 
   /**
    * The coordinator group's leaderRenewedAgoMs, from the leader key's lease (one LeaseTimeToLive
-   * on the member that answered the range). Without an answer the field stays unset: the VIP
-   * fence then counts a confirmation from the read itself, as before.
+   * on the member that answered the range). Full reads only: that is what the VIP fence's
+   * refresh() does, and the partial re-reads a watch event triggers (a CN failover's hot path)
+   * skip the extra round trip. Without an answer the field stays unset: the fence then counts a
+   * confirmation from the read itself.
    */
   private async withLeaderLease(groups: GroupView[], seen: LeaseSeen): Promise<GroupView[]> {
     const lease = seen.lease;
@@ -359,21 +357,20 @@ export class EtcdV3Reader implements TopologyReader {
   }
 
   async readScopes(scopes: readonly string[]): Promise<GroupView[]> {
-    const seen: LeaseSeen = { lease: null };
     const { names, refs } = this.dcsScopes.select(scopes);
     let byScope: Map<string, DcsKv[]>;
     if (names.length > this.partialRangeMax) {
-      byScope = await this.readNamespace(seen);
+      byScope = await this.readNamespace();
     } else {
       byScope = new Map();
       await Promise.all(
         names.map(async (name) => {
           this.counters.scopeRanges++;
-          byScope.set(name, await this.rangeOf(scopePrefix(this.cfg, name), seen));
+          byScope.set(name, await this.rangeOf(scopePrefix(this.cfg, name)));
         }),
       );
     }
-    return this.withLeaderLease(await this.parse(refs, byScope), seen);
+    return this.parse(refs, byScope);
   }
 
   /** Keys by scope -> the groups of `refs` (every one read: a scope without keys is empty). */
