@@ -7,13 +7,13 @@
  *   refusing to start when another helper already answers there.
  * SIGTERM / SIGINT stop it (the VIP stays as it is: the helper only acts when asked).
  */
-import { chmodSync, chownSync, lstatSync, unlinkSync } from 'node:fs';
-import { connect, createServer, type Server } from 'node:net';
+import { createServer } from 'node:net';
 import type { Command } from 'commander';
 import { loadConfig } from '../config/load.js';
-import { UserError } from '../util/errors.js';
+import { errorMessage, UserError } from '../util/errors.js';
 import { createLogger } from '../util/log.js';
 import { installProcessHandlers } from '../runtime/process-handlers.js';
+import { groupId, listenOnSocketPath } from '../runtime/unix-listen.js';
 import { serveVipHelper } from '../node/vip-helper.js';
 
 interface VipHelperCommandOptions {
@@ -30,46 +30,11 @@ export function systemdListenFd(env: NodeJS.ProcessEnv = process.env, pid: numbe
   return Number.isInteger(n) && n >= 1 ? 3 : undefined;
 }
 
-async function someoneListens(path: string): Promise<boolean> {
-  return new Promise((resolve) => {
-    const s = connect(path);
-    const t = setTimeout(() => (s.destroy(), resolve(true)), 500);
-    s.on('connect', () => (clearTimeout(t), s.destroy(), resolve(true)));
-    s.on('error', () => (clearTimeout(t), resolve(false)));
-  });
-}
-
-async function groupId(name: string): Promise<number> {
-  if (/^\d+$/.test(name)) return Number(name);
-  const { execa } = await import('execa');
-  const r = await execa('getent', ['group', name], { reject: false });
-  const gid = Number(String(r.stdout).split(':')[2]);
-  if (r.exitCode !== 0 || !Number.isInteger(gid)) throw new UserError(`vip-helper: --group ${name}: no such group`);
+/** gid of `--group` (a name in /etc/group, or a number). */
+function groupOf(name: string): number {
+  const gid = /^\d+$/.test(name) ? Number(name) : groupId(name);
+  if (gid === undefined) throw new UserError(`vip-helper: --group ${name}: no such group`);
   return gid;
-}
-
-async function listenOnPath(server: Server, path: string, group: string | undefined): Promise<void> {
-  let st;
-  try {
-    st = lstatSync(path);
-  } catch {
-    st = undefined;
-  }
-  if (st) {
-    if (!st.isSocket()) throw new UserError(`vip-helper: ${path} exists and is not a socket: refusing to replace it`);
-    if (await someoneListens(path)) throw new UserError(`vip-helper: another process already answers on ${path}`);
-    unlinkSync(path); // left behind by a helper that was killed
-  }
-  const gid = group !== undefined ? await groupId(group) : undefined;
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(path, () => {
-      server.off('error', reject);
-      resolve();
-    });
-  });
-  chmodSync(path, 0o660);
-  if (gid !== undefined) chownSync(path, process.getuid?.() ?? 0, gid);
 }
 
 export async function runVipHelper(opts: VipHelperCommandOptions): Promise<void> {
@@ -80,7 +45,7 @@ export async function runVipHelper(opts: VipHelperCommandOptions): Promise<void>
   installProcessHandlers(log);
   const server = createServer();
   const fd = systemdListenFd();
-  let created: string | undefined;
+  let created: { path: string; release(): void } | undefined;
   if (fd !== undefined) {
     await new Promise<void>((resolve, reject) => {
       server.once('error', reject);
@@ -89,25 +54,27 @@ export async function runVipHelper(opts: VipHelperCommandOptions): Promise<void>
   } else {
     const path = opts.socket ?? vip.helper;
     if (!path) throw new UserError('vip-helper: no socket: pass --socket PATH, set citus.vip.helper, or start it from citus-controller-vip.socket');
-    await listenOnPath(server, path, opts.group);
-    created = path;
+    const gid = opts.group !== undefined ? groupOf(opts.group) : undefined;
+    const refusals = { notASocket: `vip-helper: ${path} exists and is not a socket: refusing to replace it`, inUse: `vip-helper: another process already answers on ${path}` };
+    try {
+      const file = await listenOnSocketPath(server, path, { mode: 0o660, ...(gid !== undefined ? { gid, gidRequired: true } : {}), ...refusals });
+      created = { path, release: file.release };
+    } catch (err) {
+      // the two refusals are the user's to fix (exit 2); anything else stays unexpected
+      const msg = errorMessage(err);
+      throw msg === refusals.notASocket || msg === refusals.inUse ? new UserError(msg) : err;
+    }
   }
   const helper = serveVipHelper(server, { vips: [{ address: vip.address, prefix: vip.prefix, interface: vip.interface }], log });
   log.info(
-    { address: vip.address, prefix: vip.prefix, interface: vip.interface, socket: created ?? `fd ${String(fd)} (systemd)` },
-    `vip-helper: serving ${vip.address}/${vip.prefix} on ${vip.interface} at ${created ?? 'the socket systemd passed'}`,
+    { address: vip.address, prefix: vip.prefix, interface: vip.interface, socket: created?.path ?? `fd ${String(fd)} (systemd)` },
+    `vip-helper: serving ${vip.address}/${vip.prefix} on ${vip.interface} at ${created?.path ?? 'the socket systemd passed'}`,
   );
   await new Promise<void>((resolve) => {
     const stop = (sig: string): void => {
       log.info({ signal: sig }, `vip-helper: ${sig}: stopping (the VIP is left as it is)`);
       void helper.close().then(() => {
-        if (created) {
-          try {
-            unlinkSync(created);
-          } catch {
-            // already gone
-          }
-        }
+        created?.release();
         resolve();
       });
     };

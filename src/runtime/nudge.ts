@@ -15,9 +15,9 @@
  *   5. /tmp/citus-controller-<uid>/<scope>.sock
  * The directory of the socket is also the controller's runtime state directory (runtimeDir).
  */
-import { chmodSync, chownSync, lstatSync, readFileSync, statSync, unlinkSync } from 'node:fs';
 import { ensureRuntimeDir } from '../node/runtime-dir.js';
 import { createConnection, createServer, type Server, type Socket } from 'node:net';
+import { groupId, listenOnSocketPath } from './unix-listen.js';
 import { dirname } from 'node:path';
 
 const MAX_MESSAGE = 4096;
@@ -97,38 +97,6 @@ export interface NudgeListener {
   close(): Promise<void>;
 }
 
-function groupId(name: string): number | undefined {
-  try {
-    for (const line of readFileSync('/etc/group', 'utf8').split('\n')) {
-      const [n, , gid] = line.split(':');
-      if (n === name && gid !== undefined && /^\d+$/.test(gid)) return Number(gid);
-    }
-  } catch {
-    // no /etc/group
-  }
-  return undefined;
-}
-
-/** Probes an existing socket file: true when something accepts connections on it. */
-function socketIsLive(path: string): Promise<boolean> {
-  return new Promise((resolve) => {
-    const s = createConnection({ path });
-    const t = setTimeout(() => {
-      s.destroy();
-      resolve(true); // accepted but silent, or slow: someone is there, do not steal the path
-    }, 300);
-    s.on('connect', () => {
-      clearTimeout(t);
-      s.destroy();
-      resolve(true);
-    });
-    s.on('error', () => {
-      clearTimeout(t);
-      resolve(false);
-    });
-  });
-}
-
 /**
  * Listens for nudges on `path` (for the watch daemon). Creates the directory when missing, removes
  * a STALE socket file left by a killed daemon (refuses when another process still listens on it, or
@@ -138,18 +106,6 @@ function socketIsLive(path: string): Promise<boolean> {
 export async function listenForNudges(path: string, onNudge: (n: Nudge) => void, opts: ListenOptions = {}): Promise<NudgeListener> {
   const dir = dirname(path);
   ensureRuntimeDir(dir);
-  let st: ReturnType<typeof lstatSync> | undefined;
-  try {
-    st = lstatSync(path);
-  } catch {
-    st = undefined;
-  }
-  if (st) {
-    if (!st.isSocket()) throw new Error(`nudge socket ${path} exists and is not a socket: remove it or set CITUS_CONTROLLER_SOCKET`);
-    if (await socketIsLive(path)) throw new Error(`another process is already listening on ${path} (is citus-controller watch running twice?)`);
-    unlinkSync(path);
-  }
-
   const sockets = new Set<Socket>();
   const server: Server = createServer((sock) => {
     sockets.add(sock);
@@ -191,29 +147,14 @@ export async function listenForNudges(path: string, onNudge: (n: Nudge) => void,
   });
   server.on('error', (err) => opts.onError?.(err));
 
-  await new Promise<void>((resolve, reject) => {
-    const onErr = (err: Error) => reject(new Error(`cannot listen on ${path}: ${err.message}`));
-    server.once('error', onErr);
-    server.listen(path, () => {
-      server.off('error', onErr);
-      resolve();
-    });
-  });
-  chmodSync(path, opts.mode ?? 0o660);
   const gid = opts.gid ?? (process.getuid?.() === 0 ? groupId('postgres') : undefined);
-  if (gid !== undefined) {
-    try {
-      chownSync(path, -1, gid);
-    } catch {
-      // not allowed: the mode still lets the owner in
-    }
-  }
-  let ino = 0;
-  try {
-    ino = statSync(path).ino;
-  } catch {
-    // raced with a remover
-  }
+  const file = await listenOnSocketPath(server, path, {
+    mode: opts.mode ?? 0o660,
+    ...(gid !== undefined ? { gid } : {}),
+    notASocket: `nudge socket ${path} exists and is not a socket: remove it or set CITUS_CONTROLLER_SOCKET`,
+    inUse: `another process is already listening on ${path} (is citus-controller watch running twice?)`,
+    cannotListen: (err) => `cannot listen on ${path}: ${err.message}`,
+  });
 
   return {
     path,
@@ -222,12 +163,7 @@ export async function listenForNudges(path: string, onNudge: (n: Nudge) => void,
         for (const s of sockets) s.destroy();
         server.close(() => {
           // remove the file only if it is still ours (a new daemon may have taken the path)
-          try {
-            const now = lstatSync(path);
-            if (now.isSocket() && now.ino === ino) unlinkSync(path);
-          } catch {
-            // already gone
-          }
+          file.release();
           resolve();
         });
       }),
