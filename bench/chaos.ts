@@ -32,7 +32,6 @@
  * every row met the wrong-pointing and two-VIP targets, 1 otherwise.
  */
 import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
-import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Command } from 'commander';
@@ -61,7 +60,7 @@ import { cliCommand, listControllers, startControllers, type LabController } fro
 import { startEtcd } from '../src/lab/etcd.js';
 import { findExecutable } from '../src/lab/up.js';
 import { resolveRunAs } from '../src/lab/proc.js';
-import { createNetns, type TestNetns } from '../test/helpers/netns.js';
+import { createNetns, startVipHelperIn, type TestNetns } from '../test/helpers/netns.js';
 import { describeMachine, machineContext, ms, onCleanup, progressFor, runBench, sleep, table, wasInterrupted } from './lib.js';
 
 const progress = progressFor('chaos');
@@ -760,14 +759,6 @@ function socketOf(state: Pick<LabState, 'dir'>, m: Pick<LabMember, 'name'>): str
   return join(state.dir, m.name, 'vip-helper.sock');
 }
 
-async function answers(path: string): Promise<boolean> {
-  return new Promise((res) => {
-    const s = connect(path);
-    s.on('connect', () => (s.destroy(), res(true)));
-    s.on('error', () => res(false));
-  });
-}
-
 async function main(): Promise<number> {
   const program = new Command()
     .name('bench:chaos')
@@ -827,13 +818,7 @@ async function main(): Promise<number> {
     const ns = await createNetns();
     netns.set(m.name, ns);
     writeMemberControllerConfig(state0, m, { runAs: state0.runAs ?? null, edit: vipConfig });
-    const [cmd, ...args] = cliCommand();
-    const h = execa('ip', ['netns', 'exec', ns.name, cmd!, ...args, 'vip-helper', '-c', memberConfigFile(state0, m), '--socket', socketOf(state0, m), ...(state0.runAs ? ['--group', String(state0.runAs.gid)] : [])], {
-      reject: false,
-      stdio: ['ignore', 'ignore', 'pipe'],
-    });
-    helpers.push(h);
-    for (let i = 0; i < 200 && !(existsSync(socketOf(state0, m)) && (await answers(socketOf(state0, m)))); i++) await sleep(50);
+    helpers.push((await startVipHelperIn(ns, { cli: cliCommand(), config: memberConfigFile(state0, m), socket: socketOf(state0, m), ...(state0.runAs ? { gid: state0.runAs.gid } : {}) })).proc);
     progress(`${m.name}: network namespace ${ns.name} (vip0), VIP helper on ${socketOf(state0, m)}`);
   }
   await vips.start(netns);

@@ -4,10 +4,11 @@
  * namespace. `ipBin` / `arpingBin` are wrapper scripts that run `ip` / `arping` inside it, for
  * code that takes the binaries as options (src/node/vip.ts VipOptions).
  */
-import { accessSync, chmodSync, constants, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { accessSync, chmodSync, constants, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { execa } from 'execa';
+import { execa, type ResultPromise } from 'execa';
+import { socketIsLive } from '../../src/runtime/unix-listen.js';
 
 let seq = 0;
 
@@ -81,4 +82,28 @@ export async function createNetns(): Promise<TestNetns> {
       rmSync(dir, { recursive: true, force: true });
     },
   };
+}
+
+/**
+ * `citus-controller vip-helper` (`cli`: how to run the CLI) inside the namespace, as root, on
+ * `socket` (group `gid` when given); resolves once it answers there, throws with its stderr when
+ * it exits or has not answered after 15 s. Stop `proc` with kill('SIGTERM'). (Wrapped: a
+ * ResultPromise is a thenable, an async function returning it would wait for the exit.)
+ */
+export async function startVipHelperIn(ns: TestNetns, o: { cli: string[]; config: string; socket: string; gid?: number }): Promise<{ proc: ResultPromise }> {
+  const h = execa('ip', ['netns', 'exec', ns.name, ...o.cli, 'vip-helper', '-c', o.config, '--socket', o.socket, ...(o.gid !== undefined ? ['--group', String(o.gid)] : [])], {
+    reject: false,
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
+  let stderr = '';
+  h.stderr?.on('data', (d: Buffer) => (stderr += d.toString()));
+  const t0 = Date.now();
+  while (!(existsSync(o.socket) && (await socketIsLive(o.socket)))) {
+    if (h.exitCode !== null || Date.now() - t0 > 15000) {
+      h.kill('SIGTERM');
+      throw new Error(`the VIP helper in ${ns.name} does not answer on ${o.socket}: ${stderr.trim().slice(-300)}`);
+    }
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  return { proc: h };
 }

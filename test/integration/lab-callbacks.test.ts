@@ -15,7 +15,6 @@
  */
 import assert from 'node:assert/strict';
 import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
@@ -37,7 +36,7 @@ import { BUILT_CLI } from '../../src/lab/member-config.js';
 import { newLabDir, startLab, stopLab } from '../helpers/lab.js';
 import { alive, scalar } from '../helpers/pg.js';
 import { sleep, waitFor } from '../helpers/wait.js';
-import { createNetns, type TestNetns } from '../helpers/netns.js';
+import { createNetns, startVipHelperIn, type TestNetns } from '../helpers/netns.js';
 
 const CN_VIP = '192.0.2.20';
 const WK_VIP = '192.0.2.21';
@@ -71,17 +70,7 @@ async function makeNode(member: string, vip: string): Promise<void> {
     { mode: 0o644 },
   );
   const gid = (await execa('id', ['-g', 'postgres'], { reject: false })).stdout;
-  const h = execa('ip', ['netns', 'exec', ns.name, process.execPath, BUILT_CLI, 'vip-helper', '-c', cfg, ...(gid ? ['--group', String(gid)] : [])], { reject: false, stdio: ['ignore', 'ignore', 'pipe'] });
-  helpers.push(h);
-  await waitFor(() => existsSync(helperSocket(member)) && answers(helperSocket(member)), { timeoutMs: 15000, what: `the VIP helper of ${member}` });
-}
-
-function answers(path: string): Promise<boolean> {
-  return new Promise((res) => {
-    const s = connect(path);
-    s.on('connect', () => (s.destroy(), res(true)));
-    s.on('error', () => res(false));
-  });
+  helpers.push((await startVipHelperIn(ns, { cli: [process.execPath, BUILT_CLI], config: cfg, socket: helperSocket(member), ...(gid ? { gid: Number(gid) } : {}) })).proc);
 }
 
 /** IPv4 addresses on the member's vip0. */

@@ -18,6 +18,7 @@ import yaml from 'js-yaml';
 import { createNetns, type TestNetns } from '../helpers/netns.js';
 import { waitFor } from '../helpers/wait.js';
 import { hasAddress } from '../../src/node/vip.js';
+import { socketIsLive } from '../../src/runtime/unix-listen.js';
 
 const root = resolve(fileURLToPath(import.meta.url), '../../..');
 const CLI = join(root, 'dist/cli.js');
@@ -97,16 +98,8 @@ async function startHelper(ns: TestNetns, cfg: string, o: { socket: string; pre?
     },
   };
   // listening: the socket answers (with socket activation the socket exists first; ask once)
-  await waitFor(async () => existsSync(o.socket) && (await answers(o.socket)), { timeoutMs: 10000, what: () => `the helper answers on ${o.socket}: ${out}` });
+  await waitFor(async () => existsSync(o.socket) && (await socketIsLive(o.socket)), { timeoutMs: 10000, what: () => `the helper answers on ${o.socket}: ${out}` });
   return helper;
-}
-
-function answers(path: string): Promise<boolean> {
-  return new Promise((res) => {
-    const s = connect(path);
-    s.on('connect', () => (s.destroy(), res(true)));
-    s.on('error', () => res(false));
-  });
 }
 
 /** One raw request line to the helper; resolves to its raw answer. */
