@@ -16,6 +16,21 @@ export interface Batch {
   actions: Action[];
 }
 
+/** The address an action writes (a removal: none). */
+export function actionTarget(a: Action): HostPort | null {
+  return a.kind === 'remove_node' ? null : a.to;
+}
+
+/** The address the row had before (an addition: none). */
+export function actionSource(a: Action): HostPort | null {
+  return a.kind === 'add_node' || a.kind === 'add_secondary' ? null : a.from;
+}
+
+/** The nodeid of the row an action touches (an addition: not known before it runs). */
+export function actionNodeid(a: Action): number | null {
+  return a.kind === 'add_node' || a.kind === 'add_secondary' ? null : a.nodeid;
+}
+
 /** SQL literal for display only (never sent to a server). */
 function showLiteral(text: string): string {
   return `'${text.replace(/'/g, "''")}'`;
@@ -32,7 +47,7 @@ export function describeAction(action: Action): string {
     case 'park_node': {
       const extra = action.force ? `, force => true, lock_cooldown => ${action.lockCooldownMs}` : '';
       const call = `citus_update_node(${action.nodeid}, ${showLiteral(action.to.host)}, ${action.to.port}${extra})`;
-      const what = action.kind === 'park_node' ? ' [park]' : '';
+      const what = action.kind === 'park_node' ? ' [park]' : action.noderole !== 'primary' ? ` [${action.noderole}]` : '';
       return `${head} ${call} ${fmt(action.from)} -> ${fmt(action.to)}${what} (${action.reason})`;
     }
     case 'add_node': {
@@ -42,6 +57,12 @@ export function describeAction(action: Action): string {
           : `citus_add_node(${showLiteral(action.to.host)}, ${action.to.port}, groupid => ${action.groupid})`;
       return `${head} ${call} -> ${fmt(action.to)} (${action.reason})`;
     }
+    case 'add_secondary': {
+      const call = `citus_add_secondary_node(${showLiteral(action.to.host)}, ${action.to.port}, ${showLiteral(action.primary.host)}, ${action.primary.port})`;
+      return `${head} ${call} -> ${fmt(action.to)} (${action.reason})`;
+    }
+    case 'remove_node':
+      return `${head} citus_remove_node(${showLiteral(action.from.host)}, ${action.from.port}) [secondary ${action.nodeid}] (${action.reason})`;
   }
 }
 
@@ -71,6 +92,13 @@ export function validateAction(action: Action, databases: readonly string[]): st
     }
     case 'add_node':
       return badAddress('target', action.to);
+    case 'add_secondary':
+      if (action.noderole !== 'secondary') return 'add_secondary must add a secondary row';
+      return badAddress('target', action.to) ?? badAddress('primary', action.primary);
+    case 'remove_node':
+      if (action.noderole !== 'secondary') return 'only secondary rows are ever removed';
+      if (!isInt(action.nodeid, 1, INT4_MAX)) return `invalid nodeid ${JSON.stringify(action.nodeid)}`;
+      return badAddress('from', action.from);
     default:
       return `unknown action kind ${JSON.stringify((action as { kind?: unknown }).kind)}`;
   }
@@ -97,7 +125,14 @@ export function batchesOf(actions: readonly Action[]): Batch[] {
  * Pure; the applier's before-COMMIT check compares a batch with a fresh plan through it.
  */
 export function sameChange(a: Action, b: Action): boolean {
-  if (a.kind !== b.kind || a.database !== b.database || a.groupid !== b.groupid || a.to.host !== b.to.host || a.to.port !== b.to.port) return false;
+  if (a.kind !== b.kind || a.database !== b.database || a.groupid !== b.groupid) return false;
+  if (a.kind === 'remove_node' || b.kind === 'remove_node') {
+    return a.kind === 'remove_node' && b.kind === 'remove_node' && a.nodeid === b.nodeid && a.from.host === b.from.host && a.from.port === b.from.port;
+  }
+  if (a.to.host !== b.to.host || a.to.port !== b.to.port) return false;
   if (a.kind === 'add_node' || b.kind === 'add_node') return a.kind === b.kind && a.noderole === b.noderole;
+  if (a.kind === 'add_secondary' || b.kind === 'add_secondary') {
+    return a.kind === 'add_secondary' && b.kind === 'add_secondary' && a.primary.host === b.primary.host && a.primary.port === b.primary.port;
+  }
   return a.nodeid === b.nodeid && a.noderole === b.noderole && a.from.host === b.from.host && a.from.port === b.from.port;
 }

@@ -24,7 +24,7 @@ import { epochNowMs, round1, sleep } from '../util/clock.js';
 import { errorMessage } from '../util/errors.js';
 import { createLogger, type Logger } from '../util/log.js';
 import { oneLine } from '../pg/errors.js';
-import { batchesOf, describeAction, validateAction, type Batch } from './actions.js';
+import { actionNodeid, actionSource, actionTarget, batchesOf, describeAction, validateAction, type Batch } from './actions.js';
 import { BatchCheckError, classifyBatchFailure, type FailureClass } from './failure.js';
 import { checkCoordinatorPrimary, type RecoveryRow } from './metadata.js';
 import type { Action, DistNodeRow, Plan } from './model.js';
@@ -70,6 +70,10 @@ type BatchOutcome =
 export type BeforeCommit = (actions: readonly Action[]) => string | null;
 
 const fmt = formatHostPort;
+
+function showOrNull(hp: HostPort | null): string | null {
+  return hp ? fmt(hp) : null;
+}
 
 function sameAddress(row: NodeRowRaw | undefined, hp: HostPort): boolean {
   return row !== undefined && row.nodename === hp.host && Number(row.nodeport) === hp.port;
@@ -205,14 +209,15 @@ export class Applier {
               {
                 database: action.database,
                 group: action.groupid,
-                nodeid: action.kind === 'add_node' ? (added ?? null) : action.nodeid,
+                nodeid: actionNodeid(action) ?? added ?? null,
                 action: action.kind,
-                from: action.kind === 'add_node' ? null : fmt(action.from),
-                to: fmt(action.to),
+                role: action.noderole,
+                from: showOrNull(actionSource(action)),
+                to: showOrNull(actionTarget(action)),
                 reason: action.reason,
                 latencyMs,
               },
-              action.kind === 'add_node' ? 'pg_dist_node node added' : 'pg_dist_node updated',
+              action.kind === 'add_node' || action.kind === 'add_secondary' ? 'pg_dist_node node added' : action.kind === 'remove_node' ? 'pg_dist_node node removed' : 'pg_dist_node updated',
             );
           });
           break;
@@ -400,6 +405,39 @@ export class Applier {
           );
         }
         return Number(after?.nodeid);
+      }
+      case 'add_secondary': {
+        const primary = (await client.query<NodeRowRaw>(APPLY_SQL.groupPrimaryForUpdate, [action.groupid])).rows[0];
+        if (!primary || !sameAddress(primary, action.primary)) {
+          throw new BatchCheckError(
+            `row changed under us: group ${action.groupid}'s primary row is ${primary ? showRow(primary) : 'missing'}, the plan expected ${fmt(action.primary)}`,
+            'row_changed',
+          );
+        }
+        const taken = (await client.query<NodeRowRaw>(APPLY_SQL.rowByAddress, [action.to.host, action.to.port])).rows[0];
+        if (taken) throw new BatchCheckError(`row changed under us: ${fmt(action.to)} is now held by ${showRow(taken)}`, 'row_changed');
+        const r = await client.query<{ nodeid: number }>(APPLY_SQL.addSecondary, [action.to.host, action.to.port, action.primary.host, action.primary.port]);
+        const after = (await client.query<NodeRowRaw>(APPLY_SQL.rowByAddress, [action.to.host, action.to.port])).rows[0];
+        if (!after || Number(after.groupid) !== action.groupid || after.noderole !== 'secondary') {
+          throw new BatchCheckError(
+            `citus_add_secondary_node(${fmt(action.to)}) returned, but the row is ${after ? showRow(after) : 'missing'} instead of a secondary of group ${action.groupid}`,
+            'not_verified',
+          );
+        }
+        return Number(r.rows[0]?.nodeid ?? after.nodeid);
+      }
+      case 'remove_node': {
+        const before = (await client.query<NodeRowRaw>(APPLY_SQL.rowForUpdate, [action.nodeid])).rows[0];
+        if (!before || !sameAddress(before, action.from) || Number(before.groupid) !== action.groupid || before.noderole !== 'secondary') {
+          throw new BatchCheckError(
+            `row changed under us: nodeid ${action.nodeid} is ${before ? `now ${showRow(before)}` : 'no longer in pg_dist_node'}, the plan expected the secondary ${fmt(action.from)} of group ${action.groupid}`,
+            'row_changed',
+          );
+        }
+        await client.query(APPLY_SQL.removeNode, [action.from.host, action.from.port]);
+        const after = (await client.query<NodeRowRaw>(APPLY_SQL.rowById, [action.nodeid])).rows[0];
+        if (after) throw new BatchCheckError(`citus_remove_node(${fmt(action.from)}) returned, but nodeid ${action.nodeid} is still ${showRow(after)}`, 'not_verified');
+        return undefined;
       }
     }
   }

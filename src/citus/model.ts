@@ -28,7 +28,13 @@ export interface DistNodeRow {
   shouldhaveshards?: boolean;
 }
 
-/** Planner policy, from CitusConfig (registerNewGroups, force, lockCooldownMs). */
+/** A worker group in VIP mode (citus.workers[].vip): its rows are these addresses, never member addresses. */
+export interface VipRows {
+  rw: HostPort;
+  ro: HostPort;
+}
+
+/** Planner policy, from CitusConfig (registerNewGroups, force, lockCooldownMs, secondaries). */
 export interface PlanPolicy {
   /** Add a primary row (citus_add_node) for a group Patroni knows but pg_dist_node lacks. */
   registerNewGroups: boolean;
@@ -36,6 +42,16 @@ export interface PlanPolicy {
   force: boolean;
   /** citus_update_node(lock_cooldown) in ms. */
   lockCooldownMs: number;
+  /**
+   * `replicas`: each managed group has exactly one `secondary` row (nodecluster `default`), on its
+   * best healthy replica (topology/health.ts), parked when it has none. `off` (also when absent):
+   * secondary rows are left alone, except the swap that makes room for a primary.
+   */
+  secondaries?: 'replicas' | 'off';
+  /** Replay lag (bytes) a replica may have and still hold the secondary row. */
+  maxReplicaLagBytes?: number;
+  /** Worker groups in VIP mode, by group id. */
+  vipGroups?: ReadonlyMap<number, VipRows>;
 }
 
 interface ActionBase {
@@ -82,7 +98,24 @@ export interface AddNodeAction extends ActionBase {
   to: HostPort;
 }
 
-export type Action = UpdateNodeAction | ParkNodeAction | AddNodeAction;
+/** citus_add_secondary_node(to.host, to.port, primary.host, primary.port): the group's first secondary row. */
+export interface AddSecondaryAction extends ActionBase {
+  kind: 'add_secondary';
+  noderole: 'secondary';
+  to: HostPort;
+  /** The group's primary row address, by which Citus finds the group. */
+  primary: HostPort;
+}
+
+/** citus_remove_node(from.host, from.port): a secondary row beyond the one a group keeps. */
+export interface RemoveNodeAction extends ActionBase {
+  kind: 'remove_node';
+  nodeid: number;
+  noderole: 'secondary';
+  from: HostPort;
+}
+
+export type Action = UpdateNodeAction | ParkNodeAction | AddNodeAction | AddSecondaryAction | RemoveNodeAction;
 
 /**
  * - ok: the primary row points at the running primary.
@@ -109,6 +142,24 @@ export interface Finding {
   /** Patroni member name of the running primary (null: none / unknown). */
   member: string | null;
   reason: string;
+  /** The group's secondary row as planned (secondaries: replicas, or a VIP group); absent otherwise. */
+  secondary?: SecondaryFinding;
+}
+
+/**
+ * - ok: the secondary row points at a healthy replica (VIP group: at the ro VIP);
+ * - moved / added / parked / removed: the plan does that;
+ * - none: no healthy replica and no row (nothing to park);
+ * - waiting: the group has no running primary, or the view is stale: the rows are left as they are.
+ */
+export interface SecondaryFinding {
+  verdict: 'ok' | 'moved' | 'added' | 'parked' | 'none' | 'waiting';
+  /** Address of the secondary row after the plan (null: none). */
+  row: HostPort | null;
+  nodeid: number | null;
+  /** Member the row points at (null: none, parked, or a VIP). */
+  member: string | null;
+  reason: string;
 }
 
 export interface Plan {
@@ -125,4 +176,9 @@ export function entriesOf(rows: RowsInput): Array<[string, readonly DistNodeRow[
 }
 
 /** An action without its batch number (the planner assigns batches at the end, in plan order). */
-export type Step = Omit<UpdateNodeAction, 'batch'> | Omit<ParkNodeAction, 'batch'> | Omit<AddNodeAction, 'batch'>;
+export type Step =
+  | Omit<UpdateNodeAction, 'batch'>
+  | Omit<ParkNodeAction, 'batch'>
+  | Omit<AddNodeAction, 'batch'>
+  | Omit<AddSecondaryAction, 'batch'>
+  | Omit<RemoveNodeAction, 'batch'>;

@@ -22,16 +22,35 @@
 import { formatHostPort, isValidHost } from '../net/address.js';
 import type { HostPort } from '../net/address.js';
 import { memberAddress, runningPrimary, showName } from '../topology/model.js';
+import { memberAt, pickSecondary, replicaHealth } from '../topology/health.js';
 import type { GroupView, MemberView, Topology } from '../topology/model.js';
-import { entriesOf, type Action, type AddNodeAction, type DistNodeRow, type Finding, type ParkNodeAction, type Plan, type PlanPolicy, type RowsInput, type Step, type UpdateNodeAction } from './model.js';
+import { entriesOf, type Action, type AddNodeAction, type DistNodeRow, type Finding, type ParkNodeAction, type Plan, type PlanPolicy, type RowsInput, type SecondaryFinding, type Step, type UpdateNodeAction, type VipRows } from './model.js';
 import { applyStep } from './simulate.js';
 
-/** What Patroni says a group's primary is, independent of any database. */
-type Desire = { ok: true; member: MemberView; address: HostPort } | { ok: false; reason: string };
+/**
+ * What a group's primary row should be, independent of any database: Patroni's running primary
+ * (`member`), or a VIP group's read/write VIP (`member` null). `who`: how reasons name it.
+ */
+type Desire = { ok: true; member: MemberView | null; who: string; address: HostPort } | { ok: false; reason: string };
 
 interface GroupResult {
   finding: Finding;
   steps: Step[];
+}
+
+/** The default of citus.max_replica_lag (bytes), also used when a policy leaves it out. */
+export const DEFAULT_MAX_REPLICA_LAG = 16 * 1024 * 1024;
+
+const NO_VIPS: ReadonlyMap<number, VipRows> = new Map();
+
+/** Does the planner own group g's secondary rows? (secondaries: replicas, or a VIP group) */
+function managesSecondaries(policy: PlanPolicy, g: number): boolean {
+  return policy.secondaries === 'replicas' || (policy.vipGroups?.has(g) ?? false);
+}
+
+/** A name parkedName() gives: `<host>-demoted-<nodeid>[-n]` or `citus-demoted-<nodeid>[-n]`. */
+function looksParked(row: DistNodeRow): boolean {
+  return new RegExp(`-demoted-${row.nodeid}(?:-\\d+)?$`).test(row.nodename);
 }
 
 const fmt = formatHostPort;
@@ -66,8 +85,8 @@ export function parkedName(host: string, nodeid: number, port: number, taken: (a
   return name;
 }
 
-/** Per managed group: the one running primary, or why not. Also catches two groups claiming one address. */
-function desires(topology: Topology, managed: number[]): Map<number, Desire> {
+/** Per managed group: the one running primary (VIP groups: the rw VIP), or why not. Also catches two groups claiming one address. */
+function desires(topology: Topology, managed: number[], vipGroups: ReadonlyMap<number, VipRows>): Map<number, Desire> {
   const views = new Map<number, GroupView[]>();
   for (const v of topology.groups) {
     const list = views.get(v.groupid) ?? [];
@@ -76,6 +95,14 @@ function desires(topology: Topology, managed: number[]): Map<number, Desire> {
   }
   const out = new Map<number, Desire>();
   for (const g of managed) {
+    const vip = vipGroups.get(g);
+    if (vip) {
+      // the member addresses of the group must never be a VIP: the two rows would name one node twice
+      const clash = (views.get(g) ?? []).flatMap((v) => v.members).find((m) => (m.host === vip.rw.host && m.port === vip.rw.port) || (m.host === vip.ro.host && m.port === vip.ro.port));
+      if (clash) out.set(g, { ok: false, reason: `member ${showName(clash.name)} advertises ${fmt({ host: clash.host ?? '', port: clash.port ?? 0 })}, which is one of the group's VIPs` });
+      else out.set(g, { ok: true, member: null, who: `the read/write VIP`, address: { ...vip.rw } });
+      continue;
+    }
     const vs = views.get(g) ?? [];
     const v = vs[0];
     if (!v) {
@@ -94,7 +121,7 @@ function desires(topology: Topology, managed: number[]): Map<number, Desire> {
     const address = memberAddress(rp.member);
     // runningPrimary guarantees an address; keep the check so no action can ever carry null.
     if (!address) out.set(g, { ok: false, reason: `member ${showName(rp.member.name)} has no usable address` });
-    else out.set(g, { ok: true, member: rp.member, address });
+    else out.set(g, { ok: true, member: rp.member, who: showName(rp.member.name), address });
   }
   // Two groups whose running primaries have the same address: neither is believable.
   const claims = new Map<string, number[]>();
@@ -107,7 +134,7 @@ function desires(topology: Topology, managed: number[]): Map<number, Desire> {
     if (groups.length < 2) continue;
     const who = groups.map((g) => {
       const d = out.get(g);
-      return `${g} (${d && d.ok ? showName(d.member.name) : '?'})`;
+      return `${g} (${d && d.ok ? d.who : '?'})`;
     });
     const all = groups.length === 2 ? 'both' : 'all';
     for (const g of groups) out.set(g, { ok: false, reason: `groups ${who.join(' and ')} ${all} report ${key} as their primary` });
@@ -124,6 +151,8 @@ interface DbContext {
   rows: DistNodeRow[];
   /** Managed groups not resolved yet (their primary rows may still move away). */
   pending: Set<number>;
+  /** The topology's view of each group (first one; desires() rejects duplicates). */
+  views: Map<number, GroupView>;
 }
 
 function finding(
@@ -141,7 +170,7 @@ function finding(
     current: row ? rowAddress(row) : null,
     nodeid: row ? row.nodeid : null,
     desired: desired && desired.ok ? { ...desired.address } : null,
-    member: desired && desired.ok ? desired.member.name : null,
+    member: desired && desired.ok && desired.member ? desired.member.name : null,
     reason,
   };
 }
@@ -159,7 +188,7 @@ function makeRoom(ctx: DbContext, g: number, target: HostPort, who: string, fina
   if (holder.noderole === 'primary') {
     if (ctx.pending.has(holder.groupid) && !final) return { kind: 'blocked' };
     const other = ctx.desire.get(holder.groupid);
-    const why = other && other.ok ? `whose running primary is ${showName(other.member.name)} (${fmt(other.address)})` : `which cannot move (${other ? other.reason : 'unknown'})`;
+    const why = other && other.ok ? `whose running primary is ${other.who} (${fmt(other.address)})` : `which cannot move (${other ? other.reason : 'unknown'})`;
     return {
       kind: 'refused',
       reason: `cannot point group ${g} at ${who} (${fmt(target)}): ${held}, ${why}; two groups claim one address`,
@@ -197,13 +226,13 @@ function planGroup(ctx: DbContext, g: number, final: boolean): GroupResult | 'bl
   if (!row) {
     const base = `group ${g} is not in pg_dist_node`;
     if (!ctx.policy.registerNewGroups) {
-      const extra = desire && desire.ok ? `; its primary is ${showName(desire.member.name)} (${fmt(desire.address)})` : `; ${desire ? desire.reason : 'no topology'}`;
+      const extra = desire && desire.ok ? `; its primary is ${desire.who} (${fmt(desire.address)})` : `; ${desire ? desire.reason : 'no topology'}`;
       return { finding: finding(ctx, g, 'unregistered', undefined, desire, `${base} (register_new_groups is off)${extra}`), steps: [] };
     }
     if (!desire || !desire.ok) {
       return { finding: finding(ctx, g, 'ambiguous', undefined, desire, `${base}; cannot register it: ${desire ? desire.reason : 'no topology'}`), steps: [] };
     }
-    const who = showName(desire.member.name);
+    const who = desire.who;
     const room = makeRoom(ctx, g, desire.address, who, final);
     if (room.kind === 'blocked') return 'blocked';
     if (room.kind === 'refused') return { finding: finding(ctx, g, 'ambiguous', undefined, desire, `${base}; ${room.reason}`), steps: [] };
@@ -222,9 +251,9 @@ function planGroup(ctx: DbContext, g: number, final: boolean): GroupResult | 'bl
   if (!desire || !desire.ok) {
     return { finding: finding(ctx, g, 'ambiguous', row, desire, desire ? desire.reason : `group ${g}: no topology`), steps: [] };
   }
-  const who = showName(desire.member.name);
+  const who = desire.who;
   if (sameAddress(current, desire.address)) {
-    return { finding: finding(ctx, g, 'ok', row, desire, `points at the running primary ${who}`), steps: [] };
+    return { finding: finding(ctx, g, 'ok', row, desire, desire.member ? `points at the running primary ${who}` : `points at ${who} ${fmt(desire.address)}`), steps: [] };
   }
   const room = makeRoom(ctx, g, desire.address, who, final);
   if (room.kind === 'blocked') return 'blocked';
@@ -244,9 +273,10 @@ function planGroup(ctx: DbContext, g: number, final: boolean): GroupResult | 'bl
   const steps: Step[] = [...room.steps, update];
   // The swap: a parked row of this group takes the address the primary row just left, unless
   // another group's running primary is at that address.
+  // (secondaries: replicas, and VIP groups: the secondary planning re-points the parked row instead)
   const parked = room.parked;
   const park = room.steps[0];
-  if (parked && park && park.kind === 'park_node' && parked.groupid === g) {
+  if (parked && park && park.kind === 'park_node' && parked.groupid === g && !managesSecondaries(ctx.policy, g)) {
     const wanted = [...ctx.desire.values()].some((d) => d.ok && sameAddress(d.address, current));
     if (!wanted) {
       steps.push({
@@ -269,7 +299,103 @@ function planGroup(ctx: DbContext, g: number, final: boolean): GroupResult | 'bl
   };
 }
 
+function secFinding(verdict: SecondaryFinding['verdict'], row: DistNodeRow | null, member: string | null, reason: string): SecondaryFinding {
+  return { verdict, row: row ? rowAddress(row) : null, nodeid: row ? row.nodeid : null, member, reason };
+}
+
+/**
+ * Group g's secondary rows (nodecluster `default`; other clusters are left alone), planned on
+ * ctx.rows after g's primary steps: exactly one row, on the best healthy replica (VIP group: on
+ * the ro VIP), nodeid kept when it moves; parked when the group has no healthy replica; rows
+ * beyond the first removed. `parkedNow`: g's primary steps just parked one of them.
+ */
+function planSecondary(ctx: DbContext, g: number): { finding: SecondaryFinding; steps: Step[] } {
+  const rows = ctx.rows.filter((r) => r.groupid === g && r.noderole === 'secondary' && r.nodecluster === 'default').sort(byNodeid);
+  const primaries = ctx.rows.filter((r) => r.groupid === g && r.noderole === 'primary');
+  const first = rows[0] ?? null;
+  const desire = ctx.desire.get(g);
+  const waiting = (why: string) => ({ finding: secFinding('waiting', first, null, `${why}; secondary rows left as they are`), steps: [] });
+  const primaryRow = primaries[0];
+  if (primaries.length !== 1 || !primaryRow) return waiting(primaries.length === 0 ? `group ${g} has no primary row` : `group ${g} has ${primaries.length} primary rows`);
+  if (!desire || !desire.ok) return waiting(desire ? desire.reason : `group ${g}: no topology`);
+  if (!sameAddress(rowAddress(primaryRow), desire.address)) return waiting(`group ${g}'s primary row is not on ${desire.who} yet`);
+
+  // an address a row may take: held by no row, and not the primary address of any group
+  const free = (a: HostPort, except: DistNodeRow | null): boolean =>
+    !ctx.rows.some((r) => r !== except && r.nodename === a.host && r.nodeport === a.port) && ![...ctx.desire.values()].some((d) => d.ok && sameAddress(d.address, a));
+  const common = { database: ctx.database, groupid: g, force: false, lockCooldownMs: ctx.policy.lockCooldownMs };
+  const removals = (keep: DistNodeRow): Step[] =>
+    rows
+      .filter((r) => r !== keep)
+      .map((r) => ({
+        kind: 'remove_node' as const,
+        database: ctx.database,
+        groupid: g,
+        nodeid: r.nodeid,
+        noderole: 'secondary' as const,
+        from: rowAddress(r),
+        reason: `group ${g} keeps one secondary row (nodeid ${keep.nodeid}): Citus reads from whichever comes first`,
+      }));
+  const moveTo = (target: HostPort, member: string | null, why: string): { finding: SecondaryFinding; steps: Step[] } => {
+    if (!first) {
+      const add: Step = { kind: 'add_secondary', database: ctx.database, groupid: g, noderole: 'secondary', to: { ...target }, primary: rowAddress(primaryRow), reason: `group ${g} gets a secondary row: ${why}` };
+      return { finding: { verdict: 'added', row: { ...target }, nodeid: null, member, reason: `adding ${fmt(target)}: ${why}` }, steps: [add] };
+    }
+    const update: Step = { kind: 'update_node', ...common, nodeid: first.nodeid, noderole: 'secondary', from: rowAddress(first), to: { ...target }, reason: `group ${g} secondary row ${first.nodeid} moves to ${fmt(target)}: ${why}` };
+    return { finding: { verdict: 'moved', row: { ...target }, nodeid: first.nodeid, member, reason: `${fmt(rowAddress(first))} -> ${fmt(target)}: ${why}` }, steps: [update, ...removals(first)] };
+  };
+
+  const vip = ctx.policy.vipGroups?.get(g);
+  if (vip) {
+    const keep = rows.find((r) => sameAddress(rowAddress(r), vip.ro));
+    if (keep) {
+      const steps = removals(keep);
+      return { finding: secFinding('ok', keep, null, `the read-only VIP ${fmt(vip.ro)}${steps.length ? `; removing ${steps.length} other secondary row(s)` : ''}`), steps };
+    }
+    if (!free(vip.ro, first)) return waiting(`the read-only VIP ${fmt(vip.ro)} is held by another row`);
+    return moveTo(vip.ro, null, `the read-only VIP ${fmt(vip.ro)}`);
+  }
+
+  const view = ctx.views.get(g);
+  const primary = desire.member;
+  if (!view || !primary) return waiting(`group ${g}: no view of its replicas`);
+  const limit = ctx.policy.maxReplicaLagBytes ?? DEFAULT_MAX_REPLICA_LAG;
+  // sticky: a row on a healthy replica stays (the first such row, by nodeid)
+  for (const r of rows) {
+    const m = memberAt(view, r.nodename, r.nodeport);
+    if (m && replicaHealth(m, primary, limit).ok) {
+      const steps = removals(r);
+      return { finding: secFinding('ok', r, m.name, `on the healthy replica ${showName(m.name)}${steps.length ? `; removing ${steps.length} other secondary row(s)` : ''}`), steps };
+    }
+  }
+  const firstMember = first ? memberAt(view, first.nodename, first.nodeport) : null;
+  const firstHealth = firstMember ? replicaHealth(firstMember, primary, limit) : null;
+  const why = !first ? 'no secondary row' : firstHealth && !firstHealth.ok ? firstHealth.reason : `${fmt(rowAddress(first))} is no member of the group`;
+  const pick = pickSecondary(view, primary, limit, null, (m) => {
+    const a = memberAddress(m);
+    return !a || !free(a, first);
+  });
+  if (pick) {
+    const a = memberAddress(pick);
+    if (a) return moveTo(a, pick.name, `${showName(pick.name)} is the best healthy replica (${why})`);
+  }
+  const noneWhy = `no healthy replica (${view.members.filter((m) => m.name !== primary.name).map((m) => { const h = replicaHealth(m, primary, Math.floor(limit / 2)); return h.ok ? `${showName(m.name)} address taken` : h.reason; }).join('; ') || 'the group has no other member'})`;
+  if (!first) return { finding: secFinding('none', null, null, noneWhy), steps: [] };
+  if (looksParked(first) && !firstMember) {
+    const steps = removals(first);
+    return { finding: secFinding('parked', first, null, `parked: ${noneWhy}`), steps };
+  }
+  const to: HostPort = {
+    host: parkedName(first.nodename, first.nodeid, first.nodeport, (a) => ctx.rows.some((r) => r.nodename === a.host && r.nodeport === a.port)),
+    port: first.nodeport,
+  };
+  const park: Step = { kind: 'park_node', ...common, nodeid: first.nodeid, noderole: 'secondary', from: rowAddress(first), to, reason: `park group ${g}'s secondary row ${first.nodeid} (${fmt(rowAddress(first))}) on ${fmt(to)}: ${why}; ${noneWhy}` };
+  return { finding: { verdict: 'parked', row: to, nodeid: first.nodeid, member: null, reason: `${fmt(rowAddress(first))} parked on ${fmt(to)}: ${why}; ${noneWhy}` }, steps: [park, ...removals(first)] };
+}
+
 function planDatabase(database: string, input: readonly DistNodeRow[], topology: Topology, policy: PlanPolicy, managedList: number[], desire: Map<number, Desire>): { findings: Finding[]; batches: Step[][] } {
+  const views = new Map<number, GroupView>();
+  for (const v of topology.groups) if (!views.has(v.groupid)) views.set(v.groupid, v);
   const ctx: DbContext = {
     database,
     policy,
@@ -277,6 +403,7 @@ function planDatabase(database: string, input: readonly DistNodeRow[], topology:
     desire,
     rows: input.map((r) => ({ ...r })),
     pending: new Set(managedList),
+    views,
   };
   const findings: Finding[] = [];
   const batches: Step[][] = [];
@@ -300,6 +427,20 @@ function planDatabase(database: string, input: readonly DistNodeRow[], topology:
         if (r.steps.length > 0) {
           for (const s of r.steps) applyStep(ctx.rows, s);
           batches.push(r.steps);
+        }
+        if (managesSecondaries(policy, g)) {
+          const sec = planSecondary(ctx, g);
+          r.finding.secondary = sec.finding;
+          if (sec.steps.length > 0) {
+            for (const s of sec.steps) applyStep(ctx.rows, s);
+            // a secondary the primary steps just parked moves in the SAME transaction: a CN replica
+            // must never see the group with its secondary parked when a healthy replica exists.
+            // Otherwise its own transaction: a secondary's update takes no shard locks and never
+            // delays a primary's commit.
+            const parkedHere = r.steps.some((st) => st.kind === 'park_node' && st.groupid === g && st.noderole === 'secondary');
+            if (parkedHere) r.steps.push(...sec.steps);
+            else batches.push(sec.steps);
+          }
         }
         progress = true;
       }
@@ -326,7 +467,7 @@ function planDatabase(database: string, input: readonly DistNodeRow[], topology:
  */
 export function plan(topology: Topology, rowsByDatabase: RowsInput, policy: PlanPolicy, knownGroups: readonly number[]): Plan {
   const managed = [...new Set(knownGroups)].sort((a, b) => a - b);
-  const desire = desires(topology, managed);
+  const desire = desires(topology, managed, policy.vipGroups ?? NO_VIPS);
   const actions: Action[] = [];
   const findings: Finding[] = [];
   let batch = 0;

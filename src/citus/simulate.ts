@@ -36,6 +36,32 @@ export function applyStep(rows: DistNodeRow[], action: Action | Step): void {
     });
     return;
   }
+  if (action.kind === 'add_secondary') {
+    // citus_add_secondary_node: the group is the one of the row at `primary`; an existing
+    // (name, port) returns its id and changes nothing.
+    const primary = rows.find((r) => r.nodename === action.primary.host && r.nodeport === action.primary.port);
+    if (!primary) throw new SimulatedCitusError(`node at "${action.primary.host}:${action.primary.port}" does not exist`);
+    if (rows.some((r) => r.nodename === action.to.host && r.nodeport === action.to.port)) return;
+    rows.push({
+      nodeid: rows.reduce((m, r) => Math.max(m, r.nodeid), 0) + 1,
+      groupid: primary.groupid,
+      nodename: action.to.host,
+      nodeport: action.to.port,
+      noderole: 'secondary',
+      nodecluster: 'default',
+      isactive: true,
+      hasmetadata: false,
+      metadatasynced: false,
+      shouldhaveshards: false,
+    });
+    return;
+  }
+  if (action.kind === 'remove_node') {
+    const i = rows.findIndex((r) => r.nodename === action.from.host && r.nodeport === action.from.port);
+    if (i < 0) throw new SimulatedCitusError(`node at "${action.from.host}:${action.from.port}" does not exist`);
+    rows.splice(i, 1);
+    return;
+  }
   const row = rows.find((r) => r.nodeid === action.nodeid);
   if (!row) throw new SimulatedCitusError(`node ${action.nodeid} not found`);
   if (row.nodename === action.to.host && row.nodeport === action.to.port) return; // same address: no-op

@@ -47,6 +47,10 @@ export const APPLY_SQL = {
   FROM pg_catalog.pg_dist_node WHERE groupid = $1::int AND noderole = 'primary' ORDER BY nodeid FOR UPDATE`,
   groupPrimary: `SELECT nodeid, groupid, nodename, nodeport, noderole::text AS noderole
   FROM pg_catalog.pg_dist_node WHERE groupid = $1::int AND noderole = 'primary' ORDER BY nodeid`,
+  rowByAddress: `SELECT nodeid, groupid, nodename, nodeport, noderole::text AS noderole
+  FROM pg_catalog.pg_dist_node WHERE nodename = $1::text AND nodeport = $2::int`,
+  addSecondary: 'SELECT pg_catalog.citus_add_secondary_node($1::text, $2::int, $3::text, $4::int) AS nodeid',
+  removeNode: 'SELECT pg_catalog.citus_remove_node($1::text, $2::int)',
   updateNode: 'SELECT pg_catalog.citus_update_node($1::int, $2::text, $3::int, $4::bool, $5::int)',
   addNode: 'SELECT pg_catalog.citus_add_node($1::text, $2::int, groupid => $3::int) AS nodeid',
   setCoordinatorHost: 'SELECT pg_catalog.citus_set_coordinator_host($1::text, $2::int)',

@@ -10,7 +10,7 @@ import { UserError } from '../util/errors.js';
 import { createLogger, type Logger } from '../util/log.js';
 import { Controller } from '../runtime/controller.js';
 import { exitCodeOf, type PassOutcome } from '../runtime/outcome.js';
-import { describeAction } from '../citus/actions.js';
+import { actionSource, actionTarget, describeAction } from '../citus/actions.js';
 import type { Finding } from '../citus/model.js';
 import { Daemon } from '../runtime/daemon.js';
 import { installProcessHandlers } from '../runtime/process-handlers.js';
@@ -140,7 +140,7 @@ export function registerControllerCommands(program: Command): void {
         const r = o.applied;
         if (r) {
           if (r.notPrimary) process.stdout.write(`not applied: ${r.notPrimary}\n`);
-          for (const a of r.applied) process.stdout.write(`applied: ${a.database} group ${a.groupid}: ${fmt('from' in a ? a.from : null)} -> ${fmt(a.to)} in ${a.latencyMs.toFixed(1)} ms\n`);
+          for (const a of r.applied) process.stdout.write(`applied: ${a.database} group ${a.groupid} ${a.noderole}: ${fmt(actionSource(a))} -> ${a.kind === 'remove_node' ? 'removed' : fmt(actionTarget(a))} in ${a.latencyMs.toFixed(1)} ms\n`);
           for (const f of r.failed) process.stdout.write(`FAILED: ${describeAction(f.action)}: ${f.error}\n`);
           for (const s of r.skipped) process.stdout.write(`skipped ${s.database}: ${s.reason}\n`);
         }

@@ -72,6 +72,8 @@ export interface MemberView {
   lagBytes: number | null;
   tags: Record<string, unknown>;
   apiUrl?: string;
+  /** Patroni's `replication_state` (`streaming`, `in archive recovery`), where the source reports it (Patroni >= 3.0.4). */
+  replicationState?: string;
 }
 
 /**

@@ -77,6 +77,8 @@ export function restMember(m: Record<string, unknown>, problems: string[]): Memb
     lagBytes: typeof m.lag === 'number' ? m.lag : null,
     tags: isRecord(m.tags) ? m.tags : {},
     ...(typeof m.api_url === 'string' ? { apiUrl: m.api_url } : {}),
+    // Patroni >= 3.0.4 reports a replica's /cluster state as `streaming`; the member key has replication_state
+    ...(typeof m.replication_state === 'string' ? { replicationState: m.replication_state } : {}),
   };
 }
 

@@ -648,7 +648,7 @@ describe('Applier against PostgreSQL', () => {
     let targetSteppedDown = false;
     const asked: string[] = [];
     const beforeCommit = (actions: readonly Action[]): string | null => {
-      asked.push(actions.map((a) => `${a.groupid}->${a.to.port}`).join(','));
+      asked.push(actions.map((a) => `${a.groupid}->${a.kind === 'remove_node' ? '-' : a.to.port}`).join(','));
       return targetSteppedDown ? `group 1's current view no longer names ${HOST}:${w1b.port} as its running primary` : null;
     };
     try {

@@ -85,7 +85,7 @@ const cases: Case[] = [
     actions: [
       ["1: app group 1: citus_update_node(4, '10.0.1.2-demoted-4', 5432) 10.0.1.2:5432 -> 10.0.1.2-demoted-4:5432 [park]", /park secondary row 4 of group 1 .*group 1's primary wk1-b needs that address/],
       ["1: app group 1: citus_update_node(2, '10.0.1.2', 5432) 10.0.1.1:5432 -> 10.0.1.2:5432", /group 1 primary is now wk1-b/],
-      ["1: app group 1: citus_update_node(4, '10.0.1.1', 5432) 10.0.1.2-demoted-4:5432 -> 10.0.1.1:5432 [secondary row]", /secondary row 4 of group 1 takes the old primary address 10\.0\.1\.1:5432 \(swap\)/],
+      ["1: app group 1: citus_update_node(4, '10.0.1.1', 5432) 10.0.1.2-demoted-4:5432 -> 10.0.1.1:5432 [secondary] [secondary row]", /secondary row 4 of group 1 takes the old primary address 10\.0\.1\.1:5432 \(swap\)/],
     ],
     findings: [
       [APP, 0, 'ok'],
@@ -122,7 +122,7 @@ const cases: Case[] = [
     actions: [
       ["1: app group 1: citus_update_node(4, '10.0.1.1-demoted-4', 5432) 10.0.1.1:5432 -> 10.0.1.1-demoted-4:5432 [park]", /park secondary row 4/],
       ["1: app group 1: citus_update_node(2, '10.0.1.1', 5432) 10.0.1.2:5432 -> 10.0.1.1:5432", /group 1 primary is now wk1-a \(10\.0\.1\.1:5432\), was 10\.0\.1\.2:5432/],
-      ["1: app group 1: citus_update_node(4, '10.0.1.2', 5432) 10.0.1.1-demoted-4:5432 -> 10.0.1.2:5432 [secondary row]", /swap/],
+      ["1: app group 1: citus_update_node(4, '10.0.1.2', 5432) 10.0.1.1-demoted-4:5432 -> 10.0.1.2:5432 [secondary] [secondary row]", /swap/],
     ],
     findings: [
       [APP, 0, 'ok'],
@@ -283,7 +283,7 @@ const cases: Case[] = [
     actions: [
       ["1: app group 1: citus_update_node(4, '10.0.1.2-demoted-4-2', 5432) 10.0.1.2:5432 -> 10.0.1.2-demoted-4-2:5432 [park]", /park secondary row 4/],
       ["1: app group 1: citus_update_node(2, '10.0.1.2', 5432) 10.0.1.1:5432 -> 10.0.1.2:5432", /wk1-b/],
-      ["1: app group 1: citus_update_node(4, '10.0.1.1', 5432) 10.0.1.2-demoted-4-2:5432 -> 10.0.1.1:5432 [secondary row]", /swap/],
+      ["1: app group 1: citus_update_node(4, '10.0.1.1', 5432) 10.0.1.2-demoted-4-2:5432 -> 10.0.1.1:5432 [secondary] [secondary row]", /swap/],
     ],
     findings: [
       [APP, 0, 'ok'],
@@ -518,7 +518,7 @@ const cases: Case[] = [
     actions: [
       ["1: app group 1: citus_update_node(4, '10.0.1.2-demoted-4', 5432, force => true, lock_cooldown => 2500) 10.0.1.2:5432 -> 10.0.1.2-demoted-4:5432 [park]", /park/],
       ["1: app group 1: citus_update_node(2, '10.0.1.2', 5432, force => true, lock_cooldown => 2500) 10.0.1.1:5432 -> 10.0.1.2:5432", /wk1-b/],
-      ["1: app group 1: citus_update_node(4, '10.0.1.1', 5432, force => true, lock_cooldown => 2500) 10.0.1.2-demoted-4:5432 -> 10.0.1.1:5432 [secondary row]", /swap/],
+      ["1: app group 1: citus_update_node(4, '10.0.1.1', 5432, force => true, lock_cooldown => 2500) 10.0.1.2-demoted-4:5432 -> 10.0.1.1:5432 [secondary] [secondary row]", /swap/],
     ],
     findings: [
       [APP, 0, 'ok'],
@@ -622,7 +622,7 @@ const cases: Case[] = [
     actions: [
       ["1: app group 1: citus_update_node(4, 'fd00--12-demoted-4', 5432) [fd00::12]:5432 -> fd00--12-demoted-4:5432 [park]", /park/],
       ["1: app group 1: citus_update_node(2, 'fd00::12', 5432) [fd00::11]:5432 -> [fd00::12]:5432", /wk1-b/],
-      ["1: app group 1: citus_update_node(4, 'fd00::11', 5432) fd00--12-demoted-4:5432 -> [fd00::11]:5432 [secondary row]", /swap/],
+      ["1: app group 1: citus_update_node(4, 'fd00::11', 5432) fd00--12-demoted-4:5432 -> [fd00::11]:5432 [secondary] [secondary row]", /swap/],
     ],
     findings: [
       [APP, 0, 'ok'],
@@ -680,7 +680,7 @@ function assertActions(actual: Action[], expected: Array<[string, RegExp]>): voi
     assert.ok(pattern instanceof RegExp, `no expected action ${i}`);
     assert.match(a.reason, pattern, `reason of action ${i}`);
     // without force the text leaves lock_cooldown out: it is still passed, as the policy says
-    if (a.kind !== 'add_node' && !a.force) assert.equal(a.lockCooldownMs, POLICY.lockCooldownMs, `lock_cooldown of action ${i}`);
+    if ((a.kind === 'update_node' || a.kind === 'park_node') && !a.force) assert.equal(a.lockCooldownMs, POLICY.lockCooldownMs, `lock_cooldown of action ${i}`);
   });
 }
 
@@ -737,8 +737,8 @@ describe('plan: properties of every case', () => {
       run(c);
       assert.equal(JSON.stringify(c.rows instanceof Map ? [...c.rows] : c.rows), rowsBefore, 'inputs not mutated');
       for (const a of p.actions) {
-        assert.ok(validAddress(a.to), `valid target ${JSON.stringify(a.to)}`);
-        if (a.kind !== 'add_node') assert.ok(Number.isInteger(a.nodeid), 'integer nodeid');
+        if (a.kind !== 'remove_node') assert.ok(validAddress(a.to), `valid target ${JSON.stringify(a.to)}`);
+        if (a.kind !== 'add_node' && a.kind !== 'add_secondary') assert.ok(Number.isInteger(a.nodeid), 'integer nodeid');
         assert.ok(a.reason.length > 0 && !a.reason.includes('\n'), `one-line reason: ${JSON.stringify(a.reason)}`);
       }
       const batches = batchesOf(p.actions);

@@ -92,6 +92,7 @@ export function parseMember(name: string, text: string): { member: MemberView; x
     lagBytes: null,
     tags: isRecord(doc.tags) ? doc.tags : {},
     ...(typeof doc.api_url === 'string' ? { apiUrl: doc.api_url } : {}),
+    ...(typeof doc.replication_state === 'string' ? { replicationState: doc.replication_state } : {}),
   };
   return { member, xlog: num(doc.xlog_location), problems };
 }
