@@ -9,7 +9,7 @@ import yaml from 'js-yaml';
 import type { z } from 'zod';
 import { ConfigError } from '../util/errors.js';
 import { citusSchema, fileSchema } from './schema.js';
-import type { ControllerConfig, DcsConfig } from './types.js';
+import type { ControllerConfig, DcsConfig, HostPort } from './types.js';
 
 // ---------------------------------------------------------------------------------------------
 
@@ -97,6 +97,27 @@ export function normalizeNamespace(ns: string | undefined): string {
   return n;
 }
 
+/**
+ * VIP-mode addresses: rw and ro differ, no two groups share one, and none is a member address
+ * the config lists (a node of any group, the coordinator's): the rows would name one node twice.
+ */
+function checkWorkerVips(workers: ReadonlyArray<{ vip?: { rw: HostPort; ro: HostPort } | undefined; nodes?: HostPort[] | undefined }>, coordinator: HostPort[]): void {
+  const key = (a: HostPort) => `${a.host}:${a.port}`;
+  const members = new Set([...coordinator, ...workers.flatMap((w) => w.nodes ?? [])].map(key));
+  const used = new Map<string, string>();
+  workers.forEach((w, i) => {
+    if (!w.vip) return;
+    for (const kind of ['rw', 'ro'] as const) {
+      const where = `citus.workers[${i}].vip.${kind}`;
+      const k = key(w.vip[kind]);
+      if (members.has(k)) throw new ConfigError(where, `${k} is a member address (listed in nodes / connect_address), not a VIP`);
+      const other = used.get(k);
+      if (other) throw new ConfigError(where, `${k} is also ${other}: every group needs its own rw and ro VIPs`);
+      used.set(k, where);
+    }
+  });
+}
+
 /** Builds the validated, normalized config from an already parsed YAML document. */
 export function configFromObject(doc: unknown, file: string): ControllerConfig {
   if (doc === null || typeof doc !== 'object' || Array.isArray(doc)) {
@@ -123,6 +144,7 @@ export function configFromObject(doc: unknown, file: string): ControllerConfig {
       throw new ConfigError(`citus.workers[${i}]`, 'give the Patroni scope (scope:) or the nodes (nodes: [host:port]) of the group');
     }
   });
+  checkWorkerVips(citus.workers, [top.postgresql.connect_address, ...(citus.coordinator_nodes ?? [])]);
   const scopes = new Set<string>([top.scope]);
   citus.workers.forEach((w, i) => {
     if (w.scope === undefined) return;
@@ -176,6 +198,7 @@ export function configFromObject(doc: unknown, file: string): ControllerConfig {
         ...(w.scope !== undefined ? { scope: w.scope } : {}),
         nodes: w.nodes ?? [],
         rest: w.rest ?? [],
+        ...(w.vip ? { vip: { rw: w.vip.rw, ro: w.vip.ro } } : {}),
       })),
       ...(citus.source !== undefined ? { source: citus.source } : {}),
       registerNewGroups: citus.register_new_groups ?? false,
@@ -183,6 +206,9 @@ export function configFromObject(doc: unknown, file: string): ControllerConfig {
       connectTimeoutMs: citus.connect_timeout ?? 2000,
       resyncInterval: citus.resync_interval ?? 30,
       readFromSecondaries: citus.read_from_secondaries ?? true,
+      secondaries: citus.secondaries ?? 'replicas',
+      maxReplicaLagBytes: citus.max_replica_lag ?? 16 * 1024 * 1024,
+      secondaryHoldDownMs: citus.secondary_hold_down ?? 3000,
       ...(vip
         ? {
             vip: {

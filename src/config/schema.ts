@@ -73,6 +73,16 @@ export const dcsSection = z
   })
   .loose();
 
+/** A VIP as a row address: an IP address, with an optional port (default 5432). */
+const vipAddress = hostPort(5432).refine((hp) => isIpAddress(hp.host), { error: 'not an IP address (a VIP is an IP address, optionally with :port)' });
+
+export const workerVipSchema = z
+  .object({
+    rw: vipAddress,
+    ro: vipAddress,
+  })
+  .strict();
+
 export const workerSchema = z
   .object({
     groupid: z
@@ -82,6 +92,7 @@ export const workerSchema = z
     scope: scopeName.optional(),
     nodes: z.array(hostPort(5432), { error: 'expected a list of host:port' }).optional(),
     rest: z.array(hostPort(8008), { error: 'expected a list of host:port (Patroni REST API addresses)' }).optional(),
+    vip: workerVipSchema.optional(),
   })
   .strict();
 
@@ -125,6 +136,9 @@ export const citusSchema = z
     connect_timeout: positive('connect_timeout (ms)').optional(),
     resync_interval: positive('resync_interval (seconds)').optional(),
     read_from_secondaries: z.boolean({ error: 'expected true or false' }).optional(),
+    secondaries: z.enum(['replicas', 'off'], { error: 'must be replicas or off' }).optional(),
+    max_replica_lag: nonNegInt('max_replica_lag (bytes)').optional(),
+    secondary_hold_down: nonNegInt('secondary_hold_down (ms)').optional(),
     rest_port: z
       .number({ error: 'expected rest_port (a port number)' })
       .int({ error: 'rest_port must be a whole number' })

@@ -18,6 +18,8 @@ export interface WorkerGroupConfig {
   nodes: HostPort[];
   /** Patroni REST API addresses of this group's members (REST source); empty: each node's host with citus.rest_port. */
   rest: HostPort[];
+  /** VIP mode: the group's primary row is `rw` and its secondary row `ro`, registered once and never rewritten to member addresses. */
+  vip?: { rw: HostPort; ro: HostPort };
 }
 
 export interface DcsConfig {
@@ -72,8 +74,18 @@ export interface CitusConfig {
   connectTimeoutMs: number;
   /** Seconds between full re-reads of the DCS, whatever the watch says. */
   resyncInterval: number;
-  /** CN replicas read from worker secondaries (use_secondary_nodes=always). */
+  /** CN replicas read from worker secondaries (use_secondary_nodes=always) while every group has a healthy one. */
   readFromSecondaries: boolean;
+  /** `replicas`: the controller keeps one secondary row per group on a healthy replica; `off`: secondary rows are left alone. */
+  secondaries: 'replicas' | 'off';
+  /** Replay lag (bytes) a replica may have and still serve reads (hold the secondary row). */
+  maxReplicaLagBytes: number;
+  /**
+   * How long (ms) a CN replica keeps `always` while a secondary row points at a node that still
+   * answers reads but is not a healthy replica (promoted, lagging), before it flips to `never`;
+   * and how long every secondary must be healthy before a CN replica goes back to `always`.
+   */
+  secondaryHoldDownMs: number;
   vip?: VipConfig;
   /** Sessions never terminated after a use_secondary_nodes flip. */
   terminateExclude: { users: string[]; applicationNames: string[] };

@@ -7,7 +7,7 @@
  */
 import { Applier, type BeforeCommit } from '../citus/apply.js';
 import { describeAction, sameChange } from '../citus/actions.js';
-import type { Action, DistNodeRow, Plan, PlanPolicy } from '../citus/model.js';
+import type { Action, DistNodeRow, Plan, PlanPolicy, VipRows } from '../citus/model.js';
 import { plan } from '../citus/plan.js';
 import type { ApplyResult, DetectedAt, WriterState } from '../citus/results.js';
 import { managedGroups } from '../config/groups.js';
@@ -44,7 +44,16 @@ export interface ControllerOptions {
 }
 
 export function policyOf(cfg: ControllerConfig): PlanPolicy {
-  return { registerNewGroups: cfg.citus.registerNewGroups, force: cfg.citus.force, lockCooldownMs: cfg.citus.lockCooldownMs };
+  const vipGroups = new Map<number, VipRows>();
+  for (const w of cfg.citus.workers) if (w.vip) vipGroups.set(w.groupid, { rw: w.vip.rw, ro: w.vip.ro });
+  return {
+    registerNewGroups: cfg.citus.registerNewGroups,
+    force: cfg.citus.force,
+    lockCooldownMs: cfg.citus.lockCooldownMs,
+    secondaries: cfg.citus.secondaries,
+    maxReplicaLagBytes: cfg.citus.maxReplicaLagBytes,
+    ...(vipGroups.size > 0 ? { vipGroups } : {}),
+  };
 }
 
 /** The refusal when the DCS holds Patroni's own Citus layout. */

@@ -211,6 +211,28 @@ const badCases: BadCase[] = [
   ['bad vip address', (d) => (citus(d).vip = { address: '10.0.0.300', interface: 'eth0' }), /^citus-controller: config error: citus\.vip\.address: not an IP address$/],
   ['bad vip interface', (d) => (citus(d).vip = { address: '10.0.0.3', interface: 'eth0; reboot' }), /^citus-controller: config error: citus\.vip\.interface: not a valid interface name/],
   ['relative vip helper socket', (d) => (citus(d).vip = { address: '10.0.0.3', interface: 'eth0', helper: 'vip.sock' }), /^citus-controller: config error: citus\.vip\.helper: must be an absolute path \(the VIP helper's unix socket\)$/],
+  [
+    'a worker VIP that is not an address',
+    (d) => (citus(d).workers = [{ groupid: 1, scope: 'wk1', vip: { rw: 'wk1-vip.example', ro: '192.0.2.12' } }]),
+    /^citus-controller: config error: citus\.workers\[0\]\.vip\.rw: not an IP address \(a VIP is an IP address, optionally with :port\)$/,
+  ],
+  [
+    'a worker VIP equal to a member address',
+    (d) => (citus(d).workers = [{ groupid: 1, scope: 'wk1', nodes: ['192.0.2.21:5432'], vip: { rw: '192.0.2.11', ro: '192.0.2.21:5432' } }]),
+    /^citus-controller: config error: citus\.workers\[0\]\.vip\.ro: 192\.0\.2\.21:5432 is a member address \(listed in nodes \/ connect_address\), not a VIP$/,
+  ],
+  [
+    'two groups sharing a VIP',
+    (d) =>
+      (citus(d).workers = [
+        { groupid: 1, scope: 'wk1', vip: { rw: '192.0.2.11', ro: '192.0.2.12' } },
+        { groupid: 2, scope: 'wk2', vip: { rw: '192.0.2.21', ro: '192.0.2.12:5432' } },
+      ]),
+    /^citus-controller: config error: citus\.workers\[1\]\.vip\.ro: 192\.0\.2\.12:5432 is also citus\.workers\[0\]\.vip\.ro: every group needs its own rw and ro VIPs$/,
+  ],
+  ['rw and ro the same VIP', (d) => (citus(d).workers = [{ groupid: 1, scope: 'wk1', vip: { rw: '192.0.2.11', ro: '192.0.2.11' } }]), /^citus-controller: config error: citus\.workers\[0\]\.vip\.ro: 192\.0\.2\.11:5432 is also citus\.workers\[0\]\.vip\.rw/],
+  ['bad secondaries mode', (d) => (citus(d).secondaries = 'all'), /^citus-controller: config error: citus\.secondaries: must be replicas or off$/],
+  ['negative max_replica_lag', (d) => (citus(d).max_replica_lag = -1), /^citus-controller: config error: citus\.max_replica_lag: max_replica_lag \(bytes\) must be >= 0$/],
   ['relative citus.socket', (d) => (citus(d).socket = 'run/cn.sock'), /^citus-controller: config error: citus\.socket: must be an absolute path$/],
   ['bad namespace', (d) => (d.namespace = '///'), /^citus-controller: config error: namespace: must not be empty$/],
   [
