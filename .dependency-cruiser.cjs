@@ -11,9 +11,9 @@ const PURE = [
   '^src/config/(types|groups)\\.ts$',
   '^src/pg/errors\\.ts$',
   '^src/citus/(model|plan|simulate|actions|failure|results)\\.ts$',
-  '^src/topology/model\\.ts$',
+  '^src/topology/(model|health)\\.ts$',
   '^src/topology/dcs/(layout|scopes)\\.ts$',
-  '^src/node/(callback-plan|local-role|vip-helper-protocol)\\.ts$',
+  '^src/node/(callback-plan|local-role|vip-helper-protocol|read-gate)\\.ts$',
   '^src/runtime/outcome\\.ts$',
 ];
 
@@ -21,7 +21,7 @@ const PURE = [
 const PURE_PACKAGES = ['^node_modules/zod/'];
 
 /** Single modules of another room that `room` may import: the planner plans from the topology's model. */
-const EXCEPTIONS = { citus: ['^src/topology/model\\.ts$'] };
+const EXCEPTIONS = { citus: ['^src/topology/(model|health)\\.ts$'] };
 
 /** Folders below `room` it may import (besides itself). */
 const LAYERS = {
@@ -31,7 +31,7 @@ const LAYERS = {
   pg: ['util', 'net', 'config'],
   citus: ['util', 'net', 'config', 'pg'],
   topology: ['util', 'net', 'config', 'pg'],
-  node: ['util', 'net', 'config', 'pg', 'topology'],
+  node: ['util', 'net', 'config', 'pg', 'citus', 'topology'],
   runtime: ['util', 'net', 'config', 'pg', 'citus', 'topology', 'node'],
   commands: ['util', 'net', 'config', 'pg', 'citus', 'topology', 'node', 'runtime'],
 };

@@ -23,6 +23,12 @@ import { convergeNode, trackProgress, type StepOutcome } from '../node/converge.
 import { failpointSpec } from '../util/failpoint.js';
 import { NO_RUNTIME_DIR, nudgeSocketPath, runtimeDir } from '../node/runtime-dir.js';
 import { sendNudge } from '../runtime/nudge.js';
+import { chooseSource } from '../topology/choose.js';
+import { decideForThisReplica } from '../node/node-rows.js';
+import { NO_HOLD } from '../node/read-gate.js';
+import { createLogger } from '../util/log.js';
+import { settlesWithin } from '../util/clock.js';
+import type { Topology } from '../topology/model.js';
 
 /**
  * Overall limit, measured from process start (ms): the watchdog exits 1 with one line. Patroni
@@ -34,6 +40,35 @@ export const CALLBACK_DEADLINE_MS = 5000;
 const CONNECT_TIMEOUT_MS = 1000;
 const STATEMENT_TIMEOUT_MS = 500;
 const NUDGE_TIMEOUT_MS = 300;
+/** A coordinator replica's callback reads the topology once, within this, to decide use_secondary_nodes. */
+const READ_GATE_TIMEOUT_MS = 1500;
+
+/**
+ * `always` or `never` for this coordinator replica now: its own rows against one fresh read of
+ * the topology, no hold-down (a role change terminates sessions anyway). Anything that cannot
+ * be read in time gives `never`: reads then go to the worker primaries, which always works.
+ */
+async function replicaReadValue(cfg: ControllerConfig, running: Map<string, string>): Promise<{ value: 'always' | 'never'; why: string }> {
+  running.set('reads', 'topology and pg_dist_node for use_secondary_nodes');
+  const source = chooseSource(cfg, { log: createLogger({ level: 'silent' }) });
+  try {
+    const work = (async () => {
+      await source.start();
+      const topology: Topology = source.snapshot();
+      if (!topology.fresh) return { value: 'never' as const, why: `no fresh topology (${topology.staleReason ?? 'read failed'})` };
+      const r = await decideForThisReplica(cfg, topology, { purpose: 'callback', connectTimeoutMs: CONNECT_TIMEOUT_MS, statementTimeoutMs: STATEMENT_TIMEOUT_MS, waitWhileStarting: true }, NO_HOLD, 0);
+      return { value: r.decision.value, why: r.decision.reason };
+    })();
+    work.catch(() => undefined);
+    if (!(await settlesWithin(work, READ_GATE_TIMEOUT_MS))) return { value: 'never', why: `no answer within ${READ_GATE_TIMEOUT_MS} ms` };
+    return await work;
+  } catch (err) {
+    return { value: 'never', why: errorMessage(err) };
+  } finally {
+    running.delete('reads');
+    void source.stop().catch(() => undefined);
+  }
+}
 
 export interface CallbackCommandOptions {
   config?: string;
@@ -84,6 +119,11 @@ export async function runCallback(
     }
 
     const plan = planCallback(args, cfg);
+    if (plan.kind === 'coordinator' && plan.useSecondaryNodes === 'always') {
+      const r = await replicaReadValue(cfg, running);
+      plan.useSecondaryNodes = r.value;
+      say(`${head} use_secondary_nodes ${r.value}: ${r.why}`);
+    }
     const failpoint = failpointSpec(); // test-only, never in a built package
     const outcomes: StepOutcome[] = await convergeNode(plan, cfg, {
       log: {

@@ -32,6 +32,8 @@ import { convergeNode, planForLocalRole, trackProgress } from './converge.js';
 import { closeQuietly, pgConnect } from '../pg/connect.js';
 import { describePgError } from '../pg/errors.js';
 import { isInRecovery } from '../pg/recovery.js';
+import { decideForThisReplica } from './node-rows.js';
+import { NO_HOLD, type ReadHold } from './read-gate.js';
 
 export interface LocalNodeKeeperOptions {
   log: Logger;
@@ -60,6 +62,10 @@ const KEEPER_STATEMENT_TIMEOUT_MS = 5000;
 export const STOP_CONFIRM_MS = 2000;
 /** After a transition to primary: gratuitous ARP at once (3 packets), then again this long after it. */
 export const ARP_FOLLOW_UP_MS = [1000, 3000];
+/** A coordinator replica re-checks its read gate this often while a secondary is not healthy (its rows change by replication, not by topology). */
+export const READ_GATE_RECHECK_MS = 250;
+/** ... and this often while everything is healthy (rows changed by hand). */
+export const READ_GATE_IDLE_RECHECK_MS = 2000;
 const RETRY_MIN_MS = 1000;
 const RETRY_MAX_MS = 10000;
 
@@ -80,6 +86,11 @@ export class LocalNodeKeeper {
   private fencedReported = false;
   /** Repairs that fail: one warning per streak. */
   private readonly failures: LogOnce;
+  /** The read gate's hold-down state (coordinator replica). */
+  private readHold: ReadHold = NO_HOLD;
+  /** Last logged read decision (value + level), so each change is logged once. */
+  private lastRead = '';
+  private readTimer: NodeJS.Timeout | undefined;
 
   constructor(
     private readonly cfg: ControllerConfig,
@@ -130,6 +141,7 @@ export class LocalNodeKeeper {
     this.stopped = true;
     this.fence?.stop();
     clearTimeout(this.retryTimer);
+    clearTimeout(this.readTimer);
     for (const t of this.arpTimers) clearTimeout(t);
     this.arpTimers.clear();
     await this.checks.stop();
@@ -216,6 +228,31 @@ export class LocalNodeKeeper {
     this.lastKind = role.kind;
 
     const plan = planForLocalRole(role.kind, this.cfg);
+    if (role.kind !== 'replica') this.readHold = NO_HOLD;
+    if (role.kind === 'replica' && plan.useSecondaryNodes === 'always') {
+      // `always` only while every group has a healthy secondary in this replica's own rows
+      running.set('reads', `pg_dist_node on ${formatHostPort(this.cfg.postgresql.connectAddress)}`);
+      try {
+        const r = await decideForThisReplica(this.cfg, topology, this.session(), this.readHold, this.cfg.citus.secondaryHoldDownMs);
+        this.readHold = r.decision.hold;
+        plan.useSecondaryNodes = r.decision.value;
+        const key = `${r.decision.value} ${r.gate.level}`;
+        if (key !== this.lastRead || r.decision.value !== r.live) {
+          this.lastRead = key;
+          const line = `self-check: use_secondary_nodes ${r.decision.value} (secondaries ${r.gate.level}): ${r.decision.reason}`;
+          if (r.gate.level === 'healthy') log.info(line);
+          else log.warn(line);
+        }
+        this.recheckReads(r.decision.recheckInMs ?? (r.gate.level === 'healthy' ? READ_GATE_IDLE_RECHECK_MS : READ_GATE_RECHECK_MS));
+      } catch (err) {
+        // the rows cannot be read: leave the value as it is, try again soon
+        delete plan.useSecondaryNodes;
+        this.failed([`self-check: cannot read this replica's pg_dist_node, use_secondary_nodes left as it is: ${errorMessage(err)}`]);
+        this.recheckReads(READ_GATE_RECHECK_MS * 4);
+      } finally {
+        running.delete('reads');
+      }
+    } else clearTimeout(this.readTimer);
     if (role.kind === 'primary' && plan.vip === 'bind' && this.fence && !this.fence.mayHold()) {
       // fenced: the VIP comes back only after a fresh read named this node the leader again
       delete plan.vip;
@@ -243,6 +280,28 @@ export class LocalNodeKeeper {
       this.failures.ok();
       this.retry.reset();
     }
+  }
+
+  /** Session options of the self-check's own connections. */
+  private session() {
+    return {
+      purpose: 'keeper' as const,
+      connectTimeoutMs: this.cfg.citus.connectTimeoutMs,
+      statementTimeoutMs: KEEPER_STATEMENT_TIMEOUT_MS,
+      ...(this.opts.applicationName ? { applicationName: this.opts.applicationName } : {}),
+    };
+  }
+
+  /** Another check on the newest view after `ms` (one timer: a newer check replaces it). */
+  private recheckReads(ms: number): void {
+    clearTimeout(this.readTimer);
+    if (this.stopped) return;
+    this.readTimer = setTimeout(() => {
+      this.readTimer = undefined;
+      const view = this.opts.currentView?.();
+      if (!this.stopped && view) void this.checks.trigger(view);
+    }, Math.max(10, ms));
+    this.readTimer.unref?.();
   }
 
   /** Gratuitous ARP again at each ARP_FOLLOW_UP_MS, while this node is still the primary holding the VIP. */

@@ -1,0 +1,76 @@
+/**
+ * A coordinator node's OWN pg_dist_node (on a replica: the replicated copy, which is what its
+ * Citus reads from), per configured database, and the value new sessions get for
+ * citus.use_secondary_nodes. Used by the read gate's callers: the Patroni callback, the watch
+ * daemon's self-check and `status`.
+ */
+import type { Client } from 'pg';
+import { readDistNodes } from '../citus/metadata.js';
+import type { DistNodeRow } from '../citus/model.js';
+import type { ControllerConfig } from '../config/types.js';
+import { closeQuietly, pgConnect, type ConnectOptions } from '../pg/connect.js';
+import type { Topology } from '../topology/model.js';
+import type { UseSecondaryNodes } from './callback-plan.js';
+import { decideReadMode, readGate, type ReadDecision, type ReadGate, type ReadHold } from './read-gate.js';
+
+export interface NodeRows {
+  /** Rows by database (databases without Citus are missing). */
+  rows: Map<string, DistNodeRow[]>;
+  /** The value a new session gets (null: unset / Citus not loaded). */
+  live: UseSecondaryNodes | null;
+  inRecovery: boolean;
+}
+
+/**
+ * Reads every database's pg_dist_node on one node (default: this node), one short session per
+ * database, in parallel. Throws (PgConnectError / a pg error) when a database cannot be read:
+ * a gate decided on a partial picture could say `always` while one database breaks.
+ */
+export async function readNodeRows(cfg: Pick<ControllerConfig, 'postgresql' | 'citus' | 'scope'>, session: Omit<ConnectOptions, 'database'>): Promise<NodeRows> {
+  const rows = new Map<string, DistNodeRow[]>();
+  let live: UseSecondaryNodes | null = null;
+  let inRecovery = false;
+  const results = await Promise.all(
+    cfg.citus.databases.map(async (database, i) => {
+      let client: Client | undefined;
+      try {
+        client = await pgConnect(cfg, { ...session, database });
+        if (i === 0) {
+          const r = await client.query<{ v: string | null; rec: boolean }>("SELECT current_setting('citus.use_secondary_nodes', true) AS v, pg_catalog.pg_is_in_recovery() AS rec");
+          const v = r.rows[0]?.v ?? null;
+          live = v === 'always' || v === 'never' ? v : null;
+          inRecovery = r.rows[0]?.rec === true;
+        }
+        return { database, rows: await readDistNodes(client) };
+      } finally {
+        if (client) await closeQuietly(client);
+      }
+    }),
+  );
+  for (const r of results) rows.set(r.database, r.rows);
+  return { rows, live, inRecovery };
+}
+
+export interface ReplicaReadResult {
+  decision: ReadDecision;
+  gate: ReadGate;
+  /** The value new sessions get now. */
+  live: UseSecondaryNodes | null;
+}
+
+/**
+ * The use_secondary_nodes a coordinator replica should have now: its own rows against `topology`
+ * (readGate), with the hold-down (decideReadMode). Throws when its rows cannot be read.
+ */
+export async function decideForThisReplica(
+  cfg: Pick<ControllerConfig, 'postgresql' | 'citus' | 'scope'>,
+  topology: Topology,
+  session: Omit<ConnectOptions, 'database'>,
+  hold: ReadHold,
+  holdDownMs: number,
+  now: number = Date.now(),
+): Promise<ReplicaReadResult> {
+  const n = await readNodeRows(cfg, session);
+  const gate = readGate(n.rows, topology, cfg);
+  return { decision: decideReadMode(n.live, gate, now, hold, holdDownMs), gate, live: n.live };
+}
