@@ -27,6 +27,8 @@ const cfg = testConfig({
       { groupid: 2, scope: 'wk2', nodes: [], rest: [] },
     ],
     resyncInterval: 30,
+    // these tables are about the primary rows (secondary rows: plan-secondaries.test.ts)
+    secondaries: 'off',
   },
   // this node is cn-1 of the builders' coordinator group
   postgresql: { connectAddress: { host: '10.0.0.1', port: 5432 }, superuser: { username: 'postgres' } },
