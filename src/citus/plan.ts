@@ -153,6 +153,7 @@ interface DbContext {
   pending: Set<number>;
   /** The topology's view of each group (first one; desires() rejects duplicates). */
   views: Map<number, GroupView>;
+  source: Topology['source'];
 }
 
 function finding(
@@ -381,6 +382,11 @@ function planSecondary(ctx: DbContext, g: number): { finding: SecondaryFinding; 
   }
   const noneWhy = `no healthy replica (${view.members.filter((m) => m.name !== primary.name).map((m) => { const h = replicaHealth(m, primary, Math.floor(limit / 2)); return h.ok ? `${showName(m.name)} address taken` : h.reason; }).join('; ') || 'the group has no other member'})`;
   if (!first) return { finding: secFinding('none', null, null, noneWhy), steps: [] };
+  if (!firstMember && !looksParked(first) && ctx.source === 'probe') {
+    // the probe source knows only the configured nodes: a row on another node may be a working
+    // replica nobody listed; it moves when a healthy listed replica exists, else it is left alone
+    return { finding: secFinding('waiting', first, null, `${fmt(rowAddress(first))} is not among the configured nodes of group ${g}; ${noneWhy}; left as it is`), steps: removals(first) };
+  }
   if (looksParked(first) && !firstMember) {
     const steps = removals(first);
     return { finding: secFinding('parked', first, null, `parked: ${noneWhy}`), steps };
@@ -404,6 +410,7 @@ function planDatabase(database: string, input: readonly DistNodeRow[], topology:
     rows: input.map((r) => ({ ...r })),
     pending: new Set(managedList),
     views,
+    source: topology.source,
   };
   const findings: Finding[] = [];
   const batches: Step[][] = [];

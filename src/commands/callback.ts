@@ -24,11 +24,12 @@ import { failpointSpec } from '../util/failpoint.js';
 import { NO_RUNTIME_DIR, nudgeSocketPath, runtimeDir } from '../node/runtime-dir.js';
 import { sendNudge } from '../runtime/nudge.js';
 import { chooseSource } from '../topology/choose.js';
-import { decideForThisReplica } from '../node/node-rows.js';
-import { NO_HOLD } from '../node/read-gate.js';
+import { readNodeRows, type NodeRows } from '../node/node-rows.js';
+import { decideReadMode, NO_HOLD, readGate } from '../node/read-gate.js';
 import { createLogger } from '../util/log.js';
 import { settlesWithin } from '../util/clock.js';
-import type { Topology } from '../topology/model.js';
+import type { TopologySource } from '../topology/reader.js';
+import { formatHostPort } from '../net/address.js';
 
 /**
  * Overall limit, measured from process start (ms): the watchdog exits 1 with one line. Patroni
@@ -44,29 +45,41 @@ const NUDGE_TIMEOUT_MS = 300;
 const READ_GATE_TIMEOUT_MS = 1500;
 
 /**
- * `always` or `never` for this coordinator replica now: its own rows against one fresh read of
- * the topology, no hold-down (a role change terminates sessions anyway). Anything that cannot
- * be read in time gives `never`: reads then go to the worker primaries, which always works.
+ * `always` or `never` for this coordinator replica now: its own rows (read first: a local node
+ * that cannot be read fails the step at once, with the line that names it) against one fresh
+ * read of the topology, no hold-down (a role change terminates sessions anyway). A topology that
+ * cannot be read in time gives `never`: reads then go to the worker primaries, which always works.
  */
-async function replicaReadValue(cfg: ControllerConfig, running: Map<string, string>): Promise<{ value: 'always' | 'never'; why: string }> {
-  running.set('reads', 'topology and pg_dist_node for use_secondary_nodes');
-  const source = chooseSource(cfg, { log: createLogger({ level: 'silent' }) });
+async function replicaReadValue(cfg: ControllerConfig, running: Map<string, string>, connectTimeoutMs: number): Promise<{ value: 'always' | 'never'; why: string } | { failed: string }> {
+  const where = formatHostPort(cfg.postgresql.connectAddress);
+  running.set('reads', `pg_dist_node on ${where}`);
+  let rows: NodeRows;
   try {
-    const work = (async () => {
-      await source.start();
-      const topology: Topology = source.snapshot();
-      if (!topology.fresh) return { value: 'never' as const, why: `no fresh topology (${topology.staleReason ?? 'read failed'})` };
-      const r = await decideForThisReplica(cfg, topology, { purpose: 'callback', connectTimeoutMs: CONNECT_TIMEOUT_MS, statementTimeoutMs: STATEMENT_TIMEOUT_MS, waitWhileStarting: true }, NO_HOLD, 0);
-      return { value: r.decision.value, why: r.decision.reason };
-    })();
-    work.catch(() => undefined);
-    if (!(await settlesWithin(work, READ_GATE_TIMEOUT_MS))) return { value: 'never', why: `no answer within ${READ_GATE_TIMEOUT_MS} ms` };
-    return await work;
+    const read = readNodeRows(cfg, { purpose: 'callback', connectTimeoutMs, statementTimeoutMs: STATEMENT_TIMEOUT_MS, waitWhileStarting: true });
+    read.catch(() => undefined);
+    if (!(await settlesWithin(read, READ_GATE_TIMEOUT_MS))) return { value: 'never', why: `${where} did not answer within ${READ_GATE_TIMEOUT_MS} ms` };
+    rows = await read;
   } catch (err) {
-    return { value: 'never', why: errorMessage(err) };
+    return { failed: errorMessage(err) };
   } finally {
     running.delete('reads');
-    void source.stop().catch(() => undefined);
+  }
+  running.set('reads', 'the topology, for use_secondary_nodes');
+  let source: TopologySource | undefined;
+  try {
+    source = chooseSource(cfg, { log: createLogger({ level: 'silent' }) });
+    const started = source.start();
+    started.catch(() => undefined);
+    if (!(await settlesWithin(started, READ_GATE_TIMEOUT_MS))) return { value: 'never', why: `no topology within ${READ_GATE_TIMEOUT_MS} ms` };
+    const topology = source.snapshot();
+    if (!topology.fresh) return { value: 'never', why: `no fresh topology (${topology.staleReason ?? 'the read failed'})` };
+    const d = decideReadMode(rows.live, readGate(rows.rows, topology, cfg), Date.now(), NO_HOLD, 0);
+    return { value: d.value, why: d.reason };
+  } catch (err) {
+    return { value: 'never', why: `no topology: ${errorMessage(err)}` };
+  } finally {
+    running.delete('reads');
+    void source?.stop().catch(() => undefined);
   }
 }
 
@@ -119,20 +132,30 @@ export async function runCallback(
     }
 
     const plan = planCallback(args, cfg);
+    const connectTimeoutMs = Math.round(Math.max(100, Math.min(CONNECT_TIMEOUT_MS, cfg.citus.connectTimeoutMs, deadlineMs - performance.now() - 350)));
+    const pre: StepOutcome[] = [];
     if (plan.kind === 'coordinator' && plan.useSecondaryNodes === 'always') {
-      const r = await replicaReadValue(cfg, running);
-      plan.useSecondaryNodes = r.value;
-      say(`${head} use_secondary_nodes ${r.value}: ${r.why}`);
+      const r = await replicaReadValue(cfg, running, connectTimeoutMs);
+      if ('failed' in r && plan.args.role === 'demoted') {
+        // a demoted primary's PostgreSQL is normally down: the GUC step says so and does not fail
+        plan.useSecondaryNodes = 'never';
+      } else if ('failed' in r) {
+        delete plan.useSecondaryNodes;
+        pre.push({ step: 'use_secondary_nodes', ok: false, changed: false, line: `use_secondary_nodes: ${r.failed}` });
+      } else {
+        plan.useSecondaryNodes = r.value;
+        say(`${head} reads: ${r.value}: ${r.why}`);
+      }
     }
     const failpoint = failpointSpec(); // test-only, never in a built package
-    const outcomes: StepOutcome[] = await convergeNode(plan, cfg, {
+    const outcomes: StepOutcome[] = [...pre, ...(await convergeNode(plan, cfg, {
       log: {
         info: () => undefined,
         warn: (obj, msg) => say(`${head} warning: ${msg} ${JSON.stringify(obj)}`),
       },
       journalDir: runtimeDir(cfg.scope, process.env, cfg.citus.socket),
       // ~1 s, but always ending before the watchdog so the line names the host:port that did not answer
-      connectTimeoutMs: Math.round(Math.max(100, Math.min(CONNECT_TIMEOUT_MS, cfg.citus.connectTimeoutMs, deadlineMs - performance.now() - 350))),
+      connectTimeoutMs: Math.round(Math.max(100, Math.min(connectTimeoutMs, deadlineMs - performance.now() - 350))),
       statementTimeoutMs: STATEMENT_TIMEOUT_MS,
       reloadWaitMs: 500,
       purpose: 'callback',
@@ -146,7 +169,7 @@ export async function runCallback(
             },
           }
         : {}),
-    });
+    }))];
 
     if (outcomes.length === 0) {
       const why =

@@ -15,6 +15,7 @@ import type { Finding } from '../citus/model.js';
 import { Daemon } from '../runtime/daemon.js';
 import { installProcessHandlers } from '../runtime/process-handlers.js';
 import { runningPrimary } from '../topology/model.js';
+import { readStatus, type ReadStatus } from '../runtime/read-status.js';
 
 interface CommonOpts {
   config: string;
@@ -52,11 +53,31 @@ function verdictText(f: Finding): string {
   return f.verdict === 'ok' ? 'ok' : `${f.verdict}: ${f.reason}`;
 }
 
+function secondaryText(f: Finding): string {
+  const s = f.secondary;
+  if (!s) return '-';
+  const at = s.row ? `${fmt(s.row)}${s.member ? ` (${s.member})` : ''}` : 'none';
+  return s.verdict === 'ok' ? at : `${at} ${s.verdict}: ${s.reason}`;
+}
+
 function findingRows(o: PassOutcome): string[][] {
   return o.plan.findings.map((f) => {
     const l = leaderOf(o, f.groupid);
-    return [f.database, String(f.groupid), fmt(f.current), l.name, l.state, verdictText(f)];
+    return [f.database, String(f.groupid), fmt(f.current), l.name, l.state, verdictText(f), secondaryText(f)];
   });
+}
+
+function printReadStatus(r: ReadStatus): void {
+  if (r.coordinators.length > 0) {
+    process.stdout.write('\ncoordinator nodes: citus.use_secondary_nodes\n');
+    const rows = r.coordinators.map((c) => [c.member, c.address, c.role, c.value ?? '-', c.expected ?? '?', c.level ?? '-', `${c.ok ? 'ok' : 'WRONG'}: ${c.reason}`]);
+    process.stdout.write(`${table(['member', 'address', 'role', 'value', 'expected', 'secondaries', 'verdict'], rows)}\n`);
+  }
+  if (r.vips.length > 0) {
+    process.stdout.write('\nVIPs (asked through the VIP)\n');
+    const rows = r.vips.map((v) => [String(v.groupid), v.kind, v.address, v.member ?? '-', v.writable === null ? '-' : v.writable ? 'writable' : 'read-only', `${v.ok ? 'ok' : 'DRIFT'}: ${v.reason}`]);
+    process.stdout.write(`${table(['group', 'vip', 'address', 'answered by', 'mode', 'verdict'], rows)}\n`);
+  }
 }
 
 function header(o: PassOutcome): string {
@@ -91,7 +112,7 @@ async function onePass(cfg: ControllerConfig, opts: CommonOpts, log: Logger, app
 }
 
 function printFindings(o: PassOutcome): void {
-  process.stdout.write(`${table(['database', 'group', 'pg_dist_node', 'patroni leader', 'leader state', 'verdict'], findingRows(o))}\n`);
+  process.stdout.write(`${table(['database', 'group', 'pg_dist_node', 'patroni leader', 'leader state', 'verdict', 'secondary'], findingRows(o))}\n`);
   for (const e of o.readErrors) process.stdout.write(`database ${e.database}: cannot read pg_dist_node: ${e.error}\n`);
   if (o.refusal) process.stdout.write(`REFUSED: ${o.refusal}\n`);
 }
@@ -159,11 +180,15 @@ export function registerControllerCommands(program: Command): void {
       const cfg = loadConfig(opts.config);
       const log = createLogger({ level: opts.logLevel ?? 'warn' });
       const o = await onePass(cfg, opts, log, false);
-      const code = exitCodeOf(o, false);
-      if (opts.json) process.stdout.write(`${JSON.stringify(jsonOf(o, code), null, 2)}\n`);
+      const reads = o.topology.fresh ? await readStatus(cfg, o.topology) : { coordinators: [], vips: [] };
+      let code = exitCodeOf(o, false);
+      // a CN node with the wrong use_secondary_nodes, or a VIP on the wrong node: drift
+      if (code === 0 && (reads.coordinators.some((c) => !c.ok) || reads.vips.some((v) => !v.ok))) code = 1;
+      if (opts.json) process.stdout.write(`${JSON.stringify({ ...jsonOf(o, code), reads }, null, 2)}\n`);
       else {
         process.stdout.write(`${header(o)}\n\n`);
         printFindings(o);
+        printReadStatus(reads);
       }
       process.exitCode = code;
     });

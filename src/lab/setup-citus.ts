@@ -78,6 +78,16 @@ export async function setupCitus(state: LabState, primaries: Map<string, LabMemb
           c.query('SELECT citus_add_node($1, $2, $3)', [p.host, p.pgPort, g.groupid]),
         );
       }
+      // one secondary row per group on its first replica, as citus-controller keeps them
+      // (citus.secondaries: replicas): a CN replica can read from the worker replicas at once
+      for (const g of state.groups) {
+        const p = g.scope === 'cn' ? cn : primaries.get(g.scope)!;
+        const r = g.members.find((m) => m.name !== p.name);
+        if (!r) continue;
+        await retryOutOfSync(`citus_add_secondary_node(${r.host}:${r.pgPort}, group ${g.groupid}) on ${cn.name}`, () =>
+          c.query('SELECT citus_add_secondary_node($1, $2, $3, $4)', [r.host, r.pgPort, p.host, p.pgPort]),
+        );
+      }
       // explicit group ids do not advance the sequence (as in Citus): keep a later
       // citus_add_node(..., groupid => -1) from drawing a group id that is taken
       await c.query("SELECT pg_catalog.setval('pg_catalog.pg_dist_groupid_seq', (SELECT max(groupid) FROM pg_catalog.pg_dist_node))");
@@ -98,7 +108,8 @@ export async function setupCitus(state: LabState, primaries: Map<string, LabMemb
     const rows = await readDistNodes(state, cn, db);
     verifyDistNodes(rows, cn, workerGroups.map((g) => ({ groupid: g.groupid, primary: primaries.get(g.scope)! })), db);
   }
-  progress(`pg_dist_node: coordinator + ${workerGroups.length} worker group(s) registered (${elapsed(t0)})`);
+  const withSecondary = state.groups.filter((g) => g.members.length > 1).length;
+  progress(`pg_dist_node: coordinator + ${workerGroups.length} worker group(s) registered, ${withSecondary} with a secondary row (${elapsed(t0)})`);
 
   // the sample table
   state.sampleTable = SAMPLE_TABLE;

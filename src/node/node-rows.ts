@@ -41,7 +41,13 @@ export async function readNodeRows(cfg: Pick<ControllerConfig, 'postgresql' | 'c
           live = v === 'always' || v === 'never' ? v : null;
           inRecovery = r.rows[0]?.rec === true;
         }
-        return { database, rows: await readDistNodes(client) };
+        try {
+          return { database, rows: await readDistNodes(client) };
+        } catch (err) {
+          // no Citus metadata in this database yet (a cluster being set up): no rows, so `never`
+          if ((err as { code?: string }).code === '42P01') return { database, rows: [] };
+          throw err;
+        }
       } finally {
         if (client) await closeQuietly(client);
       }

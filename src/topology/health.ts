@@ -5,12 +5,13 @@
  * running primary P:
  * - it is a member other than P, role replica, state running (Patroni 4 also says `streaming`);
  *   where the source reports `replication_state`, it must be `streaming`;
- * - its timeline is not older than P's (a replica still on the old timeline after a failover
- *   has not followed the new primary yet);
  * - its replay lag is known and at most `maxLagBytes` (Patroni's lag: the cluster's last optime
  *   minus the member's xlog_location; the probe source: primary LSN minus the replica's replay LSN);
  * - it carries no `noloadbalance` tag (Patroni's "keep reads off this one");
  * - it has a usable address.
+ * The timeline is NOT a criterion: right after a switchover every other replica is on the old
+ * timeline for the seconds it takes to reconnect to the new primary, and it serves reads all
+ * along; a replica that cannot follow at all falls behind, which its lag shows.
  *
  * Hysteresis: a replica already holding the row keeps it while healthy; a replica that does not
  * hold it is picked only with at most HALF the allowed lag, so a replica whose lag hovers around
@@ -41,9 +42,6 @@ export function replicaHealth(m: MemberView, primary: MemberView | null, limit: 
   }
   if (!memberAddress(m)) return { ok: false, reason: `${who} has no usable address`, readable: false };
   if (tagTrue(m.tags.noloadbalance)) return { ok: false, reason: `${who} is tagged noloadbalance`, readable: true };
-  if (primary && primary.timeline !== null && m.timeline !== null && m.timeline < primary.timeline) {
-    return { ok: false, reason: `${who} is on timeline ${m.timeline}, the primary on ${primary.timeline}`, readable: true };
-  }
   if (m.lagBytes === null) return { ok: false, reason: `${who}'s replay lag is unknown`, readable: true };
   if (m.lagBytes > limit) return { ok: false, reason: `${who} lags ${m.lagBytes} bytes (max_replica_lag ${limit})`, readable: true };
   return { ok: true };

@@ -18,6 +18,7 @@ import { freePort, startPgPair, type PgNode, type PgPair } from '../helpers/pg-p
 import { alive } from '../helpers/pg.js';
 import { createNetns, type TestNetns } from '../helpers/netns.js';
 import { listenForNudges, type Nudge } from '../../src/runtime/nudge.js';
+import { ensureCitus } from '../../src/lab/citus.js';
 
 const root = resolve(fileURLToPath(import.meta.url), '../../..');
 const HOOK = join(root, 'hooks/patroni-callback');
@@ -41,6 +42,8 @@ interface HookRun {
 }
 
 let configSeq = 0;
+/** The pair's ports once it runs: the configs name both as the coordinator group's nodes (probe source). */
+let pairPorts: number[] = [];
 function writeConfig(o: {
   port: number;
   password?: string;
@@ -56,7 +59,10 @@ function writeConfig(o: {
     },
     citus: {
       databases: ['postgres'],
-      workers: [{ groupid: 1, scope: 'wk1' }],
+      // the probe source reads the topology the replica callback checks its secondaries against
+      source: 'probe',
+      coordinator_nodes: pairPorts.filter((p) => p !== o.port).map((p) => `127.0.0.1:${p}`),
+      workers: [{ groupid: 1, scope: 'wk1', nodes: ['127.0.0.1:1'] }],
       ...(o.readFromSecondaries !== undefined ? { read_from_secondaries: o.readFromSecondaries } : {}),
       terminate_exclude: { users: ['excluded_user'], application_names: ['nightly-report'] },
       ...(o.vip ? { vip: o.vip } : {}),
@@ -123,6 +129,14 @@ describe('use_secondary_nodes on a PostgreSQL primary + hot standby', () => {
       if (r.rowCount === 1) break;
       await new Promise((r) => setTimeout(r, 50));
     }
+    // Citus (or its emulation) on the pair: the coordinator is the primary, the standby its
+    // secondary, so a replica callback finds a healthy secondary for every group and picks always
+    const cc = await pair.client(pair.primary);
+    await ensureCitus(cc);
+    await cc.query('SELECT citus_set_coordinator_host($1, $2)', ['127.0.0.1', pair.primary.port]);
+    await cc.query('SELECT citus_add_secondary_node($1, $2, $3, $4)', ['127.0.0.1', pair.standby.port, '127.0.0.1', pair.primary.port]);
+    await cc.end();
+    pairPorts = [pair.primary.port, pair.standby.port];
     primaryCfg = writeConfig({ port: pair.primary.port, password: pair.password });
     standbyCfg = writeConfig({ port: pair.standby.port, password: pair.password });
   });
@@ -256,6 +270,40 @@ describe('use_secondary_nodes on a PostgreSQL primary + hot standby', () => {
     const again = await hook(['--config', standbyCfg, 'on_start', 'replica', 'cn']);
     assert.equal(again.code, 0, again.stderr);
     assert.match(lineOf(again, /use_secondary_nodes/), /already right \(always\) .*terminated 0 client sessions$/);
+  });
+
+  test('the read gate: a replica whose own pg_dist_node has no serving secondary gets never (reads on primaries), then always again', async () => {
+    const c = await pair.client(pair.primary);
+    const standbyRows = async () => {
+      const s = await pair.client(pair.standby);
+      try {
+        return (await s.query<{ nodename: string }>("SELECT nodename FROM pg_dist_node WHERE noderole = 'secondary'")).rows.map((r) => r.nodename);
+      } finally {
+        await s.end();
+      }
+    };
+    const waitStandby = async (want: (names: string[]) => boolean) => {
+      for (let i = 0; i < 100 && !want(await standbyRows()); i++) await new Promise((r) => setTimeout(r, 50));
+    };
+    try {
+      const id = (await c.query<{ nodeid: number }>("SELECT nodeid FROM pg_dist_node WHERE noderole = 'secondary'")).rows[0]!.nodeid;
+      await c.query('SELECT citus_update_node($1, $2, $3)', [id, `127.0.0.1-demoted-${id}`, pair.standby.port]);
+      await waitStandby((n) => n.some((x) => x.includes('demoted')));
+      const r = await hook(['--config', standbyCfg, 'on_role_change', 'replica', 'cn']);
+      assert.equal(r.code, 0, r.stderr);
+      assert.match(lineOf(r, /^on_role_change replica cn: reads:/), new RegExp(`reads: never: reads would fail: postgres group 0: 127\\.0\\.0\\.1-demoted-${id}:${pair.standby.port} is parked`));
+      assert.match(lineOf(r, /use_secondary_nodes/), /use_secondary_nodes always -> never on /);
+      assert.equal(await show(pair.standby), 'never');
+
+      await c.query('SELECT citus_update_node($1, $2, $3)', [id, '127.0.0.1', pair.standby.port]);
+      await waitStandby((n) => n.includes('127.0.0.1'));
+      const back = await hook(['--config', standbyCfg, 'on_start', 'replica', 'cn']);
+      assert.equal(back.code, 0, back.stderr);
+      assert.match(lineOf(back, /^on_start replica cn: reads:/), /reads: always: every group has a healthy secondary$/);
+      assert.equal(await show(pair.standby), 'always');
+    } finally {
+      await c.end();
+    }
   });
 
   test('demoted is treated as replica', async () => {
@@ -496,7 +544,7 @@ describe('failures end fast with one clear line', () => {
       const r = timed('pg silent', await hook(['--config', cfg, 'on_role_change', 'replica', 'cn']));
       assert.equal(r.code, 1, r.stderr);
       assert.ok(r.ms < 2000, `${r.ms} ms`);
-      assert.match(lineOf(r, /use_secondary_nodes/), new RegExp(`FAILED use_secondary_nodes always: cannot connect to PostgreSQL at 127\\.0\\.0\\.1:${port} \\(database "postgres", user "postgres"\\): timed out: no answer within \\d+ ms$`));
+      assert.match(lineOf(r, /use_secondary_nodes/), new RegExp(`FAILED use_secondary_nodes: cannot connect to PostgreSQL at 127\\.0\\.0\\.1:${port} \\(database "postgres", user "postgres"\\): timed out: no answer within \\d+ ms$`));
 
     } finally {
       for (const s of sockets) s.destroy();
@@ -529,7 +577,8 @@ describe('failures end fast with one clear line', () => {
       assert.ok(r.ms >= 4900 && r.ms < 6500, `${r.ms} ms`);
       assert.equal(
         lineOf(r, /timed out/),
-        `on_role_change replica cn: FAILED: timed out after 5.00 s (still waiting for: set always on 127.0.0.1:${port})`,
+        // the read gate gave up after 1.5 s (never: reads on the worker primaries always work)
+        `on_role_change replica cn: FAILED: timed out after 5.00 s (still waiting for: set never on 127.0.0.1:${port})`,
       );
     } finally {
       for (const s of sockets) s.destroy();

@@ -148,7 +148,12 @@ describe('lab up --callbacks (real hook as Patroni callback)', { timeout: 240000
       }
     }
     const cn = await roles('cn');
-    await waitFor(async () => (await gucOf(cn.primary)) === 'never' && (await gucOf(cn.replica)) === 'always', { timeoutMs: 15000, what: 'initial use_secondary_nodes' });
+    // the CN replica's callback decided from its own pg_dist_node (lab up may not have registered
+    // the secondaries yet when it ran: then never, which keeps reads working); the primary: never
+    await waitFor(async () => (await gucOf(cn.primary)) === 'never' && /on_start replica cn: reads: (never|always): /.test(readFileSync(cn.replica.logFile, 'utf8')), {
+      timeoutMs: 15000,
+      what: 'initial use_secondary_nodes',
+    });
     await waitFor(async () => (await vipHolders('cn', CN_VIP)).join() === cn.primary.name, { timeoutMs: 15000, what: `${CN_VIP} on ${cn.primary.name} only` });
     const wk = await roles('wk1');
     await waitFor(async () => (await vipHolders('wk1', WK_VIP)).join() === wk.primary.name, { timeoutMs: 15000, what: `${WK_VIP} on ${wk.primary.name} only` });
@@ -181,7 +186,7 @@ describe('lab up --callbacks (real hook as Patroni callback)', { timeout: 240000
       }
     });
 
-    test('CN switchover: the new primary says never within 3 s of writable, the new replica always within 3 s of accepting connections; old sessions terminated, Patroni kept', async (t) => {
+    test('CN switchover: the new primary says never within 3 s of writable, the new replica always within hold-down + 3 s of accepting connections; old sessions terminated, Patroni kept', async (t) => {
       const oldPrimary = cn.primary;
       const newPrimary = cn.replica;
       // a client session on the node that will flip always -> never, and Patroni's own session there
@@ -234,7 +239,9 @@ describe('lab up --callbacks (real hook as Patroni callback)', { timeout: 240000
             `${oldPrimary.name} accepted connections again ${oldUp - writable} ms after that, always ${always - oldUp} ms after accepting (${always - writable} ms after writable)`,
         );
         assert.ok(never - writable <= 3000, `never on ${newPrimary.name} ${never - writable} ms after it became writable (limit 3000)`);
-        assert.ok(always - oldUp <= 3000, `always on ${oldPrimary.name} ${always - oldUp} ms after it accepted connections again (limit 3000)`);
+        // always only once group 0's secondary row is on a healthy replica (the old primary, once
+        // Patroni reports it running) and has stayed so for secondary_hold_down (3 s)
+        assert.ok(always - oldUp <= 6000, `always on ${oldPrimary.name} ${always - oldUp} ms after it accepted connections again (limit 3000 + the 3000 ms hold-down)`);
         assert.equal(await alive(client), false, `the client session opened on ${newPrimary.name} before the flip is terminated`);
         assert.deepEqual(await patroniPids(), patroniBefore, "Patroni's own session survives (same backend pid)");
         const runs = hookRuns().slice(hookRunsBefore);
