@@ -26,6 +26,7 @@ import { memberAt, pickSecondary, replicaHealth } from '../topology/health.js';
 import type { GroupView, MemberView, Topology } from '../topology/model.js';
 import { entriesOf, type Action, type AddNodeAction, type DistNodeRow, type Finding, type ParkNodeAction, type Plan, type PlanPolicy, type RowsInput, type SecondaryFinding, type Step, type UpdateNodeAction, type VipRows } from './model.js';
 import { applyStep } from './simulate.js';
+import { DEFAULT_MAX_REPLICA_LAG } from '../config/types.js';
 
 /**
  * What a group's primary row should be, independent of any database: Patroni's running primary
@@ -38,9 +39,6 @@ interface GroupResult {
   steps: Step[];
 }
 
-/** The default of citus.max_replica_lag (bytes), also used when a policy leaves it out. */
-export const DEFAULT_MAX_REPLICA_LAG = 16 * 1024 * 1024;
-
 const NO_VIPS: ReadonlyMap<number, VipRows> = new Map();
 
 /** Does the planner own group g's secondary rows? (secondaries: replicas, or a VIP group) */
@@ -49,7 +47,7 @@ function managesSecondaries(policy: PlanPolicy, g: number): boolean {
 }
 
 /** A name parkedName() gives: `<host>-demoted-<nodeid>[-n]` or `citus-demoted-<nodeid>[-n]`. */
-function looksParked(row: DistNodeRow): boolean {
+export function looksParked(row: Pick<DistNodeRow, 'nodeid' | 'nodename'>): boolean {
   return new RegExp(`-demoted-${row.nodeid}(?:-\\d+)?$`).test(row.nodename);
 }
 

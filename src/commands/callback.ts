@@ -24,8 +24,8 @@ import { failpointSpec } from '../util/failpoint.js';
 import { NO_RUNTIME_DIR, nudgeSocketPath, runtimeDir } from '../node/runtime-dir.js';
 import { sendNudge } from '../runtime/nudge.js';
 import { chooseSource } from '../topology/choose.js';
-import { readNodeRows, type NodeRows } from '../node/node-rows.js';
-import { decideReadMode, NO_HOLD, readGate } from '../node/read-gate.js';
+import { decideOnRows, readNodeRows, type NodeRows } from '../node/node-rows.js';
+import { NO_HOLD } from '../node/read-gate.js';
 import { createLogger } from '../util/log.js';
 import { settlesWithin } from '../util/clock.js';
 import type { TopologySource } from '../topology/reader.js';
@@ -73,8 +73,8 @@ async function replicaReadValue(cfg: ControllerConfig, running: Map<string, stri
     if (!(await settlesWithin(started, READ_GATE_TIMEOUT_MS))) return { value: 'never', why: `no topology within ${READ_GATE_TIMEOUT_MS} ms` };
     const topology = source.snapshot();
     if (!topology.fresh) return { value: 'never', why: `no fresh topology (${topology.staleReason ?? 'the read failed'})` };
-    const d = decideReadMode(rows.live, readGate(rows.rows, topology, cfg), Date.now(), NO_HOLD, 0);
-    return { value: d.value, why: d.reason };
+    const { decision } = decideOnRows(rows, topology, cfg, NO_HOLD, 0);
+    return { value: decision.value, why: decision.reason };
   } catch (err) {
     return { value: 'never', why: `no topology: ${errorMessage(err)}` };
   } finally {

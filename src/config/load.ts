@@ -9,7 +9,7 @@ import yaml from 'js-yaml';
 import type { z } from 'zod';
 import { ConfigError } from '../util/errors.js';
 import { citusSchema, fileSchema } from './schema.js';
-import type { ControllerConfig, DcsConfig, HostPort } from './types.js';
+import { DEFAULT_MAX_REPLICA_LAG, type ControllerConfig, type DcsConfig, type HostPort } from './types.js';
 
 // ---------------------------------------------------------------------------------------------
 
@@ -207,7 +207,7 @@ export function configFromObject(doc: unknown, file: string): ControllerConfig {
       resyncInterval: citus.resync_interval ?? 30,
       readFromSecondaries: citus.read_from_secondaries ?? true,
       secondaries: citus.secondaries ?? 'replicas',
-      maxReplicaLagBytes: citus.max_replica_lag ?? 16 * 1024 * 1024,
+      maxReplicaLagBytes: citus.max_replica_lag ?? DEFAULT_MAX_REPLICA_LAG,
       secondaryHoldDownMs: citus.secondary_hold_down ?? 3000,
       ...(vip
         ? {

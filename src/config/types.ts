@@ -10,6 +10,9 @@ export type { HostPort };
 export const SOURCE_CHOICES = ['etcd', 'rest', 'probe'] as const;
 export type SourceChoice = (typeof SOURCE_CHOICES)[number];
 
+/** The default of citus.max_replica_lag (bytes); also the planner's when a policy leaves it out. */
+export const DEFAULT_MAX_REPLICA_LAG = 16 * 1024 * 1024;
+
 export interface WorkerGroupConfig {
   groupid: number;
   /** Patroni scope of this worker group (enables DCS / REST topology sources). */

@@ -76,7 +76,11 @@ export async function decideForThisReplica(
   holdDownMs: number,
   now: number = Date.now(),
 ): Promise<ReplicaReadResult> {
-  const n = await readNodeRows(cfg, session);
+  return decideOnRows(await readNodeRows(cfg, session), topology, cfg, hold, holdDownMs, now);
+}
+
+/** The read gate and the decision on rows already read (the callback reads them before the topology). */
+export function decideOnRows(n: NodeRows, topology: Topology, cfg: Pick<ControllerConfig, 'citus'>, hold: ReadHold, holdDownMs: number, now: number = Date.now()): ReplicaReadResult {
   const gate = readGate(n.rows, topology, cfg);
   return { decision: decideReadMode(n.live, gate, now, hold, holdDownMs), gate, live: n.live };
 }

@@ -17,8 +17,9 @@
  * once; `degraded` keeps `always` for holdDownMs (a switchover swap is fixed in milliseconds, and
  * a flip terminates every client session); back to `always` only after holdDownMs of `healthy`.
  */
-import type { DistNodeRow, RowsInput } from '../citus/model.js';
+import type { RowsInput } from '../citus/model.js';
 import { entriesOf } from '../citus/model.js';
+import { looksParked } from '../citus/plan.js';
 import type { ControllerConfig } from '../config/types.js';
 import { formatHostPort, type HostPort } from '../net/address.js';
 import { memberAt, replicaHealth } from '../topology/health.js';
@@ -51,10 +52,6 @@ function worst(a: ReadLevel, b: ReadLevel): ReadLevel {
   return RANK[b] > RANK[a] ? b : a;
 }
 
-function parkedRow(r: DistNodeRow): boolean {
-  return new RegExp(`-demoted-${r.nodeid}(?:-\\d+)?$`).test(r.nodename);
-}
-
 /** The read gate of one coordinator replica: its rows (per database) against the view. */
 export function readGate(rowsByDatabase: RowsInput, topology: Topology, cfg: Pick<ControllerConfig, 'citus'>): ReadGate {
   const groups: GroupReadState[] = [];
@@ -79,7 +76,7 @@ export function readGate(rowsByDatabase: RowsInput, topology: Topology, cfg: Pic
           reasons.push(`${at} is the read-only VIP`);
           continue;
         }
-        if (parkedRow(r)) {
+        if (looksParked(r)) {
           level = worst(level, 'broken');
           reasons.push(`${at} is parked (no healthy replica)`);
           continue;
