@@ -303,6 +303,37 @@ function secFinding(verdict: SecondaryFinding['verdict'], row: DistNodeRow | nul
 }
 
 /**
+ * A switchover or failover under way: the leader key names L, which is not yet a running primary
+ * (Patroni promotes it in the next few hundred ms). When g's secondary row is on L, it moves to the
+ * best healthy replica at once (health judged against L, the primary to be), instead of waiting
+ * for the promotion: L stops being a replica the moment it promotes, and the row should name a
+ * replica by then. The primary row is untouched (it moves once L is writable, to an address the
+ * secondary row no longer holds, so no park is needed). null: nothing to do early.
+ */
+function moveOffPromoting(
+  ctx: DbContext,
+  g: number,
+  first: DistNodeRow | null,
+  free: (a: HostPort, except: DistNodeRow | null) => boolean,
+  moveTo: (target: HostPort, member: string | null, why: string) => { finding: SecondaryFinding; steps: Step[] },
+): { finding: SecondaryFinding; steps: Step[] } | null {
+  const view = ctx.views.get(g);
+  if (!first || !view || typeof view.leader !== 'string') return null;
+  const leaders = view.members.filter((x) => x.name === view.leader);
+  const leader = leaders[0];
+  if (leaders.length !== 1 || !leader || (leader.role !== 'replica' && leader.role !== 'promoted')) return null;
+  if (memberAt(view, first.nodename, first.nodeport) !== leader) return null;
+  const limit = ctx.policy.maxReplicaLagBytes ?? DEFAULT_MAX_REPLICA_LAG;
+  const pick = pickSecondary(view, leader, limit, null, (x) => {
+    const a = memberAddress(x);
+    return !a || !free(a, first);
+  });
+  const a = pick ? memberAddress(pick) : null;
+  if (!pick || !a) return null;
+  return moveTo(a, pick.name, `${showName(pick.name)} is the best healthy replica (${showName(leader.name)} holds the leader key and is being promoted)`);
+}
+
+/**
  * Group g's secondary rows (nodecluster `default`; other clusters are left alone), planned on
  * ctx.rows after g's primary steps: exactly one row, on the best healthy replica (VIP group: on
  * the ro VIP), nodeid kept when it moves; parked when the group has no healthy replica; rows
@@ -316,9 +347,6 @@ function planSecondary(ctx: DbContext, g: number): { finding: SecondaryFinding; 
   const waiting = (why: string) => ({ finding: secFinding('waiting', first, null, `${why}; secondary rows left as they are`), steps: [] });
   const primaryRow = primaries[0];
   if (primaries.length !== 1 || !primaryRow) return waiting(primaries.length === 0 ? `group ${g} has no primary row` : `group ${g} has ${primaries.length} primary rows`);
-  if (!desire || !desire.ok) return waiting(desire ? desire.reason : `group ${g}: no topology`);
-  if (!sameAddress(rowAddress(primaryRow), desire.address)) return waiting(`group ${g}'s primary row is not on ${desire.who} yet`);
-
   // an address a row may take: held by no row, and not the primary address of any group
   const free = (a: HostPort, except: DistNodeRow | null): boolean =>
     !ctx.rows.some((r) => r !== except && r.nodename === a.host && r.nodeport === a.port) && ![...ctx.desire.values()].some((d) => d.ok && sameAddress(d.address, a));
@@ -345,6 +373,11 @@ function planSecondary(ctx: DbContext, g: number): { finding: SecondaryFinding; 
   };
 
   const vip = ctx.policy.vipGroups?.get(g);
+  if (!desire || !desire.ok) {
+    const early = vip ? null : moveOffPromoting(ctx, g, first, free, moveTo);
+    return early ?? waiting(desire ? desire.reason : `group ${g}: no topology`);
+  }
+  if (!sameAddress(rowAddress(primaryRow), desire.address)) return waiting(`group ${g}'s primary row is not on ${desire.who} yet`);
   if (vip) {
     const keep = rows.find((r) => sameAddress(rowAddress(r), vip.ro));
     if (keep) {

@@ -228,8 +228,11 @@ describe('watch on both coordinator nodes', () => {
     await assertRowsPointAt(1, member(f.to));
     await sleep(500);
     const updates = updatesSince(t0, 1);
-    assert.equal(updates.length, DATABASES.length, `one update per database: ${JSON.stringify(updates)}`);
-    assert.equal(new Set(updates.map((u) => u.file)).size, 1, 'all written by one controller');
+    // the primary row moves once per database; the secondary row (parked in the swap, back on the
+    // old primary once it rejoins) may add its own updates, by the same controller
+    const primaryMoves = updates.filter((u) => u.line.role === 'primary');
+    assert.equal(primaryMoves.length, DATABASES.length, `one primary-row update per database: ${JSON.stringify(primaryMoves)}`);
+    assert.equal(new Set(updates.map((u) => u.file)).size, 1, `all written by one controller: ${JSON.stringify(updates)}`);
     const lockMsgs = listControllers(dir)
       .filter((c) => c.member === 'cn-1')
       .flatMap((c) => logLines(c.logFile))

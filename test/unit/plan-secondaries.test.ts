@@ -76,6 +76,27 @@ const cases: Case[] = [
     wk1: ['moved', /wk1-c is the best healthy replica/],
   },
   {
+    name: 'switchover under way: the leader key is on the secondary\'s replica, not yet promoted: the row moves off it at once, the primary row waits',
+    topology: topo([CN(), g(1, 'wk1-b', [mm('wk1-a', '10.0.1.1:5432', 'master', { state: 'stopped' }), mm('wk1-b', '10.0.1.2:5432'), mm('wk1-c', '10.0.1.3:5432')]), WK2()]),
+    rows: { [APP]: withWk1Sec('10.0.1.2:5432') },
+    actions: ["1: app group 1: citus_update_node(4, '10.0.1.3', 5432) 10.0.1.2:5432 -> 10.0.1.3:5432 [secondary]"],
+    wk1: ['moved', /wk1-c is the best healthy replica \(wk1-b holds the leader key and is being promoted\)/],
+  },
+  {
+    name: 'switchover under way with one replica: the leader key is on the secondary\'s replica: the row stays (it serves reads until the promotion parks it)',
+    topology: topo([CN(), g(1, 'wk1-b', [mm('wk1-a', '10.0.1.1:5432', 'master', { state: 'stopped' }), mm('wk1-b', '10.0.1.2:5432')]), WK2()]),
+    rows: { [APP]: withWk1Sec('10.0.1.2:5432') },
+    actions: [],
+    wk1: ['waiting', /leader wk1-b not yet promoted/],
+  },
+  {
+    name: 'no leader key (failover under way): the secondary row on a replica stays',
+    topology: topo([CN(), g(1, null, [mm('wk1-a', '10.0.1.1:5432', 'master', { state: 'stopped' }), mm('wk1-b', '10.0.1.2:5432'), mm('wk1-c', '10.0.1.3:5432')]), WK2()]),
+    rows: { [APP]: withWk1Sec('10.0.1.2:5432') },
+    actions: [],
+    wk1: ['waiting', /no leader/],
+  },
+  {
     name: 'switchover to another replica: the primary moves, the secondary row stays',
     topology: topo([CN(), WK1('c', { a: { state: 'stopped' } }), WK2()]),
     rows: { [APP]: withWk1Sec('10.0.1.2:5432') },
