@@ -54,6 +54,42 @@ async function healthyReplicas(scope: string): Promise<Set<string>> {
   return out;
 }
 
+/**
+ * Samples, every ~20 ms, the CN primary's secondary rows of group `gid` and Patroni's healthy
+ * replicas of `scope` (member keys in etcd); `worstBadMs`: the longest run of samples in which
+ * Patroni reported a healthy replica but the group's one secondary row did not name one (the
+ * sampling interval, ~20-60 ms, is part of it).
+ */
+function sampleSecondary(cn: LabMember, scope: string, gid: number): { stop(): Promise<{ seen: string[]; worstBadMs: number }> } {
+  let stop = false;
+  let badSince: number | null = null;
+  let worstBadMs = 0;
+  const seen: string[] = [];
+  const loop = (async () => {
+    while (!stop) {
+      const [rows, healthy] = await Promise.all([readDistNodes(fresh(), cn, DB).catch(() => null), healthyReplicas(scope).catch(() => null)]);
+      if (rows && healthy) {
+        const sec = secondaries(rows, gid);
+        const at = sec.map((r) => `${r.nodename}:${r.nodeport}`);
+        if (seen[seen.length - 1] !== at.join(',')) seen.push(at.join(','));
+        const bad = healthy.size > 0 && !(sec.length === 1 && healthy.has(at[0]!));
+        const now = Date.now();
+        if (bad) badSince ??= now;
+        else badSince = null;
+        if (badSince !== null) worstBadMs = Math.max(worstBadMs, now - badSince);
+      }
+      await sleep(20);
+    }
+  })();
+  return {
+    async stop() {
+      stop = true;
+      await loop;
+      return { seen, worstBadMs };
+    },
+  };
+}
+
 async function primaryOf(scope: string): Promise<LabMember> {
   const s = await readScopeFromEtcd(fresh(), scope);
   const m = group(scope).members.find((x) => x.name === s.leader);
@@ -155,27 +191,8 @@ describe('read path: secondary rows follow Patroni, use_secondary_nodes never br
     const cnReplica = (await replicasOf('cn'))[0]!;
     const rows0 = await readDistNodes(fresh(), cn, DB);
     const holder = group('wk1').members.find((m) => m.pgPort === secondaries(rows0, 1)[0]!.nodeport)!;
-    // sample: CN primary rows + Patroni health every ~20 ms; reads through the CN replica every 20 ms
+    const sampler = sampleSecondary(cn, 'wk1', 1);
     let stop = false;
-    let badSince: number | null = null;
-    let worstBadMs = 0;
-    const seen: string[] = [];
-    const sampler = (async () => {
-      while (!stop) {
-        const [rows, healthy] = await Promise.all([readDistNodes(fresh(), cn, DB).catch(() => null), healthyReplicas('wk1').catch(() => null)]);
-        if (rows && healthy) {
-          const sec = secondaries(rows, 1);
-          const at = sec.map((r) => `${r.nodename}:${r.nodeport}`);
-          if (seen[seen.length - 1] !== at.join(',')) seen.push(at.join(','));
-          const bad = healthy.size > 0 && !(sec.length === 1 && healthy.has(at[0]!));
-          const now = Date.now();
-          if (bad) badSince ??= now;
-          else badSince = null;
-          if (badSince !== null) worstBadMs = Math.max(worstBadMs, now - badSince);
-        }
-        await sleep(20);
-      }
-    })();
     let reads = 0;
     let failed = 0;
     const errors = new Set<string>();
@@ -199,8 +216,9 @@ describe('read path: secondary rows follow Patroni, use_secondary_nodes never br
       await sleep(500);
     } finally {
       stop = true;
-      await Promise.all([sampler, reader]);
+      await reader;
     }
+    const { seen, worstBadMs } = await sampler.stop();
     notes.push(`swap: secondary row addresses seen ${seen.join(' | ')}; longest time off a healthy replica ${worstBadMs} ms; reads ${reads} ok, ${failed} failed`);
     assert.ok(!seen.some((s) => s.includes('demoted')), `the CN primary never showed group 1's secondary parked: ${seen.join(' | ')}`);
     assert.ok(worstBadMs <= 100 + 60, `secondary on a healthy replica within 100 ms of Patroni reporting one (worst ${worstBadMs} ms)`);
@@ -211,7 +229,11 @@ describe('read path: secondary rows follow Patroni, use_secondary_nodes never br
 
   test('kill -9 failover of wk2: the row ends on a healthy replica, never on the dead node; reads work after', async () => {
     const dead = await primaryOf('wk2');
-    const f = await labFailover(dir, 'wk2', { restart: false });
+    const sampler = sampleSecondary(await primaryOf('cn'), 'wk2', 2);
+    const f = await labFailover(dir, 'wk2', { restart: false }).catch(async (err: unknown) => {
+      await sampler.stop();
+      throw err;
+    });
     notes.push(`wk2 failover: primary after ${f.primaryMs} ms`);
     await waitFor(
       async () => {
@@ -222,6 +244,11 @@ describe('read path: secondary rows follow Patroni, use_secondary_nodes never br
       },
       { timeoutMs: 20000, what: 'wk2 secondary on a healthy replica' },
     ).then((sec) => assert.notEqual(sec.nodeport, dead.pgPort, 'not on the dead node'));
+    await sleep(500);
+    const { seen, worstBadMs } = await sampler.stop();
+    notes.push(`kill -9: secondary row addresses seen ${seen.join(' | ')}; longest time off a healthy replica ${worstBadMs} ms`);
+    assert.ok(!seen.some((x) => x.split(',').includes(addr(dead))), `never on the dead node: ${seen.join(' | ')}`);
+    assert.ok(worstBadMs <= 100 + 60, `secondary on a healthy replica within 100 ms of Patroni reporting one (worst ${worstBadMs} ms)`);
     if (realCitus()) {
       const cnReplica = (await replicasOf('cn'))[0]!;
       await waitFor(async () => (await gucOf(cnReplica)) === 'always', { timeoutMs: 10000, what: 'CN replica always' });
