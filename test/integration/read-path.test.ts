@@ -20,6 +20,7 @@ import {
   labStartMember,
   labSwitchover,
   loadLabState,
+  pgConnect,
   pgQuery,
   readDistNodes,
   readScopeFromEtcd,
@@ -138,18 +139,32 @@ async function readOnReplica(cn: LabMember): Promise<{ count: number; servedBy: 
   const scans = async () =>
     Promise.all(
       wk1.map(async (m) => {
+        // Citus hides shards from catalog queries of other applications; the scans of a read
+        // through the coordinator are on the shards (lab_sample_<shardid>)
+        const c = await pgConnect(fresh(), m, DB).catch(() => null);
+        if (!c) return -1;
         try {
-          const r = await pgQuery<{ n: string }>(fresh(), m, "SELECT coalesce(sum(seq_scan + coalesce(idx_scan, 0)), 0)::text AS n FROM pg_stat_user_tables WHERE relname LIKE 'lab_sample%'", [], DB);
-          return Number(r[0]?.n ?? 0);
+          await c.query('SET citus.override_table_visibility TO off');
+          const r = await c.query<{ n: string }>("SELECT coalesce(sum(seq_scan + coalesce(idx_scan, 0)), 0)::text AS n FROM pg_stat_user_tables WHERE relname LIKE 'lab\\_sample\\_%'");
+          return Number(r.rows[0]?.n ?? 0);
         } catch {
           return -1;
+        } finally {
+          await c.end().catch(() => undefined);
         }
       }),
     );
   const before = await scans();
   const r = await pgQuery<{ n: string }>(fresh(), cn, 'SELECT count(*)::text AS n FROM lab_sample', [], DB);
-  await sleep(600); // the cumulative statistics are flushed within PGSTAT_MIN_INTERVAL (1 s) of the query's end
-  const afterScans = await scans();
+  // a backend flushes its statistics at exit or when idle (at most once a second, else after up
+  // to 10 s idle): poll until a member shows the scan, then once more for any other member
+  let afterScans = await scans();
+  for (const until = Date.now() + 12000; Date.now() < until && !afterScans.some((n, i) => n > (before[i] ?? 0)); ) {
+    await sleep(200);
+    afterScans = await scans();
+  }
+  await sleep(300);
+  afterScans = await scans();
   return { count: Number(r[0]?.n ?? -1), servedBy: wk1.filter((_, i) => (afterScans[i] ?? 0) > (before[i] ?? 0)).map((m) => m.name) };
 }
 
