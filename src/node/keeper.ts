@@ -33,7 +33,7 @@ import { closeQuietly, pgConnect } from '../pg/connect.js';
 import { describePgError } from '../pg/errors.js';
 import { isInRecovery } from '../pg/recovery.js';
 import { decideForThisReplica } from './node-rows.js';
-import { NO_HOLD, type ReadHold } from './read-gate.js';
+import { gateRecheckMs, NO_HOLD, type ReadHold } from './read-gate.js';
 
 export interface LocalNodeKeeperOptions {
   log: Logger;
@@ -62,10 +62,8 @@ const KEEPER_STATEMENT_TIMEOUT_MS = 5000;
 export const STOP_CONFIRM_MS = 2000;
 /** After a transition to primary: gratuitous ARP at once (3 packets), then again this long after it. */
 export const ARP_FOLLOW_UP_MS = [1000, 3000];
-/** A coordinator replica re-checks its read gate this often while a secondary is not healthy (its rows change by replication, not by topology). */
-export const READ_GATE_RECHECK_MS = 250;
-/** ... and this often while everything is healthy (rows changed by hand). */
-export const READ_GATE_IDLE_RECHECK_MS = 2000;
+/** After the replica's rows could not be read: try again this long after. */
+const READ_GATE_ERROR_RECHECK_MS = 1000;
 const RETRY_MIN_MS = 1000;
 const RETRY_MAX_MS = 10000;
 
@@ -88,6 +86,8 @@ export class LocalNodeKeeper {
   private readonly failures: LogOnce;
   /** The read gate's hold-down state (coordinator replica). */
   private readHold: ReadHold = NO_HOLD;
+  /** Since when (ms) the read gate has not been healthy (null: healthy), for how often to look again. */
+  private unhealthySince: number | null = null;
   /** Last logged read decision (value + level), so each change is logged once. */
   private lastRead = '';
   private readTimer: NodeJS.Timeout | undefined;
@@ -228,7 +228,10 @@ export class LocalNodeKeeper {
     this.lastKind = role.kind;
 
     const plan = planForLocalRole(role.kind, this.cfg);
-    if (role.kind !== 'replica') this.readHold = NO_HOLD;
+    if (role.kind !== 'replica') {
+      this.readHold = NO_HOLD;
+      this.unhealthySince = null;
+    }
     if (role.kind === 'replica' && plan.useSecondaryNodes === 'always') {
       // `always` only while every group has a healthy secondary in this replica's own rows
       running.set('reads', `pg_dist_node on ${formatHostPort(this.cfg.postgresql.connectAddress)}`);
@@ -243,12 +246,15 @@ export class LocalNodeKeeper {
           if (r.gate.level === 'healthy') log.info(line);
           else log.warn(line);
         }
-        this.recheckReads(r.decision.recheckInMs ?? (r.gate.level === 'healthy' ? READ_GATE_IDLE_RECHECK_MS : READ_GATE_RECHECK_MS));
+        const now = Date.now();
+        if (r.gate.level === 'healthy') this.unhealthySince = null;
+        else this.unhealthySince ??= now;
+        this.recheckReads(gateRecheckMs(r.gate.level, this.unhealthySince === null ? null : now - this.unhealthySince, r.decision.recheckInMs));
       } catch (err) {
         // the rows cannot be read: leave the value as it is, try again soon
         delete plan.useSecondaryNodes;
         this.failed([`self-check: cannot read this replica's pg_dist_node, use_secondary_nodes left as it is: ${errorMessage(err)}`]);
-        this.recheckReads(READ_GATE_RECHECK_MS * 4);
+        this.recheckReads(READ_GATE_ERROR_RECHECK_MS);
       } finally {
         running.delete('reads');
       }

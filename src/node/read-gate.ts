@@ -167,3 +167,25 @@ export function decideReadMode(current: UseSecondaryNodes | null, gate: Pick<Rea
     }
   }
 }
+
+/** While every secondary is healthy, the gate is re-checked this often (rows changed by hand). */
+export const READ_GATE_IDLE_RECHECK_MS = 2000;
+/**
+ * While a secondary is not healthy, for the first READ_GATE_FAST_FOR_MS of that streak: the
+ * controller on the CN primary is about to park or move the row (a swap is one commit), and this
+ * replica sees the commit only by replaying it, so it looks this often; a failing read costs a
+ * client more than a local query.
+ */
+export const READ_GATE_FAST_RECHECK_MS = 50;
+export const READ_GATE_FAST_FOR_MS = 5000;
+/** ... and after that (a lagging or noloadbalance replica for minutes). */
+export const READ_GATE_SLOW_RECHECK_MS = 1000;
+
+/**
+ * When to look at the gate again: `unhealthyForMs` is how long the level has not been healthy
+ * (null: it is healthy). A hold-down's own deadline comes earlier only if it is sooner.
+ */
+export function gateRecheckMs(level: ReadLevel, unhealthyForMs: number | null, holdDownLeftMs: number | null): number {
+  const base = level === 'healthy' || unhealthyForMs === null ? READ_GATE_IDLE_RECHECK_MS : unhealthyForMs < READ_GATE_FAST_FOR_MS ? READ_GATE_FAST_RECHECK_MS : READ_GATE_SLOW_RECHECK_MS;
+  return holdDownLeftMs === null ? base : Math.min(base, Math.max(0, holdDownLeftMs));
+}

@@ -4,7 +4,18 @@
  */
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { decideReadMode, NO_HOLD, readGate, type ReadHold, type ReadLevel } from '../../src/node/read-gate.js';
+import {
+  decideReadMode,
+  gateRecheckMs,
+  NO_HOLD,
+  READ_GATE_FAST_FOR_MS,
+  READ_GATE_FAST_RECHECK_MS,
+  READ_GATE_IDLE_RECHECK_MS,
+  READ_GATE_SLOW_RECHECK_MS,
+  readGate,
+  type ReadHold,
+  type ReadLevel,
+} from '../../src/node/read-gate.js';
 import type { ControllerConfig } from '../../src/config/types.js';
 import type { DistNodeRow } from '../../src/citus/model.js';
 import type { MemberView, Topology } from '../../src/topology/model.js';
@@ -112,4 +123,24 @@ describe('decideReadMode: (current, level, clock, hold) -> value', () => {
     assert.equal(decideReadMode('never', gate('healthy'), 0, NO_HOLD, 0).value, 'always');
     assert.equal(decideReadMode('always', gate('degraded'), 0, NO_HOLD, 0).value, 'never');
   });
+});
+
+describe('gateRecheckMs: (level, not healthy for, hold-down left) -> ms', () => {
+  const table: Array<[ReadLevel, number | null, number | null, number]> = [
+    ['healthy', null, null, READ_GATE_IDLE_RECHECK_MS],
+    ['healthy', null, 300, 300],
+    ['degraded', 0, null, READ_GATE_FAST_RECHECK_MS],
+    // a running hold-down (3 s left) must not slow the look at the replayed rows
+    ['degraded', 10, 2990, READ_GATE_FAST_RECHECK_MS],
+    ['degraded', READ_GATE_FAST_FOR_MS - 1, null, READ_GATE_FAST_RECHECK_MS],
+    ['degraded', READ_GATE_FAST_FOR_MS, null, READ_GATE_SLOW_RECHECK_MS],
+    ['broken', 60_000, null, READ_GATE_SLOW_RECHECK_MS],
+    ['unknown', 100, null, READ_GATE_FAST_RECHECK_MS],
+    ['degraded', 60_000, 20, 20],
+  ];
+  for (const [level, forMs, left, want] of table) {
+    test(`${level}, not healthy for ${forMs} ms, hold-down left ${left} -> ${want} ms`, () => {
+      assert.equal(gateRecheckMs(level, forMs, left), want);
+    });
+  }
 });
