@@ -245,21 +245,23 @@ describe('read path: secondary rows follow Patroni, use_secondary_nodes never br
   test('kill -9 failover of wk2: the row ends on a healthy replica, never on the dead node; reads work after', async () => {
     const dead = await primaryOf('wk2');
     const sampler = sampleSecondary(await primaryOf('cn'), 'wk2', 2);
-    const f = await labFailover(dir, 'wk2', { restart: false }).catch(async (err: unknown) => {
+    try {
+      const f = await labFailover(dir, 'wk2', { restart: false });
+      notes.push(`wk2 failover: primary after ${f.primaryMs} ms`);
+      await waitFor(
+        async () => {
+          const rows = await readDistNodes(fresh(), await primaryOf('cn'), DB);
+          const sec = secondaries(rows, 2);
+          const healthy = await healthyReplicas('wk2');
+          return sec.length === 1 && healthy.has(`${sec[0]!.nodename}:${sec[0]!.nodeport}`) ? sec[0] : null;
+        },
+        { timeoutMs: 20000, what: 'wk2 secondary on a healthy replica' },
+      ).then((sec) => assert.notEqual(sec.nodeport, dead.pgPort, 'not on the dead node'));
+      await sleep(500);
+    } finally {
+      // also on a failure: the sampler must not keep querying through the next tests
       await sampler.stop();
-      throw err;
-    });
-    notes.push(`wk2 failover: primary after ${f.primaryMs} ms`);
-    await waitFor(
-      async () => {
-        const rows = await readDistNodes(fresh(), await primaryOf('cn'), DB);
-        const sec = secondaries(rows, 2);
-        const healthy = await healthyReplicas('wk2');
-        return sec.length === 1 && healthy.has(`${sec[0]!.nodename}:${sec[0]!.nodeport}`) ? sec[0] : null;
-      },
-      { timeoutMs: 20000, what: 'wk2 secondary on a healthy replica' },
-    ).then((sec) => assert.notEqual(sec.nodeport, dead.pgPort, 'not on the dead node'));
-    await sleep(500);
+    }
     const { seen, worstBadMs } = await sampler.stop();
     notes.push(`kill -9: secondary row addresses seen ${seen.join(' | ')}; longest time off a healthy replica ${worstBadMs} ms`);
     assert.ok(!seen.some((x) => x.split(',').includes(addr(dead))), `never on the dead node: ${seen.join(' | ')}`);
