@@ -7,7 +7,8 @@
  * 1. `labUp({workers: 2, replicas: R (default 2), callbacks: true})`, a watch daemon per CN member.
  * 2. Waits until every group has a secondary row on a healthy replica and the CN replica says
  *    use_secondary_nodes = always.
- * 3. A reader on the CN replica: one session (reconnected after an error, as a pool would), a
+ * 3. A reader on the CN replica: one session (after an error, dropped without waiting for its close
+ *    and replaced by a new one, as pg.Pool does), a
  *    `SELECT count(*) FROM lab_sample` every 5 ms. With real Citus the table is distributed and
  *    each read goes to the worker secondaries; with the emulation the table is a plain table on
  *    the coordinator, so only the sessions a use_secondary_nodes flip terminates can fail.
@@ -52,6 +53,16 @@ interface Options {
   json?: boolean;
   dir?: string;
   keep?: boolean;
+  trace?: boolean;
+}
+
+/** One read of the reader: start (ms since the round's reader started), duration, error text. */
+interface ReadEvent {
+  atMs: number;
+  tookMs: number;
+  /** A new session was opened for this read. */
+  connected: boolean;
+  error?: string;
 }
 
 interface RoundResult {
@@ -77,6 +88,7 @@ function parseArgs(argv: string[]): Options {
     .option('--json', 'print JSON')
     .option('--dir <dir>', 'lab dir (kept)')
     .option('--keep', 'keep the temp lab dir')
+    .option('--trace', 'print every failure run read by read (with the reads around it)')
     .parse(argv);
   return p.opts<Options>();
 }
@@ -123,6 +135,8 @@ function startReader(state: LabState, cn: LabMember) {
   let stopped = false;
   let reads = 0;
   let failed = 0;
+  const t0 = Date.now();
+  const events: ReadEvent[] = [];
   let lastOk = Date.now();
   let failingSince: number | null = null;
   let longestFailureMs = 0;
@@ -132,6 +146,7 @@ function startReader(state: LabState, cn: LabMember) {
     let client: pg.Client | null = null;
     while (!stopped) {
       const t = Date.now();
+      const connected = client === null;
       try {
         if (!client) {
           client = new pg.Client({ ...pgClientConfig(state, cn, DB, { connectTimeoutMs: 2000, applicationName: 'bench-reader' }) });
@@ -141,6 +156,7 @@ function startReader(state: LabState, cn: LabMember) {
         await client.query('SELECT count(*) FROM lab_sample');
         reads++;
         const now = Date.now();
+        events.push({ atMs: t - t0, tookMs: now - t, connected });
         longestGapMs = Math.max(longestGapMs, now - lastOk);
         if (failingSince !== null) longestFailureMs = Math.max(longestFailureMs, now - failingSince);
         failingSince = null;
@@ -149,10 +165,13 @@ function startReader(state: LabState, cn: LabMember) {
         failed++;
         failingSince ??= t;
         const msg = errorMessage(err).replace(/\d+/g, 'N').slice(0, 120);
+        events.push({ atMs: t - t0, tookMs: Date.now() - t, connected, error: errorMessage(err).slice(0, 120) });
         errors.set(msg, (errors.get(msg) ?? 0) + 1);
+        // dropped without waiting for its close, as pg.Pool does with a client released with an
+        // error (its close takes 100-200 ms on the loaded lab: a backend exiting)
         const c = client;
         client = null;
-        await c?.end().catch(() => undefined);
+        void c?.end().catch(() => undefined);
       }
       await sleep(READ_EVERY_MS);
     }
@@ -165,7 +184,7 @@ function startReader(state: LabState, cn: LabMember) {
       const now = Date.now();
       if (failingSince !== null) longestFailureMs = Math.max(longestFailureMs, now - failingSince);
       longestGapMs = Math.max(longestGapMs, now - lastOk);
-      return { reads, failed, longestFailureMs, longestGapMs, errors: [...errors].map(([m, n]) => `${n}x ${m}`) };
+      return { reads, failed, longestFailureMs, longestGapMs, errors: [...errors].map(([m, n]) => `${n}x ${m}`), startedAt: t0, events };
     },
   };
 }
@@ -193,7 +212,26 @@ function watchGuc(state: LabState, cn: LabMember) {
   };
 }
 
-async function round(dir: string, kind: RoundResult['kind'], n: number, cnReplica: LabMember): Promise<RoundResult> {
+/** The reads from 2 before each failure run to the first success after it, one line each. */
+function traceLines(startedAt: number, events: ReadEvent[]): string[] {
+  const out: string[] = [];
+  let lastPrinted = -1;
+  for (let i = 0; i < events.length; i++) {
+    if (events[i]!.error === undefined) continue;
+    let end = i;
+    while (end < events.length && events[end]!.error !== undefined) end++;
+    out.push(`failure run at ${new Date(startedAt + events[i]!.atMs).toISOString()}:`);
+    for (let j = Math.max(i - 2, lastPrinted + 1); j <= Math.min(end, events.length - 1); j++) {
+      const e = events[j]!;
+      out.push(`  +${String(e.atMs).padStart(6)} ms  took ${String(e.tookMs).padStart(4)} ms${e.connected ? ' (new session)' : ''}  ${e.error ?? 'ok'}`);
+      lastPrinted = j;
+    }
+    i = end;
+  }
+  return out;
+}
+
+async function round(dir: string, kind: RoundResult['kind'], n: number, cnReplica: LabMember, trace: boolean): Promise<RoundResult> {
   const state = fresh(dir);
   const wk1 = state.groups.find((g) => g.scope === 'wk1')!;
   const rows = await readDistNodes(state, await leaderOf(state, 'cn'), DB);
@@ -221,8 +259,10 @@ async function round(dir: string, kind: RoundResult['kind'], n: number, cnReplic
     r = await reader.stop();
     flips = await guc.stop();
   }
+  if (trace) for (const l of traceLines(r.startedAt, r.events)) progress(`  ${l}`);
   progress(`${kind} ${n}: ${from} -> ${to}: ${r.reads} reads ok, ${r.failed} failed, longest failure run ${r.longestFailureMs} ms, flips ${flips.join(', ') || 'none'}`);
-  return { kind, round: n, from, to, ...r, flips };
+  const { startedAt: _s, events: _e, ...counts } = r;
+  return { kind, round: n, from, to, ...counts, flips };
 }
 
 async function main(): Promise<number> {
@@ -250,8 +290,8 @@ async function main(): Promise<number> {
   await waitFor(`use_secondary_nodes = always on ${cnReplica.name}`, async () => (await gucOf(fresh(dir), cnReplica)) === 'always', 30000);
 
   const results: RoundResult[] = [];
-  for (let i = 1; i <= opts.rounds && !wasInterrupted(); i++) results.push(await round(dir, 'switchover', i, cnReplica));
-  for (let i = 1; i <= opts.rounds && !wasInterrupted(); i++) results.push(await round(dir, 'failover', i, cnReplica));
+  for (let i = 1; i <= opts.rounds && !wasInterrupted(); i++) results.push(await round(dir, 'switchover', i, cnReplica, opts.trace === true));
+  for (let i = 1; i <= opts.rounds && !wasInterrupted(); i++) results.push(await round(dir, 'failover', i, cnReplica, opts.trace === true));
   if (wasInterrupted()) return 130;
 
   const worstRun = Math.max(0, ...results.map((r) => r.longestFailureMs));
