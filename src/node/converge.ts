@@ -7,6 +7,7 @@
 import { formatHostPort } from '../net/address.js';
 import { type ControllerConfig } from '../config/types.js';
 import { planCallback, type CallbackPlan, type PatroniNodeRole } from './callback-plan.js';
+import type { Client } from 'pg';
 import { closeQuietly, pgConnect, type ConnectOptions, type PgConnectError } from '../pg/connect.js';
 import { ensureUseSecondaryNodes, type EnsureResult, type MiniLogger } from './use-secondary-nodes.js';
 import { bind, gratuitousArp, unbind, vipText, type GarpOptions } from './vip.js';
@@ -38,6 +39,11 @@ export interface ConvergeOptions {
   /** Reports what is running, for a watchdog message (`connect 10.0.0.1:5432`, `ip addr add`). */
   onProgress?: (step: StepOutcome['step'], what: string | null) => void;
   failpoint?: (name: string) => void | Promise<void>;
+  /**
+   * use_secondary_nodes on this open session to the node instead of a new one (left open); with
+   * `liveHint`, what the caller knows new sessions get (see EnsureOptions.liveHint).
+   */
+  gucSession?: { client: Client; liveHint?: string | null };
 }
 
 /** The daemon's per-pass plan: the same desired state as an `on_reload <role> <cn scope>` callback. */
@@ -75,7 +81,7 @@ async function gucStep(plan: CallbackPlan, cfg: ControllerConfig, o: ConvergeOpt
   };
   let client;
   try {
-    client = await pgConnect(cfg, session);
+    client = o.gucSession?.client ?? (await pgConnect(cfg, session));
   } catch (err) {
     const e = err as PgConnectError;
     // A demoted primary's PostgreSQL is normally stopped: nothing to set now; the following
@@ -88,7 +94,8 @@ async function gucStep(plan: CallbackPlan, cfg: ControllerConfig, o: ConvergeOpt
   try {
     o.onProgress?.('use_secondary_nodes', `set ${value} on ${where}`);
     const r = await ensureUseSecondaryNodes(client, value, cfg, o.log, {
-      clientIsFresh: true,
+      clientIsFresh: o.gucSession === undefined,
+      ...(o.gucSession?.liveHint !== undefined ? { liveHint: o.gucSession.liveHint } : {}),
       connect: () => pgConnect(cfg, session),
       ...(o.journalDir !== undefined ? { journalDir: o.journalDir } : {}),
       ...(o.reloadWaitMs !== undefined ? { reloadWaitMs: o.reloadWaitMs } : {}),
@@ -99,7 +106,7 @@ async function gucStep(plan: CallbackPlan, cfg: ControllerConfig, o: ConvergeOpt
   } catch (err) {
     return { step: 'use_secondary_nodes', ok: false, changed: false, line: `use_secondary_nodes ${value}: ${(err as Error).message}` };
   } finally {
-    await closeQuietly(client);
+    if (!o.gucSession) await closeQuietly(client);
     o.onProgress?.('use_secondary_nodes', null);
   }
 }

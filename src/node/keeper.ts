@@ -29,11 +29,14 @@ import { Coalescer } from '../util/coalesce.js';
 import { settlesWithin } from '../util/clock.js';
 import { LogOnce } from '../util/log-once.js';
 import { convergeNode, planForLocalRole, trackProgress } from './converge.js';
-import { closeQuietly, pgConnect } from '../pg/connect.js';
+import type { Client } from 'pg';
+import { closeQuietly, markBroken, PgConnectError, pgConnect } from '../pg/connect.js';
+import { KeptSessions } from '../pg/kept.js';
 import { describePgError } from '../pg/errors.js';
 import { isInRecovery } from '../pg/recovery.js';
-import { decideForThisReplica } from './node-rows.js';
-import { gateRecheckMs, NO_HOLD, type ReadHold } from './read-gate.js';
+import { decideOnRows, readOwnRows } from './node-rows.js';
+import { gateRecheckMs, READ_GATE_IDLE_RECHECK_MS, NO_HOLD, type ReadHold } from './read-gate.js';
+import type { UseSecondaryNodes } from './callback-plan.js';
 
 export interface LocalNodeKeeperOptions {
   log: Logger;
@@ -67,9 +70,33 @@ const READ_GATE_ERROR_RECHECK_MS = 1000;
 const RETRY_MIN_MS = 1000;
 const RETRY_MAX_MS = 10000;
 
+/**
+ * What new sessions on this node get for use_secondary_nodes, as last read in a new session (or
+ * set by this keeper), with what the kept session saw then: a change of the configuration files'
+ * value or a reload on the node (pg_conf_load_time) makes it stale, and so does age.
+ */
+interface KnownLive {
+  value: UseSecondaryNodes | null;
+  file: string | null;
+  confLoadTime: string | null;
+  atMs: number;
+}
+
+/** A check: the view to check against, and whether it is only the read gate's look again (no VIP step). */
+interface CheckRequest {
+  view: Topology;
+  readsOnly: boolean;
+}
+
 export class LocalNodeKeeper {
   /** One check at a time, each on the latest pass's view. */
-  private readonly checks: Coalescer<Topology>;
+  private readonly checks: Coalescer<CheckRequest>;
+  /** Sessions kept open to this node for the checks (a look every 20 ms must not fork a backend each time). */
+  private readonly kept: KeptSessions;
+  /** The live use_secondary_nodes as this keeper knows it (coordinator replica; null: read it). */
+  private knownLive: KnownLive | null = null;
+  /** When use_secondary_nodes was last converged the full way (new sessions), ms. */
+  private lastFullGucAt = 0;
   private stopped = false;
   private retryTimer: NodeJS.Timeout | undefined;
   private readonly retry = new Backoff({ initialMs: RETRY_MIN_MS, maxMs: RETRY_MAX_MS });
@@ -96,9 +123,10 @@ export class LocalNodeKeeper {
     private readonly cfg: ControllerConfig,
     private readonly opts: LocalNodeKeeperOptions,
   ) {
-    this.checks = new Coalescer<Topology>(
-      (t) => this.check(t),
-      (_older, newer) => newer,
+    this.kept = new KeptSessions((database) => pgConnect(cfg, { ...this.session(), database }));
+    this.checks = new Coalescer<CheckRequest>(
+      (r) => this.check(r),
+      (older, newer) => ({ view: newer.view, readsOnly: older.readsOnly && newer.readsOnly }),
       (err) => this.failed([`self-check failed: ${errorMessage(err)}`]),
     );
     this.failures = new LogOnce({
@@ -125,7 +153,7 @@ export class LocalNodeKeeper {
   offer(topology: Topology): void {
     if (this.stopped) return;
     this.fence?.start();
-    void this.checks.trigger(topology);
+    void this.checks.trigger({ view: topology, readsOnly: false });
   }
 
   /**
@@ -145,6 +173,14 @@ export class LocalNodeKeeper {
     for (const t of this.arpTimers) clearTimeout(t);
     this.arpTimers.clear();
     await this.checks.stop();
+    try {
+      return await this.stopVip(confirm);
+    } finally {
+      await this.kept.close();
+    }
+  }
+
+  private async stopVip(confirm?: () => Promise<Topology>): Promise<string | null> {
     const vip = this.cfg.citus.vip;
     if (!vip) return null;
     let line: string;
@@ -185,21 +221,24 @@ export class LocalNodeKeeper {
    * connections but does not answer) is logged with what it still waits for, and the next check
    * no longer waits for it (its session is bounded by the server's statement_timeout).
    */
-  private async check(topology: Topology): Promise<void> {
+  private async check(req: CheckRequest): Promise<void> {
     const running = new Map<string, string>();
     const started = performance.now();
     this.opts.log.debug('self-check start');
     const now = this.opts.currentView?.();
-    const view = now && now.observedAt >= topology.observedAt ? now : topology;
-    const work = this.checkNow(view, running);
+    const view = now && now.observedAt >= req.view.observedAt ? now : req.view;
+    const work = this.checkNow(view, running, req.readsOnly);
     const inTime = await settlesWithin(work, CHECK_DEADLINE_MS);
     this.opts.log.debug({ ms: Math.round(performance.now() - started), late: !inTime }, 'self-check done');
     if (inTime) return work;
+    // the kept sessions may be the ones stuck: the next check opens new ones
+    void this.kept.dropAll();
+    this.knownLive = null;
     const what = [...running.values()].join(', ') || 'the role of this node';
     this.failed([`self-check: no result within ${CHECK_DEADLINE_MS / 1000} s (still waiting for: ${what}); the next check does not wait for it`]);
   }
 
-  private async checkNow(topology: Topology, running: Map<string, string>): Promise<void> {
+  private async checkNow(topology: Topology, running: Map<string, string>, readsOnly: boolean): Promise<void> {
     const log = this.opts.log;
     let role = localRoleFromTopology(topology, this.cfg);
     // not o.applied?.notPrimary: it also says "not the Citus coordinator" (pg_dist_node not yet
@@ -232,11 +271,15 @@ export class LocalNodeKeeper {
       this.readHold = NO_HOLD;
       this.unhealthySince = null;
     }
+    let gucSession: { client: Client; liveHint: string | null } | undefined;
+    if (role.kind !== 'replica') this.knownLive = null;
     if (role.kind === 'replica' && plan.useSecondaryNodes === 'always') {
       // `always` only while every group has a healthy secondary in this replica's own rows
       running.set('reads', `pg_dist_node on ${formatHostPort(this.cfg.postgresql.connectAddress)}`);
       try {
-        const r = await decideForThisReplica(this.cfg, topology, this.session(), this.readHold, this.cfg.citus.secondaryHoldDownMs);
+        const own = await readOwnRows(this.cfg, (database, fn) => this.kept.use(database, fn));
+        const live = await this.liveValue(own);
+        const r = decideOnRows({ rows: own.rows, live, inRecovery: own.inRecovery }, topology, this.cfg, this.readHold, this.cfg.citus.secondaryHoldDownMs);
         this.readHold = r.decision.hold;
         plan.useSecondaryNodes = r.decision.value;
         const key = `${r.decision.value} ${r.gate.level}`;
@@ -250,9 +293,18 @@ export class LocalNodeKeeper {
         if (r.gate.level === 'healthy') this.unhealthySince = null;
         else this.unhealthySince ??= now;
         this.recheckReads(gateRecheckMs(r.gate.level, this.unhealthySince === null ? null : now - this.unhealthySince, r.decision.recheckInMs));
+        if (r.decision.value !== live) {
+          // a flip: on the kept session, starting from the value known here (no new session
+          // before the reload; ensureUseSecondaryNodes still proves it with one after)
+          gucSession = { client: await this.kept.use(this.cfg.citus.databases[0] ?? 'postgres', async (c) => c), liveHint: live };
+        } else if (now - this.lastFullGucAt < READ_GATE_IDLE_RECHECK_MS) {
+          // nothing to change and converged the full way moments ago
+          delete plan.useSecondaryNodes;
+        }
       } catch (err) {
         // the rows cannot be read: leave the value as it is, try again soon
         delete plan.useSecondaryNodes;
+        this.knownLive = null;
         this.failed([`self-check: cannot read this replica's pg_dist_node, use_secondary_nodes left as it is: ${errorMessage(err)}`]);
         this.recheckReads(READ_GATE_ERROR_RECHECK_MS);
       } finally {
@@ -266,6 +318,8 @@ export class LocalNodeKeeper {
       this.fencedReported = true;
     } else if (role.kind === 'primary') this.fencedReported = false;
 
+    if (readsOnly) delete plan.vip;
+    if (plan.useSecondaryNodes && !gucSession) this.lastFullGucAt = Date.now();
     const outcomes = await convergeNode(plan, this.cfg, {
       log: { info: (obj, msg) => log.info(obj, msg), warn: (obj, msg) => log.warn(obj, msg) },
       journalDir: runtimeDir(this.cfg.scope, process.env, this.cfg.citus.socket),
@@ -277,7 +331,17 @@ export class LocalNodeKeeper {
       ...(this.opts.applicationName ? { applicationName: this.opts.applicationName } : {}),
       arp: becamePrimary ? 'always' : 'onChange',
       vip: { timeoutMs: 1000, count: 3, intervalMs: 150 },
+      ...(gucSession ? { gucSession } : {}),
     });
+    const guc = outcomes.find((o) => o.step === 'use_secondary_nodes');
+    if (guc?.result && guc.ok && role.kind === 'replica') {
+      // what new sessions get now (proved by a new session inside the change); the kept session
+      // sees the reload on a later look, which re-reads it once
+      this.knownLive = { value: guc.result.value, file: guc.result.value, confLoadTime: null, atMs: Date.now() };
+    } else if (guc && !guc.ok) {
+      this.knownLive = null;
+      if (gucSession) markBroken(gucSession.client, 'use_secondary_nodes failed on it');
+    }
     if (becamePrimary && this.cfg.citus.vip) this.followUpArp(this.cfg.citus.vip);
     for (const s of outcomes) if (s.ok && s.changed) log.warn({ role: role.kind }, `self-check: repaired drift: ${s.line}`);
     const failures = outcomes.filter((s) => !s.ok).map((s) => `self-check: cannot repair: ${s.line}`);
@@ -305,7 +369,7 @@ export class LocalNodeKeeper {
     this.readTimer = setTimeout(() => {
       this.readTimer = undefined;
       const view = this.opts.currentView?.();
-      if (!this.stopped && view) void this.checks.trigger(view);
+      if (!this.stopped && view) void this.checks.trigger({ view, readsOnly: true });
     }, Math.max(10, ms));
     this.readTimer.unref?.();
   }
@@ -340,16 +404,34 @@ export class LocalNodeKeeper {
   /** pg_is_in_recovery() of the local node, or why it cannot be told (one phrase). */
   private async probeRecovery(): Promise<{ inRecovery: boolean } | string> {
     const where = formatHostPort(this.cfg.postgresql.connectAddress);
-    let client;
     try {
-      client = await pgConnect(this.cfg, { purpose: 'keeper', ...(this.opts.applicationName ? { applicationName: this.opts.applicationName } : {}) });
+      return { inRecovery: await this.kept.use(this.cfg.citus.databases[0] ?? 'postgres', (c) => isInRecovery(c)) };
     } catch (err) {
-      return `it does not answer (${errorMessage(err)})`;
-    }
-    try {
-      return { inRecovery: await isInRecovery(client) };
-    } catch (err) {
+      if (err instanceof PgConnectError) return `it does not answer (${errorMessage(err)})`;
       return `pg_is_in_recovery() failed on ${where}: ${describePgError(err)}`;
+    }
+  }
+
+  /**
+   * The use_secondary_nodes new sessions get: known from the last new-session reading while the
+   * configuration files say the same, no reload happened since (the kept session's
+   * pg_conf_load_time()) and it is younger than READ_GATE_IDLE_RECHECK_MS; else read in a new
+   * session now.
+   */
+  private async liveValue(own: { file: string | null; confLoadTime: string }): Promise<UseSecondaryNodes | null> {
+    const k = this.knownLive;
+    const now = Date.now();
+    if (k && k.file === own.file && (k.confLoadTime === null || k.confLoadTime === own.confLoadTime) && now - k.atMs < READ_GATE_IDLE_RECHECK_MS) {
+      if (k.confLoadTime === null) this.knownLive = { ...k, confLoadTime: own.confLoadTime };
+      return k.value;
+    }
+    const client = await pgConnect(this.cfg, this.session());
+    try {
+      const r = await client.query<{ v: string | null }>("SELECT current_setting('citus.use_secondary_nodes', true) AS v");
+      const v = r.rows[0]?.v ?? null;
+      const value = v === 'always' || v === 'never' ? v : null;
+      this.knownLive = { value, file: own.file, confLoadTime: own.confLoadTime, atMs: now };
+      return value;
     } finally {
       await closeQuietly(client);
     }

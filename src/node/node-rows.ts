@@ -27,19 +27,60 @@ export interface NodeRows {
  * a gate decided on a partial picture could say `always` while one database breaks.
  */
 export async function readNodeRows(cfg: Pick<ControllerConfig, 'postgresql' | 'citus' | 'scope'>, session: Omit<ConnectOptions, 'database'>): Promise<NodeRows> {
-  const rows = new Map<string, DistNodeRow[]>();
-  let live: UseSecondaryNodes | null = null;
+  const own = await readOwnRows(cfg, async (database, fn) => {
+    const client = await pgConnect(cfg, { ...session, database });
+    try {
+      return await fn(client);
+    } finally {
+      await closeQuietly(client);
+    }
+  });
+  // a session opened just now carries the value new sessions get
+  const v = own.sessionValue;
+  return { rows: own.rows, live: v === 'always' || v === 'never' ? v : null, inRecovery: own.inRecovery };
+}
+
+/** What the daemon's look at its own node reads on kept sessions (see readOwnRows). */
+export interface OwnRows {
+  rows: Map<string, DistNodeRow[]>;
+  inRecovery: boolean;
+  /** citus.use_secondary_nodes as the configuration files say it now (pg_file_settings; null: not set). */
+  file: string | null;
+  /** pg_conf_load_time() of the kept session: changes after every configuration reload on the node. */
+  confLoadTime: string;
+  /** citus.use_secondary_nodes of the session itself (the live value only when the session is new). */
+  sessionValue: string | null;
+}
+
+/**
+ * Like readNodeRows, on sessions the caller keeps open (`use(database, fn)`), without the live
+ * value: a kept session carries the use_secondary_nodes of its own start, not what a new session
+ * gets (the GUC is fixed at connection start). The caller knows the live value otherwise and
+ * re-reads it when `file` or `confLoadTime` change.
+ */
+export async function readOwnRows(
+  cfg: Pick<ControllerConfig, 'citus'>,
+  use: <T>(database: string, fn: (client: Client) => Promise<T>) => Promise<T>,
+): Promise<OwnRows> {
   let inRecovery = false;
+  let file: string | null = null;
+  let confLoadTime = '';
+  let sessionValue: string | null = null;
+  const rows = new Map<string, DistNodeRow[]>();
   const results = await Promise.all(
-    cfg.citus.databases.map(async (database, i) => {
-      let client: Client | undefined;
-      try {
-        client = await pgConnect(cfg, { ...session, database });
+    cfg.citus.databases.map((database, i) =>
+      use(database, async (client) => {
         if (i === 0) {
-          const r = await client.query<{ v: string | null; rec: boolean }>("SELECT current_setting('citus.use_secondary_nodes', true) AS v, pg_catalog.pg_is_in_recovery() AS rec");
-          const v = r.rows[0]?.v ?? null;
-          live = v === 'always' || v === 'never' ? v : null;
+          const r = await client.query<{ rec: boolean; file: string | null; t: string; v: string | null }>(
+            `SELECT pg_catalog.pg_is_in_recovery() AS rec,
+                    pg_catalog.current_setting('citus.use_secondary_nodes', true) AS v,
+                    (SELECT setting FROM pg_catalog.pg_file_settings WHERE name = 'citus.use_secondary_nodes' ORDER BY seqno DESC LIMIT 1) AS file,
+                    pg_catalog.pg_conf_load_time()::text AS t`,
+          );
           inRecovery = r.rows[0]?.rec === true;
+          file = r.rows[0]?.file ?? null;
+          confLoadTime = r.rows[0]?.t ?? '';
+          sessionValue = r.rows[0]?.v ?? null;
         }
         try {
           return { database, rows: await readDistNodes(client) };
@@ -48,13 +89,11 @@ export async function readNodeRows(cfg: Pick<ControllerConfig, 'postgresql' | 'c
           if ((err as { code?: string }).code === '42P01') return { database, rows: [] };
           throw err;
         }
-      } finally {
-        if (client) await closeQuietly(client);
-      }
-    }),
+      }),
+    ),
   );
   for (const r of results) rows.set(r.database, r.rows);
-  return { rows, live, inRecovery };
+  return { rows, inRecovery, file, confLoadTime, sessionValue };
 }
 
 export interface ReplicaReadResult {

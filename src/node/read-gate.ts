@@ -174,9 +174,9 @@ export const READ_GATE_IDLE_RECHECK_MS = 2000;
  * While a secondary is not healthy, for the first READ_GATE_FAST_FOR_MS of that streak: the
  * controller on the CN primary is about to park or move the row (a swap is one commit), and this
  * replica sees the commit only by replaying it, so it looks this often; a failing read costs a
- * client more than a local query.
+ * client more than a local query (a look is two catalog queries on sessions the daemon keeps open).
  */
-export const READ_GATE_FAST_RECHECK_MS = 50;
+export const READ_GATE_FAST_RECHECK_MS = 20;
 export const READ_GATE_FAST_FOR_MS = 5000;
 /** ... and after that (a lagging or noloadbalance replica for minutes). */
 export const READ_GATE_SLOW_RECHECK_MS = 1000;

@@ -55,11 +55,17 @@ export interface EnsureOptions {
   connect?: () => Promise<Client>;
   /** `client` was opened just now, so its current_setting() is the live value (saves a connection). */
   clientIsFresh?: boolean;
+  /**
+   * The value new sessions got a moment ago, as the caller knows it (the watch daemon's kept look).
+   * Used instead of a new session's reading only when it differs from `value`, i.e. when it calls
+   * for a change: a stale hint then costs at most the termination of sessions that already had
+   * `value`. A hint equal to `value` is not trusted (it could skip a needed change).
+   */
+  liveHint?: string | null;
   /** Directory of the crash journal; undefined: no journal. */
   journalDir?: string;
   /** How long to wait for the postmaster to apply pg_reload_conf() (ms, default 800). */
   reloadWaitMs?: number;
-  /** Test-only fault injection: called at named points (`after-reload`). */
   /** Test-only: called at named points ('before-reload', 'after-reload'); awaited. */
   failpoint?: (name: string) => void | Promise<void>;
 }
@@ -210,7 +216,7 @@ async function ensure(
   const jpath = opts.journalDir !== undefined && usableJournalDir(opts.journalDir, log) ? journalPath(opts.journalDir, cfg) : undefined;
 
   const state = await readState(client, opts.clientIsFresh === true);
-  const live = opts.clientIsFresh ? state.live : (await liveValue(connect)).value;
+  const live = opts.clientIsFresh ? state.live : opts.liveHint !== undefined && opts.liveHint !== value ? opts.liveHint : (await liveValue(connect)).value;
 
   if (value === 'always' && !state.inRecovery) {
     throw new UseSecondaryNodesError(

@@ -158,6 +158,81 @@ describe('self-check: the node itself must agree with the topology', () => {
   });
 });
 
+describe('a coordinator replica\'s self-check: kept sessions', () => {
+  /** This node (cn-a) is the standby, a replica; cn-b (the primary) holds the leader key. */
+  function replicaView(): Topology {
+    const a = member('cn-a', pair.standby.port, 'replica');
+    const b = member('cn-b', pair.primary.port, 'master');
+    return { source: 'etcd', observedAt: Date.now(), fresh: true, groups: [{ groupid: 0, scope: 'cn', leader: 'cn-b', members: [a, b], problems: [] }] };
+  }
+
+  /** Sessions ever established to the standby's `postgres` database (pg_stat_database, read in a new session). */
+  async function sessionsSoFar(): Promise<number> {
+    const c = await pair.client(pair.standby);
+    try {
+      return Number((await c.query<{ n: string }>("SELECT sessions AS n FROM pg_stat_database WHERE datname = 'postgres'")).rows[0]?.n);
+    } finally {
+      await c.end();
+    }
+  }
+
+  async function setOnStandby(value: 'always' | 'never'): Promise<void> {
+    const c = await pair.client(pair.standby);
+    try {
+      await c.query(`ALTER SYSTEM SET citus.use_secondary_nodes = '${value}'`);
+      await c.query('SELECT pg_reload_conf()');
+    } finally {
+      await c.end();
+    }
+    await waitFor(async () => {
+      const n = await pair.client(pair.standby);
+      try {
+        return (await n.query<{ v: string | null }>("SELECT current_setting('citus.use_secondary_nodes', true) AS v")).rows[0]?.v === value;
+      } finally {
+        await n.end();
+      }
+    }, { timeoutMs: 5000, what: `new sessions on the standby to see ${value}` });
+  }
+
+  test('while its secondaries are not healthy it looks every 20 ms, on kept sessions: dozens of looks open a handful of sessions', async () => {
+    // no pg_dist_node on this pair: the gate says broken (no group has a primary row), the fast looks run
+    await setOnStandby('always');
+    const cfg = cfgFor(pair.standby.port);
+    const { log, lines } = captureLog();
+    const before = await sessionsSoFar();
+    const keeper = new LocalNodeKeeper(cfg, { log, retry: () => undefined, currentView: replicaView });
+    keeper.offer(replicaView());
+    await new Promise((r) => setTimeout(r, 1500));
+    await keeper.stop(async () => replicaView());
+    const looks = lines.filter((l) => l.msg === 'self-check done').length;
+    // let the closed sessions' statistics reach the shared counters
+    await new Promise((r) => setTimeout(r, 300));
+    const opened = (await sessionsSoFar()) - before - 1;
+    assert.ok(looks >= 20, `it looked often: ${looks} looks in 1.5 s`);
+    assert.ok(opened <= 8, `${looks} looks opened ${opened} sessions (kept ones, one new session to read the live value, one to prove the flip)`);
+    assert.ok(
+      lines.some((l) => /^self-check: repaired drift: use_secondary_nodes always -> never on 127\.0\.0\.1:\d+, terminated \d+ client sessions?$/.test(l.msg)),
+      `the flip to never happened: ${lines.map((l) => l.msg).join(' | ')}`,
+    );
+  });
+
+  test('a live-value hint equal to the wanted value is not trusted: the change still happens and old sessions go', async () => {
+    await setOnStandby('always');
+    const cfg = cfgFor(pair.standby.port);
+    const old = await pair.client(pair.standby, { applicationName: 'app-with-always' });
+    const client = await pgConnect(cfg, { purpose: 'callback' });
+    try {
+      const r = await ensureUseSecondaryNodes(client, 'never', cfg, { info: () => undefined, warn: () => undefined }, { liveHint: 'never' });
+      assert.equal(r.previous, 'always', 'the live value was read in a new session');
+      assert.ok(r.terminated >= 1, `the old session was terminated (${r.terminated})`);
+      await assert.rejects(old.query('SELECT 1'), 'the session that carried always is gone');
+    } finally {
+      await client.end().catch(() => undefined);
+      await old.end().catch(() => undefined);
+    }
+  });
+});
+
 describe('use_secondary_nodes = always racing a promotion', () => {
   test('a node promoted between the check and the reload does not get always; the files say never again', async () => {
     const cfg = cfgFor(pair.standby.port);
