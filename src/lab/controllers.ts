@@ -67,6 +67,9 @@ export async function startControllers(dir: string, opts: StartControllersOption
   const members = opts.members ? opts.members.map((n) => cn.members.find((m) => m.name === n) ?? badMember(n, cn.members)) : cn.members;
   const running = labControllers(state).filter((c) => isAliveWith(c.pid, c.configFile));
   const started: LabController[] = [];
+  // how each started child ended, from its own exit event (a /proc look can catch a process in
+  // the middle of its exec, with an empty command line, and take it for gone)
+  const exits = new Map<number, string>();
   for (const m of members) {
     const configFile = writeMemberControllerConfig(state, m, { runAs: state.runAs ?? null, ...(opts.configure ? { edit: opts.configure } : {}) });
     // a new number per start on this member: a restarted controller gets its own log
@@ -95,6 +98,8 @@ export async function startControllers(dir: string, opts: StartControllersOption
     closeSync(fd);
     child.unref();
     if (!child.pid) throw new UserError(`could not start the controller for ${m.name}`);
+    const pid = child.pid;
+    child.once('exit', (code, sig) => exits.set(pid, sig ? `killed by ${sig}` : `exit code ${code}`));
     started.push({ member: m.name, pid: child.pid, configFile, logFile, socket });
   }
   setControllers(state, [...running, ...started]);
@@ -102,12 +107,31 @@ export async function startControllers(dir: string, opts: StartControllersOption
   const deadline = Date.now() + (opts.timeoutMs ?? 30000);
   for (const c of started) {
     while (!(existsSync(c.logFile) && readFileSync(c.logFile, 'utf8').includes('topology source started'))) {
-      if (!isAliveWith(c.pid, c.configFile)) throw new UserError(`the controller for ${c.member} exited; see ${c.logFile}`);
+      const how = exits.get(c.pid);
+      if (how !== undefined) throw new UserError(`the controller for ${c.member} exited (${how}) before its topology source started: ${lastLogLine(c.logFile)} (see ${c.logFile})`);
       if (Date.now() > deadline) throw new UserError(`the controller for ${c.member} did not start in time; see ${c.logFile}`);
       await sleep(50);
     }
   }
   return started;
+}
+
+/** The last line of a controller's log (its message when it is a JSON line), for an error. */
+function lastLogLine(file: string): string {
+  let text = '';
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch {
+    return 'no log';
+  }
+  const last = text.trim().split('\n').pop() ?? '';
+  if (last === '') return 'empty log';
+  try {
+    const j = JSON.parse(last) as { msg?: unknown; err?: unknown };
+    return [j.msg, j.err].filter((x) => typeof x === 'string').join(': ') || last;
+  } catch {
+    return last;
+  }
 }
 
 function badMember(name: string, members: LabMember[]): never {
