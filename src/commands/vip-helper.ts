@@ -65,14 +65,15 @@ export async function runVipHelper(opts: VipHelperCommandOptions): Promise<void>
       throw msg === refusals.notASocket || msg === refusals.inUse ? new UserError(msg) : err;
     }
   }
-  const helper = serveVipHelper(server, { vips: [{ address: vip.address, prefix: vip.prefix, interface: vip.interface }], log });
+  const vips = [vip.address, ...(vip.ro !== undefined ? [vip.ro] : [])].map((address) => ({ address, prefix: vip.prefix, interface: vip.interface }));
+  const helper = serveVipHelper(server, { vips, log });
   log.info(
     { address: vip.address, prefix: vip.prefix, interface: vip.interface, socket: created?.path ?? `fd ${String(fd)} (systemd)` },
-    `vip-helper: serving ${vip.address}/${vip.prefix} on ${vip.interface} at ${created?.path ?? 'the socket systemd passed'}`,
+    `vip-helper: serving ${vips.map((v) => `${v.address}/${v.prefix}`).join(' and ')} on ${vip.interface} at ${created?.path ?? 'the socket systemd passed'}`,
   );
   await new Promise<void>((resolve) => {
     const stop = (sig: string): void => {
-      log.info({ signal: sig }, `vip-helper: ${sig}: stopping (the VIP is left as it is)`);
+      log.info({ signal: sig }, `vip-helper: ${sig}: stopping (addresses bound without a hold are left as they are)`);
       void helper.close().then(() => {
         created?.release();
         resolve();

@@ -7,6 +7,7 @@ import { readFileSync } from 'node:fs';
 import { dirname, isAbsolute, resolve } from 'node:path';
 import yaml from 'js-yaml';
 import type { z } from 'zod';
+import { canonicalAddress } from '../net/address.js';
 import { ConfigError } from '../util/errors.js';
 import { citusSchema, fileSchema } from './schema.js';
 import { DEFAULT_MAX_REPLICA_LAG, type ControllerConfig, type DcsConfig, type HostPort } from './types.js';
@@ -118,6 +119,24 @@ function checkWorkerVips(workers: ReadonlyArray<{ vip?: { rw: HostPort; ro: Host
   });
 }
 
+/**
+ * citus.vip's addresses: the read/write one as `rw` or `address` (one of them, not both
+ * different), the read-only one distinct from it and of the same family.
+ */
+function vipAddresses(v: { address?: string | undefined; rw?: string | undefined; ro?: string | undefined }): { address: string; ro?: string } {
+  if (v.address !== undefined && v.rw !== undefined && canonicalAddress(v.address) !== canonicalAddress(v.rw)) {
+    throw new ConfigError('citus.vip.rw', `${v.rw} differs from citus.vip.address (${v.address}): they are the same setting, give one`);
+  }
+  const rw = v.rw ?? v.address;
+  if (rw === undefined) throw new ConfigError('citus.vip.rw', 'missing: the read/write VIP (rw:, or its older name address:)');
+  if (v.ro === undefined) return { address: rw };
+  if (canonicalAddress(v.ro) === canonicalAddress(rw)) {
+    throw new ConfigError('citus.vip.ro', `${v.ro} is also the read/write VIP (citus.vip.rw): the read-only VIP needs an address of its own`);
+  }
+  if (v.ro.includes(':') !== rw.includes(':')) throw new ConfigError('citus.vip.ro', `${v.ro} and the read/write VIP ${rw} are of different IP families: they share one prefix length`);
+  return { address: rw, ro: v.ro };
+}
+
 /** Builds the validated, normalized config from an already parsed YAML document. */
 export function configFromObject(doc: unknown, file: string): ControllerConfig {
   if (doc === null || typeof doc !== 'object' || Array.isArray(doc)) {
@@ -174,7 +193,20 @@ export function configFromObject(doc: unknown, file: string): ControllerConfig {
   }
 
   const su = top.postgresql.authentication.superuser;
-  const vip = citus.vip;
+  const vip = citus.vip ? { ...citus.vip, ...vipAddresses(citus.vip) } : undefined;
+  const nodeScope = citus.node_scope ?? top.scope;
+  if (!scopes.has(nodeScope)) {
+    throw new ConfigError('citus.node_scope', `"${nodeScope}" is neither the coordinator's scope (${top.scope}) nor a worker group's (${[...scopes].filter((x) => x !== top.scope).join(', ') || 'none listed'})`);
+  }
+  // a node of a group in VIP mode keeps the very addresses its rows name
+  const rows = citus.workers.find((w) => w.scope === nodeScope)?.vip;
+  if (vip && rows) {
+    for (const [kind, mine, row] of [['rw', vip.address, rows.rw.host], ['ro', vip.ro, rows.ro.host]] as const) {
+      if (mine !== undefined && canonicalAddress(mine) !== canonicalAddress(row)) {
+        throw new ConfigError(`citus.vip.${kind}`, `${mine} is not the ${kind} VIP that group ${nodeScope}'s rows name (citus.workers[].vip.${kind}: ${row})`);
+      }
+    }
+  }
   return {
     file,
     shape: looksLikePatroni(raw) ? 'patroni' : 'standalone',
@@ -213,6 +245,7 @@ export function configFromObject(doc: unknown, file: string): ControllerConfig {
         ? {
             vip: {
               address: vip.address,
+              ...(vip.ro !== undefined ? { ro: vip.ro } : {}),
               prefix: vip.prefix ?? (vip.address.includes(':') ? 128 : 32),
               interface: vip.interface,
               keepOnStop: vip.keep_on_stop ?? false,
@@ -220,6 +253,7 @@ export function configFromObject(doc: unknown, file: string): ControllerConfig {
             },
           }
         : {}),
+      nodeScope,
       terminateExclude: {
         users: citus.terminate_exclude?.users ?? [],
         applicationNames: citus.terminate_exclude?.application_names ?? [],

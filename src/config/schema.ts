@@ -96,11 +96,17 @@ export const workerSchema = z
   })
   .strict();
 
+const vipIp = z.string({ error: 'expected an IP address' }).refine((s) => isIpAddress(s), {
+  error: 'not an IP address',
+});
+
 export const vipSchema = z
   .object({
-    address: z.string({ error: 'expected an IP address' }).refine((s) => isIpAddress(s), {
-      error: 'not an IP address',
-    }),
+    /** The read/write VIP (`rw` is the same setting; give one of them). */
+    address: vipIp.optional(),
+    rw: vipIp.optional(),
+    /** The read-only VIP of this node's group (the node agent keeps it on one healthy replica). */
+    ro: vipIp.optional(),
     prefix: z.number({ error: 'expected a prefix length' }).int().min(1).max(128).optional(),
     interface: z
       .string({ error: 'expected an interface name' })
@@ -149,6 +155,7 @@ export const citusSchema = z
     coordinator_nodes: z.array(hostPort(5432), { error: 'expected a list of host:port' }).optional(),
     coordinator_rest: z.array(hostPort(8008), { error: 'expected a list of host:port (Patroni REST API addresses)' }).optional(),
     confirm_promotion: z.boolean({ error: 'expected true or false' }).optional(),
+    node_scope: scopeName.optional(),
     vip: vipSchema.optional(),
     socket: z
       .string({ error: 'expected an absolute path (string)' })

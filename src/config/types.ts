@@ -37,7 +37,10 @@ export interface DcsConfig {
 }
 
 export interface VipConfig {
+  /** The read/write VIP (citus.vip.rw, or its older name citus.vip.address). */
   address: string;
+  /** The read-only VIP of this node's group (citus.vip.ro): held by one healthy replica, else the primary (the node agent). */
+  ro?: string;
   prefix: number;
   interface: string;
   keepOnStop: boolean;
@@ -90,6 +93,11 @@ export interface CitusConfig {
    */
   secondaryHoldDownMs: number;
   vip?: VipConfig;
+  /**
+   * Patroni scope of the group THIS node belongs to (citus.node_scope): the coordinator's
+   * (`scope`, the default) or one of citus.workers[].scope. The node agent keeps this group's VIPs.
+   */
+  nodeScope: string;
   /** Sessions never terminated after a use_secondary_nodes flip. */
   terminateExclude: { users: string[]; applicationNames: string[] };
   /** Patroni REST API port used where only a host is known (REST source). */

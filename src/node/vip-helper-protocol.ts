@@ -3,8 +3,13 @@
  * configured for? Pure (no I/O).
  *
  * One request per connection, one JSON line each way:
- *   -> {"op":"bind"|"unbind"|"garp"|"status","address":"192.0.2.10","prefix":32,"interface":"eth0","count":3,"intervalMs":150}
+ *   -> {"op":"bind"|"unbind"|"garp"|"status","address":"192.0.2.10","prefix":32,"interface":"eth0","count":3,"intervalMs":150,"holdMs":4000}
  *   <- {"ok":true,"changed":true,"removed":["192.0.2.10/32"],"sent":3,"bound":true} | {"ok":false,"error":"one line"}
+ *
+ * `holdMs` (bind only): the helper releases the address by itself `holdMs` after this request
+ * unless a later bind with holdMs moves that deadline (a bind without it, or an unbind, clears
+ * it). The node agent binds so, renewing while it may hold the address: an agent that is killed,
+ * or frozen, cannot keep a VIP past the time its lease entitles it to.
  *
  * `status` (is exactly address/prefix on the interface?) is asked of the helper too: the interface
  * is the helper's, which may live in another network namespace than the caller.
@@ -29,6 +34,8 @@ export interface HelperRequest extends HelperVip {
   /** garp only: announcements (1-5) and their interval (10-500 ms). */
   count?: number;
   intervalMs?: number;
+  /** bind only: release by itself this long after the request unless renewed (HOLD_MIN_MS-HOLD_MAX_MS). */
+  holdMs?: number;
 }
 
 export type HelperReply =
@@ -40,6 +47,8 @@ export const MAX_REQUEST_BYTES = 1024;
 export const GARP_MAX_COUNT = 5;
 export const GARP_MIN_INTERVAL_MS = 10;
 export const GARP_MAX_INTERVAL_MS = 500;
+export const HOLD_MIN_MS = 1;
+export const HOLD_MAX_MS = 600000;
 
 const OPS: readonly HelperOp[] = ['bind', 'unbind', 'garp', 'status'];
 
@@ -83,6 +92,14 @@ export function checkHelperRequest(line: string, allowed: readonly HelperVip[]):
     }
     request.count = count;
     request.intervalMs = intervalMs;
+  }
+  if (raw.holdMs !== undefined) {
+    const holdMs = raw.holdMs;
+    if (op !== 'bind') return { ok: false, error: 'refused: holdMs goes with bind only' };
+    if (typeof holdMs !== 'number' || !Number.isInteger(holdMs) || holdMs < HOLD_MIN_MS || holdMs > HOLD_MAX_MS) {
+      return { ok: false, error: `refused: holdMs must be a whole number ${HOLD_MIN_MS}-${HOLD_MAX_MS}` };
+    }
+    request.holdMs = holdMs;
   }
   return { ok: true, request };
 }

@@ -7,7 +7,9 @@
  * database superuser's `COPY ... PROGRAM` cannot reach the network stack.
  *
  * Binds and releases run one at a time in arrival order (a release is never overtaken by an older
- * bind). Announcements run beside them and only while the address is bound.
+ * bind). Announcements run beside them and only while the address is bound. A bind with `holdMs`
+ * arms a deadline at which the helper releases the address itself (see vip-helper-protocol.ts);
+ * the release at the deadline queues like any other, so a renewal that arrived first wins.
  */
 import type { Server, Socket } from 'node:net';
 import { bind, gratuitousArp, hasAddress, unbind, type VipOptions } from './vip.js';
@@ -45,12 +47,66 @@ export function serveVipHelper(server: Server, opts: VipHelperOptions): VipHelpe
     return p;
   };
 
+  /** Armed deadlines per VIP (helperVipText): when the helper releases it by itself. */
+  const holds = new Map<string, { until: number; timer: NodeJS.Timeout }>();
+  const disarm = (key: string): void => {
+    const h = holds.get(key);
+    if (h) clearTimeout(h.timer);
+    holds.delete(key);
+  };
+  const arm = (spec: HelperVip, holdMs: number): void => {
+    const key = helperVipText(spec);
+    disarm(key);
+    const until = Date.now() + holdMs;
+    const timer = setTimeout(() => {
+      void serial(async () => {
+        // a renewal queued before this release moved the deadline: nothing to do
+        const h = holds.get(key);
+        if (!h || h.until !== until) return;
+        holds.delete(key);
+        const r = await unbind(spec, vipOptions);
+        opts.log.warn({ op: 'hold-expired', address: spec.address, prefix: spec.prefix, interface: spec.interface, removed: r.removed }, `vip-helper: ${key}: not renewed within its hold of ${holdMs} ms: ${r.changed ? `released ${r.removed.join(', ')}` : 'was not bound'}`);
+      }).catch((err: unknown) => opts.log.warn({ op: 'hold-expired', address: spec.address, error: err instanceof Error ? err.message : String(err) }, `vip-helper: ${key}: hold expired, release failed: ${err instanceof Error ? err.message : String(err)}`));
+    }, holdMs);
+    timer.unref?.();
+    holds.set(key, { until, timer });
+  };
+
   const perform = async (req: HelperRequest): Promise<HelperReply> => {
     // the helper's own spec, never a `helper` field: it acts itself
     const spec = { address: req.address, prefix: req.prefix, interface: req.interface };
+    const key = helperVipText(spec);
     try {
-      if (req.op === 'bind') return { ok: true, ...(await serial(() => bind(spec, vipOptions))) };
-      if (req.op === 'unbind') return { ok: true, ...(await serial(() => unbind(spec, vipOptions))) };
+      if (req.op === 'bind') {
+        // the deadline counts from the request's arrival, not from when the queue reached it
+        const arrived = Date.now();
+        return {
+          ok: true,
+          ...(await serial(async () => {
+            const r = await bind(spec, vipOptions);
+            if (req.holdMs === undefined) disarm(key);
+            else {
+              const left = req.holdMs - (Date.now() - arrived);
+              if (left <= 0) {
+                disarm(key);
+                await unbind(spec, vipOptions);
+                throw new Error(`bind ${key}: its hold of ${req.holdMs} ms ran out while it waited in line: released`);
+              }
+              arm(spec, left);
+            }
+            return r;
+          })),
+        };
+      }
+      if (req.op === 'unbind') {
+        return {
+          ok: true,
+          ...(await serial(async () => {
+            disarm(key);
+            return unbind(spec, vipOptions);
+          })),
+        };
+      }
       if (req.op === 'status') return { ok: true, bound: await hasAddress(spec, vipOptions) };
       if (!(await hasAddress(spec, vipOptions))) return { ok: false, error: `gratuitous ARP for ${spec.address} on ${spec.interface}: not bound here, nothing announced` };
       const { timeoutMs: _perIpRun, ...arpOptions } = vipOptions;
@@ -109,7 +165,25 @@ export function serveVipHelper(server: Server, opts: VipHelperOptions): VipHelpe
     close: () =>
       new Promise<void>((resolve) => {
         server.close(() => resolve());
-      }).then(() => queue.then(() => undefined)),
+      })
+        .then(() => queue.then(() => undefined))
+        .then(async () => {
+          // an address bound with a hold is only right while somebody renews it, and a stopped
+          // helper cannot enforce its deadline: it goes now (the agent binds it again through the
+          // restarted helper on its next renewal). Addresses bound without a hold stay.
+          const held = [...holds.keys()];
+          for (const key of held) {
+            const spec = opts.vips.find((v) => helperVipText(v) === key);
+            disarm(key);
+            if (!spec) continue;
+            try {
+              const r = await unbind(spec, vipOptions);
+              opts.log.info({ op: 'stop', address: spec.address, removed: r.removed }, `vip-helper: stopping: ${key} was held (bound with a hold): ${r.changed ? 'released' : 'was not bound'}`);
+            } catch (err) {
+              opts.log.warn({ op: 'stop', address: spec.address, error: err instanceof Error ? err.message : String(err) }, `vip-helper: stopping: ${key}: release failed: ${err instanceof Error ? err.message : String(err)}`);
+            }
+          }
+        }),
   };
 }
 

@@ -153,13 +153,23 @@ export async function hasAddress(vip: VipSpec, opts: VipOptions = {}): Promise<b
   return list !== null && list.includes(`${canonicalAddress(vip.address)}/${vip.prefix}`);
 }
 
+export interface BindOptions extends VipOptions {
+  /**
+   * Through the VIP helper only: the helper releases the address by itself this long after the
+   * request unless a later bind with holdMs renews it (see vip-helper-protocol.ts).
+   */
+  holdMs?: number;
+}
+
 /** Adds the address unless it is there already. `changed` says whether this call added it. */
-export async function bind(vip: VipSpec, opts: VipOptions = {}): Promise<{ changed: boolean }> {
+export async function bind(vip: VipSpec, opts: BindOptions = {}): Promise<{ changed: boolean }> {
   const timeoutMs = opts.timeoutMs ?? 1000;
   if (vip.helper) {
-    const r = await helperOrThrow(vip.helper, { op: 'bind', ...specOf(vip) }, 3 * timeoutMs, `cannot bind ${vipText(vip)} on ${vip.interface}`);
+    const hold = opts.holdMs !== undefined ? { holdMs: Math.max(1, Math.round(opts.holdMs)) } : {};
+    const r = await helperOrThrow(vip.helper, { op: 'bind', ...specOf(vip), ...hold }, 3 * timeoutMs, `cannot bind ${vipText(vip)} on ${vip.interface}`);
     return { changed: r.changed === true };
   }
+  if (opts.holdMs !== undefined) throw new VipError(`cannot bind ${vipText(vip)} on ${vip.interface} with a hold: only the VIP helper keeps a deadline (set citus.vip.helper)`);
   const list = await listAddresses(vip.interface, opts);
   if (list === null) throw new VipError(`cannot bind ${vipText(vip)}: interface ${vip.interface} does not exist`);
   if (list.includes(`${canonicalAddress(vip.address)}/${vip.prefix}`)) return { changed: false };

@@ -36,7 +36,7 @@ let pgUid = 0;
 let pgGid = 0;
 let seq = 0;
 
-function writeConfig(vip: { address: string; interface: string; helper?: string }): string {
+function writeConfig(vip: { address: string; ro?: string; interface: string; helper?: string }): string {
   const file = join(work, `config-${++seq}.yml`);
   const doc = {
     scope: 'cn',
@@ -201,6 +201,46 @@ describe('VIP helper: the capability lives in the helper only', () => {
       assert.deepEqual(rel.removed, [`${VIP}/32`]);
       assert.deepEqual(await ns.addresses(), []);
       await status(false);
+    } finally {
+      await helper.stop();
+    }
+  });
+
+  test('holds: a bind with holdMs is released by the helper itself unless renewed; unbind, or a bind without it, clears the deadline; a stopping helper releases what it holds', async () => {
+    const RO = '192.0.2.11';
+    const sock = join(socketDir(), 'vip.sock');
+    const cfg = writeConfig({ address: VIP, ro: RO, interface: ns.iface, helper: sock });
+    let helper = await startHelper(ns, cfg, { socket: sock });
+    const ask = async (o: Record<string, unknown>) => JSON.parse(await rawRequest(sock, `${JSON.stringify({ prefix: 32, interface: ns.iface, ...o })}\n`)) as { ok: boolean; error?: string };
+    const has = async (a: string) => (await ns.addresses()).includes(`${a}/32`);
+    try {
+      // both addresses of its config are served
+      assert.deepEqual(await ask({ op: 'bind', address: VIP }), { ok: true, changed: true });
+      const t0 = Date.now();
+      assert.deepEqual(await ask({ op: 'bind', address: RO, holdMs: 1500 }), { ok: true, changed: true });
+      // renewed 800 ms later: still bound past the first deadline
+      await new Promise((r) => setTimeout(r, 800));
+      assert.deepEqual(await ask({ op: 'bind', address: RO, holdMs: 1500 }), { ok: true, changed: false });
+      await new Promise((r) => setTimeout(r, 1700 - (Date.now() - t0)));
+      assert.equal(await has(RO), true, 'renewed within its hold: still bound past the first deadline');
+      // not renewed: gone by its deadline (1500 ms after the last renewal), the other address stays
+      await waitFor(async () => !(await has(RO)), { timeoutMs: 2000, what: () => `${RO} released at the end of its hold` });
+      assert.equal(await has(VIP), true, 'an address bound without a hold stays');
+      assert.match(helper.output(), new RegExp(`vip-helper: ${RO}/32 on ${ns.iface}: not renewed within its hold of \\d+ ms: released ${RO}/32`));
+      // unbind clears the deadline: a later bind without a hold is not released by an old timer
+      assert.equal((await ask({ op: 'bind', address: RO, holdMs: 300 })).ok, true);
+      assert.equal((await ask({ op: 'bind', address: RO })).ok, true);
+      await new Promise((r) => setTimeout(r, 600));
+      assert.equal(await has(RO), true, 'a bind without holdMs cleared the deadline');
+      assert.equal((await ask({ op: 'unbind', address: RO })).ok, true);
+      // a held address goes when the helper stops; one bound without a hold stays
+      assert.equal((await ask({ op: 'bind', address: RO, holdMs: 60000 })).ok, true);
+      await helper.stop();
+      assert.equal(await has(RO), false, 'the held address was released when the helper stopped');
+      assert.equal(await has(VIP), true, 'the address without a hold stays when the helper stops');
+      helper = await startHelper(ns, cfg, { socket: sock });
+      assert.equal((await ask({ op: 'unbind', address: VIP })).ok, true);
+      assert.deepEqual(await ns.addresses(), []);
     } finally {
       await helper.stop();
     }

@@ -123,6 +123,20 @@ describe('config: the standalone citus-controller.yml', () => {
     assert.equal(loadConfig(file).citus.socket, '/run/lab/cn-1/controller.sock');
   });
 
+  test('citus.vip: rw (or its older name address) and ro; citus.node_scope defaults to the coordinator scope', () => {
+    const d = baseDoc();
+    (d.citus as Record<string, unknown>).vip = { rw: '192.0.2.11', ro: '192.0.2.12', interface: 'eth0', prefix: 24 };
+    const c = configFromObject(d, 'x.yml');
+    assert.deepEqual(c.citus.vip, { address: '192.0.2.11', ro: '192.0.2.12', prefix: 24, interface: 'eth0', keepOnStop: false });
+    assert.equal(c.citus.nodeScope, 'cn');
+    const old = baseDoc();
+    (old.citus as Record<string, unknown>).vip = { address: '192.0.2.11', interface: 'eth0' };
+    assert.deepEqual(configFromObject(old, 'x.yml').citus.vip, { address: '192.0.2.11', prefix: 32, interface: 'eth0', keepOnStop: false });
+    const w = baseDoc();
+    Object.assign(w.citus as Record<string, unknown>, { node_scope: 'wk1', workers: [{ groupid: 1, scope: 'wk1' }] });
+    assert.equal(configFromObject(w, 'x.yml').citus.nodeScope, 'wk1');
+  });
+
   test('etcd hosts as a comma-separated string, IPv6 and default port', () => {
     const doc = baseDoc();
     doc.etcd3 = { hosts: '127.0.0.1:2379, [::1]:2380,localhost' };
@@ -209,6 +223,22 @@ const badCases: BadCase[] = [
   ['etcd srv', (d) => (d.etcd3 = { srv: 'example.com' }), /^citus-controller: config error: etcd3\.srv: SRV discovery is not supported/],
   ['bad etcd host', (d) => (d.etcd3 = { hosts: ['127.0.0.1:2379', 'nope nope'] }), /^citus-controller: config error: etcd3\.hosts: "nope nope" has an invalid host name$/],
   ['bad vip address', (d) => (citus(d).vip = { address: '10.0.0.300', interface: 'eth0' }), /^citus-controller: config error: citus\.vip\.address: not an IP address$/],
+  ['vip without rw', (d) => (citus(d).vip = { ro: '192.0.2.12', interface: 'eth0' }), /^citus-controller: config error: citus\.vip\.rw: missing: the read\/write VIP \(rw:, or its older name address:\)$/],
+  ['vip rw and address differ', (d) => (citus(d).vip = { rw: '192.0.2.11', address: '192.0.2.13', interface: 'eth0' }), /^citus-controller: config error: citus\.vip\.rw: 192\.0\.2\.11 differs from citus\.vip\.address \(192\.0\.2\.13\): they are the same setting, give one$/],
+  ['vip rw == ro', (d) => (citus(d).vip = { rw: '192.0.2.11', ro: '192.0.2.11', interface: 'eth0' }), /^citus-controller: config error: citus\.vip\.ro: 192\.0\.2\.11 is also the read\/write VIP \(citus\.vip\.rw\): the read-only VIP needs an address of its own$/],
+  ['vip rw == ro in other spellings', (d) => (citus(d).vip = { rw: '2001:db8::1', ro: '2001:DB8:0::1', interface: 'eth0' }), /^citus-controller: config error: citus\.vip\.ro: 2001:DB8:0::1 is also the read\/write VIP/],
+  ['vip ro not an address', (d) => (citus(d).vip = { rw: '192.0.2.11', ro: 'ro-vip.example', interface: 'eth0' }), /^citus-controller: config error: citus\.vip\.ro: not an IP address$/],
+  ['vip ro of another family', (d) => (citus(d).vip = { rw: '192.0.2.11', ro: '2001:db8::1', interface: 'eth0' }), /^citus-controller: config error: citus\.vip\.ro: 2001:db8::1 and the read\/write VIP 192\.0\.2\.11 are of different IP families/],
+  ['unknown node_scope', (d) => (citus(d).node_scope = 'wk9'), /^citus-controller: config error: citus\.node_scope: "wk9" is neither the coordinator's scope \(\w+\) nor a worker group's/],
+  [
+    'node VIP not the one its group\'s rows name',
+    (d) => {
+      citus(d).workers = [{ groupid: 1, scope: 'wk1', vip: { rw: '192.0.2.11', ro: '192.0.2.12' } }];
+      citus(d).node_scope = 'wk1';
+      citus(d).vip = { rw: '192.0.2.11', ro: '192.0.2.13', interface: 'eth0' };
+    },
+    /^citus-controller: config error: citus\.vip\.ro: 192\.0\.2\.13 is not the ro VIP that group wk1's rows name \(citus\.workers\[\]\.vip\.ro: 192\.0\.2\.12\)$/,
+  ],
   ['bad vip interface', (d) => (citus(d).vip = { address: '10.0.0.3', interface: 'eth0; reboot' }), /^citus-controller: config error: citus\.vip\.interface: not a valid interface name/],
   ['relative vip helper socket', (d) => (citus(d).vip = { address: '10.0.0.3', interface: 'eth0', helper: 'vip.sock' }), /^citus-controller: config error: citus\.vip\.helper: must be an absolute path \(the VIP helper's unix socket\)$/],
   [
