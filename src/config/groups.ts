@@ -22,6 +22,17 @@ export function coordinatorLeaderKey(cfg: Pick<ControllerConfig, 'namespace' | '
   return `${scopePrefix(cfg, cfg.scope)}leader`;
 }
 
+/**
+ * The leader keys whose renewals a read dates (GroupView.leaderRenewedAgoMs), key -> scope: the
+ * coordinator's (the watch daemon's VIP fence) and that of the group this node belongs to
+ * (citus.node_scope: the node agent's read/write VIP fence); one entry when they are the same.
+ */
+export function datedLeaderKeys(cfg: Pick<ControllerConfig, 'namespace' | 'scope' | 'citus'>): Map<string, string> {
+  const out = new Map<string, string>([[coordinatorLeaderKey(cfg), cfg.scope]]);
+  out.set(`${scopePrefix(cfg, cfg.citus.nodeScope)}leader`, cfg.citus.nodeScope);
+  return out;
+}
+
 /** `/<namespace>/`: the prefix of every scope, what the one DCS watch and full read cover. */
 export function namespacePrefix(cfg: Pick<ControllerConfig, 'namespace'>): string {
   return `/${cfg.namespace}/`;

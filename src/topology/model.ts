@@ -44,8 +44,9 @@ export interface GroupView {
    * How long before the read the leader key was last renewed (ms), from its etcd lease (granted TTL
    * minus the TTL left): a leader key that still exists but is no longer renewed (Patroni killed)
    * expires `ttl` after its last renewal, and only then can another member take it. Set for the
-   * coordinator group by full reads of the etcd3 source (lease) and by the etcd2 source (the
-   * seconds the key has left); undefined: the source cannot tell. A clock reading, not topology:
+   * coordinator group and for the group of this node (citus.node_scope) by full reads of the etcd3
+   * source (lease) and by the etcd2 source (the seconds the key has left); undefined: the source
+   * cannot tell. A clock reading, not topology:
    * left out of groupSignature, like lag.
    */
   leaderRenewedAgoMs?: number;

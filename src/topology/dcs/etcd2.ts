@@ -19,7 +19,7 @@
  * says `reconnected`.
  */
 import { formatHostPort } from '../../net/address.js';
-import { coordinatorLeaderKey, scopePrefix } from '../../config/groups.js';
+import { datedLeaderKeys, scopePrefix } from '../../config/groups.js';
 import { type ControllerConfig } from '../../config/types.js';
 import { Backoff } from '../../util/backoff.js';
 import { errorMessage } from '../../util/errors.js';
@@ -209,13 +209,14 @@ export class EtcdV2Reader implements TopologyReader {
   private parse(refs: readonly ScopeRef[], byScope: ReadonlyMap<string, DcsKv[]>): GroupView[] {
     const r = this.dcsScopes.parse(refs, byScope, "etcd's v2 store");
     if (r.citusLayoutFound !== null) this.log.error({ source: 'etcd2', key: r.citusLayoutFound }, citusLayoutMessage(r.citusLayoutFound));
-    // the coordinator's leader key: Patroni writes it with ttl = its ttl on every renewal, so the
+    // the coordinator's leader key and this node's group's: Patroni writes each with ttl = its ttl on every renewal, so the
     // seconds it has left tell when it was last renewed (see GroupView.leaderRenewedAgoMs); etcd
     // rounds the seconds left up, so one more second is counted (the earlier renewal is assumed)
-    const g0 = r.groups.find((g) => g.groupid === 0);
-    const leaderKey = coordinatorLeaderKey(this.cfg);
-    const kv = byScope.get(this.cfg.scope)?.find((x) => x.key === leaderKey);
-    if (g0 && typeof g0.leader === 'string' && kv?.ttl !== undefined) g0.leaderRenewedAgoMs = Math.max(0, this.cfg.citus.ttl - kv.ttl + 1) * 1000;
+    for (const [leaderKey, scope] of datedLeaderKeys(this.cfg)) {
+      const g = r.groups.find((x) => x.scope === scope);
+      const kv = byScope.get(scope)?.find((x) => x.key === leaderKey);
+      if (g && typeof g.leader === 'string' && kv?.ttl !== undefined) g.leaderRenewedAgoMs = Math.max(0, this.cfg.citus.ttl - kv.ttl + 1) * 1000;
+    }
     return r.groups;
   }
 

@@ -26,7 +26,7 @@
  */
 import { Etcd3, type IOptions, type Watcher } from 'etcd3';
 import { formatHostPort } from '../../net/address.js';
-import { coordinatorLeaderKey, scopePrefix } from '../../config/groups.js';
+import { datedLeaderKeys, scopePrefix } from '../../config/groups.js';
 import { type ControllerConfig } from '../../config/types.js';
 import { errorMessage } from '../../util/errors.js';
 import type { Logger } from '../../util/log.js';
@@ -40,9 +40,9 @@ import { flattenV2Node, type DcsKv } from './layout.js';
 import type { ReaderHooks, TopologyReader } from '../reader.js';
 import type { GroupView } from '../model.js';
 
-/** The lease of the coordinator's leader key, as one read saw it (null: not covered; '0': none). */
+/** The leases of the dated leader keys (config/groups.ts datedLeaderKeys), scope -> lease, as one read saw them ('0': none). */
 interface LeaseSeen {
-  lease: string | null;
+  leases: Map<string, string>;
 }
 
 type FaultHandling = NonNullable<IOptions['faultHandling']>;
@@ -118,8 +118,8 @@ export class EtcdV3Reader implements TopologyReader {
   readonly periodMs: number;
   private readonly dcsScopes: DcsScopes;
   private readonly nsPrefix: string;
-  /** The coordinator's leader key: full reads look up its lease (withLeaderLease). */
-  private readonly leaderKey: string;
+  /** The coordinator's leader key and this node's group's, key -> scope: full reads look up their leases (withLeaderLease). */
+  private readonly leaderKeys: Map<string, string>;
   /** The watch's client (all hosts; replaced after a watch error). */
   private client: Etcd3;
   /** One client per host for range reads, so a read that fails on one member can go to the next. */
@@ -152,7 +152,7 @@ export class EtcdV3Reader implements TopologyReader {
     if (!dcs) throw new Error('EtcdV3Reader needs cfg.dcs');
     this.dcsScopes = new DcsScopes(cfg);
     this.nsPrefix = this.dcsScopes.nsPrefix;
-    this.leaderKey = coordinatorLeaderKey(cfg);
+    this.leaderKeys = datedLeaderKeys(cfg);
     this.emptyScopes = new LogOnce({ problem: (text) => this.log.warn({ source: 'etcd' }, text) });
     this.hostsText = dcs.hosts.map(formatHostPort).join(',');
     this.target = `etcd ${this.hostsText}`;
@@ -314,7 +314,8 @@ export class EtcdV3Reader implements TopologyReader {
     const out = new Map<string, DcsKv[]>();
     for (const kv of kvs) {
       const key = kv.key.toString('utf8');
-      if (seen && key === this.leaderKey) seen.lease = kv.lease;
+      const dated = seen ? this.leaderKeys.get(key) : undefined;
+      if (seen && dated !== undefined) seen.leases.set(dated, kv.lease);
       const scope = this.dcsScopes.managedScopeOf(key);
       if (scope === null) continue;
       const entry = { key, value: kv.value.toString('utf8') };
@@ -326,33 +327,36 @@ export class EtcdV3Reader implements TopologyReader {
   }
 
   async read(): Promise<GroupView[]> {
-    const seen: LeaseSeen = { lease: null };
+    const seen: LeaseSeen = { leases: new Map() };
     const byScope = await this.readNamespace(seen);
     return this.withLeaderLease(await this.parse(this.dcsScopes.scopes, byScope), seen);
   }
 
 
   /**
-   * The coordinator group's leaderRenewedAgoMs, from the leader key's lease (one LeaseTimeToLive
-   * on the member that answered the range). Full reads only: that is what the VIP fence's
-   * refresh() does, and the partial re-reads a watch event triggers (a CN failover's hot path)
-   * skip the extra round trip. Without an answer the field stays unset: the fence then counts a
-   * confirmation from the read itself.
+   * leaderRenewedAgoMs of the coordinator group and of this node's group, from their leader keys'
+   * leases (one LeaseTimeToLive each, on the member that answered the range). Full reads only:
+   * that is what the VIP fences' refresh() does, and the partial re-reads a watch event triggers
+   * (a failover's hot path) skip the extra round trips. Without an answer the field stays unset:
+   * a fence then counts a confirmation from the read itself.
    */
   private async withLeaderLease(groups: GroupView[], seen: LeaseSeen): Promise<GroupView[]> {
-    const lease = seen.lease;
-    const g0 = groups.find((g) => g.groupid === 0);
-    if (!g0 || typeof g0.leader !== 'string' || lease === null || lease === '0') return groups;
-    try {
-      const r = await this.readClients[this.current]!.leaseClient.leaseTimeToLive({ ID: lease }, { deadline: Date.now() + this.readTimeoutMs });
-      const left = Number(r.TTL);
-      const granted = Number(r.grantedTTL);
-      // TTL -1: the lease is gone (the key with it, or about to be): renewed "infinitely" long ago
-      if (left < 0) g0.leaderRenewedAgoMs = Number.MAX_SAFE_INTEGER;
-      else if (Number.isFinite(left) && Number.isFinite(granted) && granted > 0) g0.leaderRenewedAgoMs = Math.max(0, granted - left) * 1000;
-    } catch (err) {
-      this.log.debug({ source: 'etcd', lease, err: errorMessage(err) }, 'etcd3: the leader lease could not be read');
-    }
+    await Promise.all(
+      [...seen.leases].map(async ([scope, lease]) => {
+        const g = groups.find((x) => x.scope === scope);
+        if (!g || typeof g.leader !== 'string' || lease === '0') return;
+        try {
+          const r = await this.readClients[this.current]!.leaseClient.leaseTimeToLive({ ID: lease }, { deadline: Date.now() + this.readTimeoutMs });
+          const left = Number(r.TTL);
+          const granted = Number(r.grantedTTL);
+          // TTL -1: the lease is gone (the key with it, or about to be): renewed "infinitely" long ago
+          if (left < 0) g.leaderRenewedAgoMs = Number.MAX_SAFE_INTEGER;
+          else if (Number.isFinite(left) && Number.isFinite(granted) && granted > 0) g.leaderRenewedAgoMs = Math.max(0, granted - left) * 1000;
+        } catch (err) {
+          this.log.debug({ source: 'etcd', scope, lease, err: errorMessage(err) }, 'etcd3: a leader lease could not be read');
+        }
+      }),
+    );
     return groups;
   }
 
