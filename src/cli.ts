@@ -21,6 +21,7 @@ const COMMANDS: Readonly<Record<string, () => Promise<Register>>> = {
   config: () => import('./commands/config-check.js').then((m) => m.registerConfigCommand),
   callback: () => import('./commands/callback.js').then((m) => m.registerCallbackCommand),
   'vip-helper': () => import('./commands/vip-helper.js').then((m) => m.registerVipHelperCommand),
+  agent: () => import('./commands/agent.js').then((m) => m.registerAgentCommand),
   lab: () => import('./lab/cli.js').then((m) => m.registerLabCommand),
 };
 

@@ -15,6 +15,7 @@ import { createLogger } from '../util/log.js';
 import { installProcessHandlers } from '../runtime/process-handlers.js';
 import { groupId, listenOnSocketPath } from '../runtime/unix-listen.js';
 import { serveVipHelper } from '../node/vip-helper.js';
+import { listAddresses } from '../node/vip.js';
 
 interface VipHelperCommandOptions {
   config: string;
@@ -41,6 +42,7 @@ export async function runVipHelper(opts: VipHelperCommandOptions): Promise<void>
   const cfg = loadConfig(opts.config);
   const vip = cfg.citus.vip;
   if (!vip) throw new UserError(`config error: citus.vip: not set in ${opts.config}: the VIP helper has no address to manage`);
+  if ((await listAddresses(vip.interface)) === null) throw new UserError(`config error: citus.vip.interface: ${vip.interface} does not exist on this node`);
   const log = createLogger({ level: opts.logLevel ?? 'info', name: 'citus-controller-vip' });
   installProcessHandlers(log);
   const server = createServer();

@@ -15,8 +15,9 @@
  * primary only while no replica qualifies). It releases (unbind, then delete the key) as soon as
  * it is not; a member takes the key only when it is absent, the first-ranked member at once and
  * the member of rank i after i x `rankDelayMs` of absence (so a first-ranked member whose agent
- * is down does not leave the group without a read-only VIP). Nobody takes it on a stale view or
- * while the group has no running primary.
+ * is down does not leave the group without a read-only VIP); the member that held the key last
+ * is ranked last while the key is absent (its agent died or stopped: nobody waits for it). Nobody
+ * takes it on a stale view or while the group has no running primary.
  */
 import type { HostPort } from '../net/address.js';
 import { pickSecondary, replicaHealth } from '../topology/health.js';
@@ -67,6 +68,12 @@ export interface RoKey {
   mine: boolean;
   /** How long the key has been absent (ms); 0 when it is there. */
   absentForMs: number;
+  /**
+   * The member the key named before it went (null: none seen). While the key is absent it is
+   * ranked last: a holder whose key went without it being unhealthy (its agent was killed, or is
+   * stopping) is not waited for.
+   */
+  lastHolder?: string | null;
 }
 
 export type RoDecision =
@@ -133,7 +140,9 @@ export function roDecision(view: Topology, me: AgentIdentity, key: RoKey, maxLag
     const whose = me.name !== undefined && key.holder === me.name ? `an earlier lease of this member (${showName(key.holder)}); waiting for it to expire` : showName(key.holder);
     return { kind: 'wait', why: `held by ${whose}` };
   }
-  const ranking = roRanking(g, primary, maxLagBytes);
+  const ranked = roRanking(g, primary, maxLagBytes);
+  const last = key.lastHolder ?? null;
+  const ranking = [...ranked.filter((m) => m.name !== last), ...ranked.filter((m) => m.name === last)];
   const rank = ranking.findIndex((m) => m.name === self.name);
   if (rank < 0) {
     const h = replicaHealth(self, primary, Math.floor(maxLagBytes / 2));

@@ -107,3 +107,81 @@ export async function startVipHelperIn(ns: TestNetns, o: { cli: string[]; config
   }
   return { proc: h };
 }
+
+/** One address change seen by AddressWatch. */
+export interface AddressEvent {
+  at: number;
+  ns: string;
+  address: string;
+  bound: boolean;
+}
+
+/**
+ * Who holds which address, per namespace, as it happens: `ip -o monitor address` in each
+ * namespace (one long-lived process each, no polling), seeded by one read. `maxHolders(a)` is the
+ * most namespaces that held `a` at the same moment over the whole watch.
+ */
+export class AddressWatch {
+  readonly events: AddressEvent[] = [];
+  private readonly held = new Map<string, Set<string>>();
+  private readonly max = new Map<string, number>();
+  private readonly procs: ResultPromise[] = [];
+
+  constructor(
+    private readonly spaces: ReadonlyMap<string, TestNetns>,
+    private readonly addresses: readonly string[],
+  ) {}
+
+  private set(ns: string, address: string, bound: boolean): void {
+    let s = this.held.get(address);
+    if (!s) this.held.set(address, (s = new Set()));
+    const had = s.has(ns);
+    if (had === bound) return;
+    if (bound) s.add(ns);
+    else s.delete(ns);
+    this.events.push({ at: Date.now(), ns, address, bound });
+    this.max.set(address, Math.max(this.max.get(address) ?? 0, s.size));
+  }
+
+  async start(): Promise<void> {
+    for (const [name, ns] of this.spaces) {
+      const p = execa('ip', ['-o', '-n', ns.name, 'monitor', 'address'], { reject: false, stdin: 'ignore', stderr: 'ignore', buffer: false });
+      let buf = '';
+      p.stdout?.on('data', (d: Buffer) => {
+        buf += d.toString();
+        let nl;
+        while ((nl = buf.indexOf('\n')) >= 0) {
+          const line = buf.slice(0, nl);
+          buf = buf.slice(nl + 1);
+          for (const a of this.addresses) if (line.includes(` ${ns.iface} `) && line.includes(`inet ${a}/`)) this.set(name, a, !line.startsWith('Deleted'));
+        }
+      });
+      this.procs.push(p);
+    }
+    await new Promise((r) => setTimeout(r, 150));
+    for (const [name, ns] of this.spaces) {
+      const now = await ns.addresses();
+      for (const a of this.addresses) this.set(name, a, now.some((x) => x.startsWith(`${a}/`)));
+    }
+  }
+
+  /** The namespaces holding `address` now. */
+  holders(address: string): string[] {
+    return [...(this.held.get(address) ?? [])].sort();
+  }
+
+  maxHolders(address: string): number {
+    return this.max.get(address) ?? 0;
+  }
+
+  /** When `address` was last bound in `ns` (ms), or null. */
+  boundAt(address: string, ns: string, since = 0): number | null {
+    const e = this.events.filter((x) => x.address === address && x.ns === ns && x.bound && x.at >= since).pop();
+    return e ? e.at : null;
+  }
+
+  async stop(): Promise<void> {
+    for (const p of this.procs) p.kill('SIGTERM');
+    await Promise.all(this.procs.map((p) => p.catch(() => undefined)));
+  }
+}

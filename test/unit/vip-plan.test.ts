@@ -82,6 +82,8 @@ describe('roDecision: the read-only VIP', () => {
     ['no key: the best replica takes it at once', wk1('a', [A(), B(), C()]), 'b', NO_KEY, { kind: 'acquire', why: 'b is first for the read-only VIP' }],
     ['no key: the second replica waits', wk1('a', [A(), B(), C()]), 'c', NO_KEY, { kind: 'wait', why: 'ranked 2 of 3 (after b): takes an absent key after 3000 ms' }],
     ['no key for 3 s: the second replica takes it (the first one\'s agent is down?)', wk1('a', [A(), B(), C()]), 'c', { ...NO_KEY, absentForMs: 3000 }, { kind: 'acquire', why: 'the key has been absent 3000 ms: c (rank 2) takes it' }],
+    ['no key, b held it last (its agent was killed): c takes it at once', wk1('a', [A(), B(), C()]), 'c', { ...NO_KEY, lastHolder: 'b' }, { kind: 'acquire', why: 'c is first for the read-only VIP' }],
+    ['no key, b held it last: b itself is ranked last (its agent came back)', wk1('a', [A(), B(), C()]), 'b', { ...NO_KEY, lastHolder: 'b' }, { kind: 'wait', why: 'ranked 3 of 3 (after c, a): takes an absent key after 6000 ms' }],
     ['no key: the primary waits while a replica is healthy', wk1('a', [A(), B()]), 'a', { ...NO_KEY, absentForMs: 2999 }, { kind: 'wait', why: 'ranked 2 of 2 (after b): takes an absent key after 3000 ms' }],
     ['no key, no healthy replica: the primary takes it', wk1('a', [A(), B({ state: 'stopped' })]), 'a', NO_KEY, { kind: 'acquire', why: 'a is first for the read-only VIP' }],
     ['no key: a lagging replica never takes it', wk1('a', [A(), B({ lagBytes: LAG + 1 })]), 'b', { ...NO_KEY, absentForMs: 60000 }, { kind: 'wait', why: `not eligible: b lags ${LAG + 1} bytes (max_replica_lag ${LAG / 2})` }],

@@ -70,7 +70,7 @@ interface Metadata {
   set(key: string, value: string): void;
 }
 
-function makeClient(options: IOptions): Etcd3 {
+export function makeClient(options: IOptions): Etcd3 {
   const client = new Etcd3(options);
   const auth = (client as unknown as { pool?: { authenticator?: { getMetadata?: () => Promise<Metadata> } } }).pool?.authenticator;
   const original = auth?.getMetadata?.bind(auth);
@@ -86,6 +86,43 @@ function makeClient(options: IOptions): Etcd3 {
 /** Watch reconnect delays: 100, 200, 400, ... capped at maxMs; reset by etcd3 after a successful (re)connect. */
 function watchBackoff(ms: number, maxMs: number): WatchBackoff {
   return { duration: ms, next: () => watchBackoff(Math.min(maxMs, Math.max(100, ms * 2)), maxMs) } as unknown as WatchBackoff;
+}
+
+/**
+ * The options of every etcd3 client of this package (the reader's, the node agent's lease):
+ * the config's hosts, auth and TLS; each unary call bounded by `timeoutMs`; no hidden retries
+ * or circuit breakers (the callers retry on their own schedule).
+ */
+export function etcd3ClientOptions(cfg: ControllerConfig, timeoutMs: number, watchBackoffMaxMs = 2000): IOptions {
+  const dcs = cfg.dcs;
+  if (!dcs) throw new Error('an etcd3 client needs cfg.dcs');
+  const timeout = timeoutMs;
+  return {
+    hosts: dcs.hosts.map((h) => `${dcs.protocol}://${formatHostPort(h)}`),
+    grpcOptions: {
+      'grpc.keepalive_time_ms': 10000,
+      'grpc.keepalive_timeout_ms': 5000,
+      'grpc.keepalive_permit_without_calls': 1,
+      'grpc.max_receive_message_length': 256 * 1024 * 1024,
+    },
+    defaultCallOptions: (ctx) => (ctx.isStream ? {} : { deadline: Date.now() + timeout }),
+    faultHandling: {
+      host: () => passThrough,
+      global: passThrough,
+      watchBackoff: watchBackoff(0, watchBackoffMaxMs),
+    },
+    ...(dcs.username !== undefined ? { auth: { username: dcs.username, password: dcs.password ?? '' } } : {}),
+    // Patroni's cacert / cert / key (read at config load); https without them: the system CAs
+    ...(dcs.tls?.ca || dcs.tls?.cert
+      ? {
+          credentials: {
+            // no cacert: null makes grpc use the system CAs (the typings say Buffer)
+            rootCertificate: (dcs.tls.ca ?? null) as Buffer,
+            ...(dcs.tls.cert && dcs.tls.key ? { certChain: dcs.tls.cert, privateKey: dcs.tls.key } : {}),
+          },
+        }
+      : {}),
+  };
 }
 
 export interface EtcdV3ReaderOptions {
@@ -159,33 +196,7 @@ export class EtcdV3Reader implements TopologyReader {
     this.periodMs = cfg.citus.resyncInterval * 1000;
     this.readTimeoutMs = opts.readTimeoutMs ?? cfg.citus.connectTimeoutMs;
     this.partialRangeMax = opts.partialRangeMax ?? 16;
-    const timeout = this.readTimeoutMs;
-    const options: IOptions = {
-      hosts: dcs.hosts.map((h) => `${dcs.protocol}://${formatHostPort(h)}`),
-      grpcOptions: {
-        'grpc.keepalive_time_ms': 10000,
-        'grpc.keepalive_timeout_ms': 5000,
-        'grpc.keepalive_permit_without_calls': 1,
-        'grpc.max_receive_message_length': 256 * 1024 * 1024,
-      },
-      defaultCallOptions: (ctx) => (ctx.isStream ? {} : { deadline: Date.now() + timeout }),
-      faultHandling: {
-        host: () => passThrough,
-        global: passThrough,
-        watchBackoff: watchBackoff(0, opts.watchBackoffMaxMs ?? 2000),
-      },
-      ...(dcs.username !== undefined ? { auth: { username: dcs.username, password: dcs.password ?? '' } } : {}),
-      // Patroni's cacert / cert / key (read at config load); https without them: the system CAs
-      ...(dcs.tls?.ca || dcs.tls?.cert
-        ? {
-            credentials: {
-              // no cacert: null makes grpc use the system CAs (the typings say Buffer)
-              rootCertificate: (dcs.tls.ca ?? null) as Buffer,
-              ...(dcs.tls.cert && dcs.tls.key ? { certChain: dcs.tls.cert, privateKey: dcs.tls.key } : {}),
-            },
-          }
-        : {}),
-    };
+    const options = etcd3ClientOptions(cfg, this.readTimeoutMs, opts.watchBackoffMaxMs ?? 2000);
     this.clientOptions = options;
     this.client = makeClient(options);
     this.readHosts = dcs.hosts.map(formatHostPort);

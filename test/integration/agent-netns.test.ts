@@ -1,0 +1,251 @@
+/**
+ * The node agent (`citus-controller agent`) on real processes: a lab with wk1 of three members
+ * (etcd, Patroni, PostgreSQL on loopback), and per wk1 member a network namespace this test
+ * creates (interface vip0) with that member's VIP helper inside it, so each member's `ip` and
+ * arping act in its own namespace. The agents run the BUILT CLI (`npm run build` first) in the
+ * root namespace (they reach etcd and PostgreSQL on loopback) and bind through their helpers.
+ * Addresses come from 192.0.2.0/24 only, and only inside those namespaces.
+ *
+ * What a user would see: which namespace holds the read/write VIP and the read-only VIP, from
+ * `ip monitor` in each namespace (no polling: a moment with a VIP on two namespaces is seen).
+ */
+import { after, before, describe, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import yaml from 'js-yaml';
+import { AddressWatch, createNetns, startVipHelperIn, type TestNetns } from '../helpers/netns.js';
+import { newLabDir, runCli, startLab, stopLab } from '../helpers/lab.js';
+import { waitFor } from '../helpers/wait.js';
+import { BUILT_CLI, writeMemberControllerConfig } from '../../src/lab/member-config.js';
+import { currentLeader, labSwitchover, startMember, waitForReplica } from '../../src/lab/ha.js';
+import { loadLabState } from '../../src/lab/state.js';
+import { isAlive, signal, sleep, waitForExit } from '../../src/lab/proc.js';
+import { LAB_DCS_TIMINGS, type LabMember, type LabState } from '../../src/lab/types.js';
+import { roLeaseTtlSeconds } from '../../src/node/ro-lease.js';
+import type { ResultPromise } from 'execa';
+
+const RW = '192.0.2.41';
+const RO = '192.0.2.42';
+const TTL_MS = LAB_DCS_TIMINGS.ttl * 1000;
+const LEASE_MS = roLeaseTtlSeconds(LAB_DCS_TIMINGS.ttl) * 1000;
+
+const dir = newLabDir('agent');
+let state: LabState;
+const spaces = new Map<string, TestNetns>();
+const helpers: ResultPromise[] = [];
+const agents = new Map<string, { pid: number; log: string }>();
+let watch: AddressWatch;
+const notes: string[] = [];
+
+const wk1 = (): LabMember[] => loadLabState(dir).groups.find((g) => g.scope === 'wk1')!.members;
+const memberNamed = (name: string) => wk1().find((m) => m.name === name)!;
+
+function startAgent(m: LabMember): void {
+  const cfg = join(dir, m.name, 'citus-controller.yml');
+  const log = join(dir, m.name, `agent-${Date.now()}.log`);
+  const fd = openSync(log, 'a');
+  const child = spawn(process.execPath, [BUILT_CLI, 'agent', '-c', cfg], { detached: true, stdio: ['ignore', fd, fd], env: { ...process.env, CITUS_CONTROLLER_LOG_LEVEL: 'info' } });
+  closeSync(fd);
+  child.unref();
+  agents.set(m.name, { pid: child.pid!, log });
+}
+
+async function stopAgent(name: string, sig: NodeJS.Signals = 'SIGTERM'): Promise<void> {
+  const a = agents.get(name);
+  if (!a || !isAlive(a.pid)) return;
+  signal(a.pid, sig);
+  await waitForExit([a.pid], 10000);
+}
+
+const agentLog = (name: string) => readFileSync(agents.get(name)!.log, 'utf8');
+
+/** Stops a member's Patroni the way systemd does (SIGTERM: Patroni stops PostgreSQL first). */
+async function stopMember(m: LabMember): Promise<void> {
+  const pid = memberNamed(m.name).patroniPid;
+  if (pid && isAlive(pid)) signal(pid, 'SIGTERM');
+  await waitForExit([pid ?? 0].filter((p) => p > 0), 30000);
+}
+
+const holder = (a: string) => {
+  const h = watch.holders(a);
+  return h.length === 1 ? h[0]! : null;
+};
+
+async function settled(what: string): Promise<{ primary: LabMember; ro: string }> {
+  const s = loadLabState(dir);
+  const primary = await currentLeader(s, 'wk1');
+  await waitFor(() => holder(RW) === primary.name, { timeoutMs: 15000, what: () => `${what}: the read/write VIP on ${primary.name} only (held by ${watch.holders(RW).join(', ') || 'nobody'})` });
+  await waitFor(() => holder(RO) !== null, { timeoutMs: 15000, what: () => `${what}: the read-only VIP on one member (held by ${watch.holders(RO).join(', ') || 'nobody'})` });
+  return { primary, ro: holder(RO)! };
+}
+
+function assertNeverTwo(): void {
+  assert.equal(watch.maxHolders(RW), 1, `the read/write VIP was never on two namespaces: ${JSON.stringify(watch.events.filter((e) => e.address === RW))}`);
+  assert.equal(watch.maxHolders(RO), 1, `the read-only VIP was never on two namespaces: ${JSON.stringify(watch.events.filter((e) => e.address === RO))}`);
+}
+
+before(async () => {
+  assert.ok(existsSync(BUILT_CLI), `${BUILT_CLI} is missing: run \`npm run build\` first`);
+  const t0 = Date.now();
+  state = await startLab({ dir, workers: 1, replicas: 2 });
+  for (const m of wk1()) {
+    const ns = await createNetns();
+    spaces.set(m.name, ns);
+    const socket = join(dir, m.name, 'vip-helper.sock');
+    const config = writeMemberControllerConfig(state, m, {
+      edit: (doc) => {
+        const citus = doc.citus as Record<string, unknown>;
+        citus.node_scope = 'wk1';
+        citus.vip = { rw: RW, ro: RO, prefix: 32, interface: ns.iface, helper: socket };
+      },
+    });
+    helpers.push((await startVipHelperIn(ns, { cli: [process.execPath, BUILT_CLI], config, socket })).proc);
+  }
+  watch = new AddressWatch(spaces, [RW, RO]);
+  await watch.start();
+  for (const m of wk1()) startAgent(m);
+  notes.push(`lab up + namespaces + agents ${Date.now() - t0} ms (lease ttl ${LEASE_MS / 1000} s)`);
+});
+
+after(async () => {
+  for (const name of agents.keys()) await stopAgent(name, 'SIGKILL');
+  await watch?.stop();
+  for (const h of helpers) h.kill('SIGTERM');
+  await Promise.all(helpers.map((h) => h.catch(() => undefined)));
+  for (const ns of spaces.values()) await ns.remove();
+  await stopLab(dir);
+  process.stdout.write(`# ${notes.join('; ')}\n`);
+});
+
+describe('node agent: the read/write VIP on the primary, the read-only VIP on one healthy replica', { timeout: 400000 }, () => {
+  test('steady state: rw on the primary only, ro on one replica only; both announced', async () => {
+    const { primary, ro } = await settled('steady state');
+    assert.notEqual(ro, primary.name, 'the read-only VIP is on a replica while one is healthy');
+    // the agent logs a bind once its helper answered, a moment after the address appeared
+    await waitFor(() => agentLog(primary.name).includes(`read/write VIP ${RW}/32 bound on vip0`), { timeoutMs: 5000, what: `${primary.name} logs the read/write bind` });
+    await waitFor(() => agentLog(ro).includes(`read-only VIP ${RO}/32 bound on vip0`), { timeoutMs: 5000, what: `${ro} logs the read-only bind` });
+    await waitFor(() => agentLog(ro).includes(`${RO}/32: gratuitous ARP x3`) && agentLog(primary.name).includes(`${RW}/32: gratuitous ARP x3`), { timeoutMs: 5000, what: 'both holders announced their VIP' });
+    assertNeverTwo();
+  });
+
+  test('switchover onto the ro holder: rw moves to it, ro moves off it to the other replica; never on two namespaces', async () => {
+    const before = await settled('before');
+    const t0 = Date.now();
+    await labSwitchover(dir, 'wk1', before.ro);
+    const after = await settled('after the switchover');
+    assert.equal(after.primary.name, before.ro);
+    assert.notEqual(after.ro, before.ro, 'the read-only VIP moved off the promoted member');
+    assert.notEqual(after.ro, after.primary.name, 'onto a replica');
+    const rwAt = watch.boundAt(RW, after.primary.name, t0);
+    const roAt = watch.boundAt(RO, after.ro, t0);
+    notes.push(`switchover: rw bound ${rwAt! - t0} ms, ro bound elsewhere ${roAt! - t0} ms after the request`);
+    assertNeverTwo();
+  });
+
+  test('agent SIGKILLed on the ro holder: its helper drops the VIP by its hold, the lease expires, another member takes it; back, the agent does not take it back', async () => {
+    const before = await settled('before');
+    const victim = before.ro;
+    const t0 = Date.now();
+    await stopAgent(victim, 'SIGKILL');
+    await waitFor(() => holder(RO) !== null && holder(RO) !== victim, { timeoutMs: LEASE_MS + 10000, intervalMs: 20, what: () => `the read-only VIP moved off ${victim} (held by ${watch.holders(RO).join(', ') || 'nobody'})` });
+    const next = holder(RO)!;
+    const droppedAt = watch.events.filter((e) => e.address === RO && e.ns === victim && !e.bound && e.at >= t0).pop()?.at;
+    const boundAt = watch.boundAt(RO, next, t0)!;
+    assert.ok(droppedAt !== undefined, `${victim}'s helper released the VIP by itself`);
+    assert.ok(droppedAt <= boundAt, 'released on the dead holder before the new holder bound it');
+    assert.ok(droppedAt - t0 <= (2 * LEASE_MS) / 3 + 500, `dropped ${droppedAt - t0} ms after the kill: within 2/3 of the lease TTL (${LEASE_MS} ms) of its last renewal`);
+    assert.ok(boundAt - t0 >= (LEASE_MS * 2) / 3 - 1000, `the new holder bound it ${boundAt - t0} ms after the kill, only once the lease had run out`);
+    notes.push(`agent killed: dropped by its helper ${droppedAt - t0} ms, bound on ${next} ${boundAt - t0} ms after the kill (target < 2/3 ttl + 100 = ${Math.round((2 * TTL_MS) / 3) + 100} ms)`);
+    startAgent(memberNamed(victim));
+    await sleep(3000);
+    assert.equal(holder(RO), next, 'sticky: the restarted agent leaves it with the healthy holder');
+    assertNeverTwo();
+  });
+
+  test('replica down: ro moves to the other replica, stays there when the first comes back; with no replica on the primary; back to a replica when one recovers', async () => {
+    const s = await settled('before');
+    const replicas = wk1().filter((m) => m.name !== s.primary.name);
+    const first = replicas.find((m) => m.name === s.ro)!;
+    const other = replicas.find((m) => m.name !== s.ro)!;
+    let t0 = Date.now();
+    await stopMember(first);
+    await waitFor(() => holder(RO) === other.name, { timeoutMs: 20000, intervalMs: 20, what: () => `ro on ${other.name} after ${first.name} stopped (held by ${watch.holders(RO).join(', ') || 'nobody'})` });
+    notes.push(`holder's replica stopped: ro bound on ${other.name} ${watch.boundAt(RO, other.name, t0)! - t0} ms after the stop began`);
+    await startMember(loadLabState(dir), memberNamed(first.name));
+    await waitForReplica(loadLabState(dir), memberNamed(first.name));
+    await sleep(2000);
+    assert.equal(holder(RO), other.name, 'sticky: not back to the recovered replica while the holder is healthy');
+    // both replicas down: the primary serves reads
+    await stopMember(memberNamed(first.name));
+    t0 = Date.now();
+    await stopMember(memberNamed(other.name));
+    await waitFor(() => holder(RO) === s.primary.name, { timeoutMs: 20000, intervalMs: 20, what: () => `ro on the primary ${s.primary.name} with no replica left (held by ${watch.holders(RO).join(', ') || 'nobody'})` });
+    notes.push(`no replica left: ro bound on the primary ${watch.boundAt(RO, s.primary.name, t0)! - t0} ms after the stop began`);
+    await startMember(loadLabState(dir), memberNamed(first.name));
+    await waitForReplica(loadLabState(dir), memberNamed(first.name));
+    await waitFor(() => holder(RO) === first.name, { timeoutMs: 20000, intervalMs: 20, what: () => `ro back on the recovered replica ${first.name} (held by ${watch.holders(RO).join(', ') || 'nobody'})` });
+    await startMember(loadLabState(dir), memberNamed(other.name));
+    await waitForReplica(loadLabState(dir), memberNamed(other.name));
+    assertNeverTwo();
+  });
+
+  test('etcd frozen: holders keep their VIPs while their own clocks say the lease and the leader key are valid, then drop them; nobody new binds', async () => {
+    const s = await settled('before');
+    const etcdPid = loadLabState(dir).etcd.pid;
+    const from = watch.events.length;
+    const t0 = Date.now();
+    signal(etcdPid, 'SIGSTOP');
+    try {
+      await waitFor(() => holder(RO) === null, { timeoutMs: LEASE_MS, intervalMs: 20, what: 'the read-only VIP dropped while etcd is frozen' });
+      const roGone = Date.now() - t0;
+      await waitFor(() => holder(RW) === null, { timeoutMs: TTL_MS, intervalMs: 20, what: 'the read/write VIP dropped while etcd is frozen' });
+      const rwGone = Date.now() - t0;
+      notes.push(`etcd frozen: ro dropped after ${roGone} ms (limit ${Math.round((2 * LEASE_MS) / 3)} ms after the last renewal), rw after ${rwGone} ms (limit ${Math.round((2 * TTL_MS) / 3)} ms)`);
+      assert.ok(roGone <= (2 * LEASE_MS) / 3 + 500, `ro held ${roGone} ms, at most 2/3 of the lease TTL after its last renewal`);
+      assert.ok(rwGone <= (2 * TTL_MS) / 3 + 500, `rw held ${rwGone} ms, at most 2/3 of ttl after its last confirmation`);
+      const binds = watch.events.slice(from).filter((e) => e.bound);
+      assert.deepEqual(binds, [], 'nobody bound anything while etcd was frozen');
+    } finally {
+      signal(etcdPid, 'SIGCONT');
+    }
+    const back = await settled('after etcd came back');
+    notes.push(`after etcd came back: rw on ${back.primary.name}, ro on ${back.ro} (before: ${s.primary.name}, ${s.ro})`);
+    assertNeverTwo();
+  });
+});
+
+describe('node agent: bad input is one line and exit 2', () => {
+  const tmp = mkdtempSync(join(tmpdir(), 'cc-agent-'));
+  after(() => rmSync(tmp, { recursive: true, force: true }));
+  const cfgFile = (citus: Record<string, unknown>) => {
+    const f = join(tmp, `c-${Math.random().toString(36).slice(2)}.yml`);
+    const doc = {
+      scope: 'cn',
+      name: 'wk1-1',
+      etcd3: { hosts: ['127.0.0.1:1'] },
+      postgresql: { connect_address: '127.0.0.1:1', authentication: { superuser: { username: 'postgres' } } },
+      citus: { databases: ['postgres'], workers: [{ groupid: 1, scope: 'wk1' }], node_scope: 'wk1', ...citus },
+    };
+    writeFileSync(f, yaml.dump(doc));
+    return f;
+  };
+  const table: Array<[string, Record<string, unknown>, RegExp]> = [
+    ['an interface that does not exist', { vip: { rw: '192.0.2.41', interface: 'nosuch0' } }, /^citus-controller: config error: citus\.vip\.interface: nosuch0 does not exist on this node$/],
+    ['a VIP that is not an address', { vip: { rw: '192.0.2.41', ro: '192.0.2.300', interface: 'lo' } }, /^citus-controller: config error: citus\.vip\.ro: not an IP address$/],
+    ['rw == ro', { vip: { rw: '192.0.2.41', ro: '192.0.2.41', interface: 'lo' } }, /^citus-controller: config error: citus\.vip\.ro: 192\.0\.2\.41 is also the read\/write VIP \(citus\.vip\.rw\)/],
+    ['a read-only VIP without the helper', { vip: { rw: '192.0.2.41', ro: '192.0.2.42', interface: 'lo' } }, /^citus-controller: config error: citus\.vip\.helper: the read-only VIP needs the VIP helper/],
+    ['no vip at all', {}, /^citus-controller: config error: citus\.vip: not set/],
+  ];
+  for (const [name, citus, want] of table) {
+    test(name, async () => {
+      const r = await runCli(['agent', '-c', cfgFile(citus)], { timeoutMs: 30000 });
+      assert.equal(r.exitCode, 2, r.stderr);
+      const lines = r.stderr.trim().split('\n');
+      assert.equal(lines.length, 1, r.stderr);
+      assert.match(lines[0]!, want);
+    });
+  }
+});
