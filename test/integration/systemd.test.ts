@@ -109,6 +109,30 @@ describe('systemd units', () => {
     assert.equal(s.out, '');
   });
 
+  const agentService = readFileSync(join(sd, 'citus-controller-agent.service'), 'utf8');
+  const agentInstalled = agentService.replace(/^ExecStart=\/usr\/bin\/citus-controller /m, `ExecStart=${dist} `);
+
+  test('the node agent: runs `agent` as postgres with no capability, after the helper socket; verifies without any warning and scores OK or better', async () => {
+    assert.match(agentService, /^ExecStart=\/usr\/bin\/citus-controller agent -c \/etc\/patroni\.yml$/m);
+    assert.notEqual(agentInstalled, agentService);
+    for (const line of ['User=postgres', 'Requires=citus-controller-vip.socket', 'Restart=always', 'NoNewPrivileges=yes', 'ProtectSystem=strict', 'CapabilityBoundingSet=', 'AmbientCapabilities=']) {
+      assert.ok(agentService.split('\n').includes(line), line);
+    }
+    const dir = join(work, 'agent');
+    mkdirSync(dir, { recursive: true });
+    writeFileSync(join(dir, 'citus-controller-vip.socket'), helperSocket);
+    writeFileSync(join(dir, 'citus-controller-vip.service'), helperInstalled);
+    writeFileSync(join(dir, 'citus-controller-agent.service'), agentInstalled);
+    const r = await verify(join(dir, 'citus-controller-agent.service'));
+    assert.equal(r.code, 0, r.out);
+    assert.equal(r.out, '');
+    const sr = await execa('systemd-analyze', ['security', '--offline=yes', '--no-pager', join(dir, 'citus-controller-agent.service')], { reject: false, env: { SYSTEMD_LOG_COLOR: '0', SYSTEMD_COLORS: '0' } });
+    const m = /Overall exposure level for \S+: (\d+\.\d+) (\w+)/.exec(`${String(sr.stdout)}\n${String(sr.stderr)}`);
+    assert.ok(m, `a score in: ${String(sr.stdout).slice(-300)}`);
+    console.log(`# systemd-analyze security: citus-controller-agent.service ${m[1]} ${m[2]}`);
+    assert.ok(m[2] === 'SAFE' || m[2] === 'OK', `agent: ${m[1]} ${m[2]} (OK or better wanted)`);
+  });
+
   test('systemd-analyze security: the daemon unit scores OK or better, with and without the VIP drop-in (score printed)', async () => {
     const score = async (name: string, dropins: Record<string, string>): Promise<{ value: number; level: string }> => {
       const unit = stage(name, installed, dropins);
@@ -156,7 +180,7 @@ describe('systemd units', () => {
   });
 
   test('only the VIP helper unit names a capability, and each one is one systemd knows (verify ignores unknown ones)', async () => {
-    for (const text of [service, vipDropin, patroniDropin]) {
+    for (const text of [service, vipDropin, patroniDropin, agentService]) {
       for (const m of text.matchAll(/^(?:AmbientCapabilities|CapabilityBoundingSet)=(.*)$/gm)) assert.equal((m[1] ?? '').trim(), '', `no capability outside the helper: ${m[0]}`);
     }
     const names = new Set<string>();
