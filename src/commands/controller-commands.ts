@@ -78,6 +78,11 @@ function printReadStatus(r: ReadStatus): void {
     const rows = r.vips.map((v) => [String(v.groupid), v.kind, v.address, v.member ?? '-', v.writable === null ? '-' : v.writable ? 'writable' : 'read-only', `${v.ok ? 'ok' : 'DRIFT'}: ${v.reason}`]);
     process.stdout.write(`${table(['group', 'vip', 'address', 'answered by', 'mode', 'verdict'], rows)}\n`);
   }
+  if (r.roHolders.some((h) => h.holder !== null || !h.ok)) {
+    process.stdout.write('\nread-only VIP holders (elected by the node agents, etcd)\n');
+    const rows = r.roHolders.map((h) => [String(h.groupid), h.scope, h.holder ?? '-', `${h.ok ? 'ok' : 'WRONG'}: ${h.reason}`]);
+    process.stdout.write(`${table(['group', 'scope', 'holder', 'verdict'], rows)}\n`);
+  }
 }
 
 function header(o: PassOutcome): string {
@@ -180,10 +185,10 @@ export function registerControllerCommands(program: Command): void {
       const cfg = loadConfig(opts.config);
       const log = createLogger({ level: opts.logLevel ?? 'warn' });
       const o = await onePass(cfg, opts, log, false);
-      const reads = o.topology.fresh ? await readStatus(cfg, o.topology) : { coordinators: [], vips: [] };
+      const reads = o.topology.fresh ? await readStatus(cfg, o.topology) : { coordinators: [], vips: [], roHolders: [] };
       let code = exitCodeOf(o, false);
-      // a CN node with the wrong use_secondary_nodes, or a VIP on the wrong node: drift
-      if (code === 0 && (reads.coordinators.some((c) => !c.ok) || reads.vips.some((v) => !v.ok))) code = 1;
+      // a CN node with the wrong use_secondary_nodes, a VIP on the wrong node, a read-only holder that should move: drift
+      if (code === 0 && (reads.coordinators.some((c) => !c.ok) || reads.vips.some((v) => !v.ok) || reads.roHolders.some((h) => !h.ok))) code = 1;
       if (opts.json) process.stdout.write(`${JSON.stringify({ ...jsonOf(o, code), reads }, null, 2)}\n`);
       else {
         process.stdout.write(`${header(o)}\n\n`);

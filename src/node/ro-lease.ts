@@ -18,8 +18,26 @@ import type { ControllerConfig } from '../config/types.js';
 import { errorMessage } from '../util/errors.js';
 import { etcd3ClientOptions, makeClient } from '../topology/dcs/etcd3.js';
 
-export function roKey(cfg: Pick<ControllerConfig, 'namespace' | 'scope' | 'citus'>): string {
-  return `/citus-controller/${cfg.namespace}/${cfg.scope}/${cfg.citus.nodeScope}/ro-vip`;
+/** The read-only key of the group of `scope` (default: this node's group, citus.node_scope). */
+export function roKey(cfg: Pick<ControllerConfig, 'namespace' | 'scope' | 'citus'>, scope: string = cfg.citus.nodeScope): string {
+  return `/citus-controller/${cfg.namespace}/${cfg.scope}/${scope}/ro-vip`;
+}
+
+/** One read of every group's read-only key (`status`): scope -> holder (null: no key). */
+export async function readRoHolders(cfg: ControllerConfig, scopes: readonly string[], timeoutMs: number): Promise<Map<string, string | null>> {
+  const client = makeClient(etcd3ClientOptions(cfg, timeoutMs));
+  try {
+    const out = new Map<string, string | null>();
+    await Promise.all(
+      scopes.map(async (scope) => {
+        const r = await client.kv.range({ key: Buffer.from(roKey(cfg, scope)) });
+        out.set(scope, r.kvs[0] ? r.kvs[0].value.toString('utf8') : null);
+      }),
+    );
+    return out;
+  } finally {
+    client.close();
+  }
 }
 
 /**

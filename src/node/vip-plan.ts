@@ -101,7 +101,7 @@ export function roRanking(group: GroupView, primary: MemberView, maxLagBytes: nu
  * May `m` keep the read-only VIP? A healthy replica, or the running primary while no replica
  * qualifies to be picked. Returns the reason when not.
  */
-function roEligible(group: GroupView, m: MemberView, primary: MemberView, maxLagBytes: number): { ok: true } | { ok: false; why: string } {
+export function roEligible(group: GroupView, m: MemberView, primary: MemberView, maxLagBytes: number): { ok: true } | { ok: false; why: string } {
   if (m.name === primary.name) {
     const replica = pickSecondary(group, primary, maxLagBytes, null);
     return replica ? { ok: false, why: `${showName(m.name)} is the primary and replica ${showName(replica.name)} is healthy` } : { ok: true };

@@ -10,6 +10,8 @@
 import type { ControllerConfig } from '../config/types.js';
 import { formatHostPort, type HostPort } from '../net/address.js';
 import { decideForThisReplica } from '../node/node-rows.js';
+import { readRoHolders } from '../node/ro-lease.js';
+import { roEligible } from '../node/vip-plan.js';
 import { NO_HOLD, type ReadLevel } from '../node/read-gate.js';
 import { closeQuietly, pgConnect } from '../pg/connect.js';
 import { describePgError } from '../pg/errors.js';
@@ -40,9 +42,20 @@ export interface VipStatus {
   reason: string;
 }
 
+/** Per group: who the node agents elected for the read-only VIP (its etcd key), and whether that is right. */
+export interface RoHolderStatus {
+  groupid: number;
+  scope: string;
+  holder: string | null;
+  ok: boolean;
+  reason: string;
+}
+
 export interface ReadStatus {
   coordinators: CoordinatorReadStatus[];
   vips: VipStatus[];
+  /** Empty without an etcd3 DCS. */
+  roHolders: RoHolderStatus[];
 }
 
 const SESSION = { purpose: 'probe' as const, connectTimeoutMs: 1000, statementTimeoutMs: 2000 };
@@ -147,7 +160,30 @@ async function vipStatus(cfg: ControllerConfig, topology: Topology): Promise<Vip
   return (await Promise.all(out)).flat();
 }
 
+async function roHolderStatus(cfg: ControllerConfig, topology: Topology): Promise<RoHolderStatus[]> {
+  if (cfg.dcs?.kind !== 'etcd3') return [];
+  const groups = topology.groups.filter((g): g is typeof g & { scope: string } => g.scope !== null);
+  let holders: Map<string, string | null>;
+  try {
+    holders = await readRoHolders(cfg, groups.map((g) => g.scope), cfg.citus.connectTimeoutMs);
+  } catch (err) {
+    return groups.map((g) => ({ groupid: g.groupid, scope: g.scope, holder: null, ok: false, reason: `cannot read the read-only key: ${errorMessage(err)}` }));
+  }
+  return groups.map((g): RoHolderStatus => {
+    const holder = holders.get(g.scope) ?? null;
+    const base = { groupid: g.groupid, scope: g.scope, holder };
+    if (holder === null) return { ...base, ok: true, reason: 'no holder: no node agent keeps a read-only VIP in this group (or it is moving)' };
+    const m = g.members.find((x) => x.name === holder);
+    if (!m) return { ...base, ok: false, reason: `${holder} is not a member of the group (its lease expires within 2/3 of ttl)` };
+    const rp = runningPrimary(g, topology.source);
+    if (!rp.ok) return { ...base, ok: false, reason: `the group has no running primary (${rp.reason})` };
+    const e = roEligible(g, m, rp.member, cfg.citus.maxReplicaLagBytes);
+    if (!e.ok) return { ...base, ok: false, reason: `${holder} should give it up: ${e.why}` };
+    return { ...base, ok: true, reason: m.name === rp.member.name ? `${holder}, the primary (no replica is healthy)` : `${holder}, a healthy replica` };
+  });
+}
+
 export async function readStatus(cfg: ControllerConfig, topology: Topology): Promise<ReadStatus> {
-  const [coordinators, vips] = await Promise.all([coordinatorStatus(cfg, topology), vipStatus(cfg, topology)]);
-  return { coordinators, vips };
+  const [coordinators, vips, roHolders] = await Promise.all([coordinatorStatus(cfg, topology), vipStatus(cfg, topology), roHolderStatus(cfg, topology)]);
+  return { coordinators, vips, roHolders };
 }

@@ -11,21 +11,19 @@
  */
 import { after, before, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import yaml from 'js-yaml';
-import { AddressWatch, createNetns, startVipHelperIn, type TestNetns } from '../helpers/netns.js';
+import { startAgentGroup, type AgentGroup } from '../helpers/agents.js';
 import { newLabDir, runCli, startLab, stopLab } from '../helpers/lab.js';
 import { waitFor } from '../helpers/wait.js';
-import { BUILT_CLI, writeMemberControllerConfig } from '../../src/lab/member-config.js';
+import { BUILT_CLI } from '../../src/lab/member-config.js';
 import { currentLeader, labSwitchover, startMember, waitForReplica } from '../../src/lab/ha.js';
 import { loadLabState } from '../../src/lab/state.js';
 import { isAlive, signal, sleep, waitForExit } from '../../src/lab/proc.js';
-import { LAB_DCS_TIMINGS, type LabMember, type LabState } from '../../src/lab/types.js';
+import { LAB_DCS_TIMINGS, type LabMember } from '../../src/lab/types.js';
 import { roLeaseTtlSeconds } from '../../src/node/ro-lease.js';
-import type { ResultPromise } from 'execa';
 
 const RW = '192.0.2.41';
 const RO = '192.0.2.42';
@@ -33,34 +31,16 @@ const TTL_MS = LAB_DCS_TIMINGS.ttl * 1000;
 const LEASE_MS = roLeaseTtlSeconds(LAB_DCS_TIMINGS.ttl) * 1000;
 
 const dir = newLabDir('agent');
-let state: LabState;
-const spaces = new Map<string, TestNetns>();
-const helpers: ResultPromise[] = [];
-const agents = new Map<string, { pid: number; log: string }>();
-let watch: AddressWatch;
+let agents: AgentGroup;
 const notes: string[] = [];
 
-const wk1 = (): LabMember[] => loadLabState(dir).groups.find((g) => g.scope === 'wk1')!.members;
-const memberNamed = (name: string) => wk1().find((m) => m.name === name)!;
-
-function startAgent(m: LabMember): void {
-  const cfg = join(dir, m.name, 'citus-controller.yml');
-  const log = join(dir, m.name, `agent-${Date.now()}.log`);
-  const fd = openSync(log, 'a');
-  const child = spawn(process.execPath, [BUILT_CLI, 'agent', '-c', cfg], { detached: true, stdio: ['ignore', fd, fd], env: { ...process.env, CITUS_CONTROLLER_LOG_LEVEL: 'info' } });
-  closeSync(fd);
-  child.unref();
-  agents.set(m.name, { pid: child.pid!, log });
-}
-
-async function stopAgent(name: string, sig: NodeJS.Signals = 'SIGTERM'): Promise<void> {
-  const a = agents.get(name);
-  if (!a || !isAlive(a.pid)) return;
-  signal(a.pid, sig);
-  await waitForExit([a.pid], 10000);
-}
-
-const agentLog = (name: string) => readFileSync(agents.get(name)!.log, 'utf8');
+const wk1 = (): LabMember[] => agents.members();
+const memberNamed = (name: string) => agents.member(name);
+const startAgent = (m: LabMember) => agents.startAgent(m.name);
+const stopAgent = (name: string, sig?: NodeJS.Signals) => agents.stopAgent(name, sig);
+const agentLog = (name: string) => agents.agentLog(name);
+const holder = (a: string) => agents.holder(a);
+const watchOf = () => agents.watch;
 
 /** Stops a member's Patroni the way systemd does (SIGTERM: Patroni stops PostgreSQL first). */
 async function stopMember(m: LabMember): Promise<void> {
@@ -69,53 +49,30 @@ async function stopMember(m: LabMember): Promise<void> {
   await waitForExit([pid ?? 0].filter((p) => p > 0), 30000);
 }
 
-const holder = (a: string) => {
-  const h = watch.holders(a);
-  return h.length === 1 ? h[0]! : null;
-};
-
 async function settled(what: string): Promise<{ primary: LabMember; ro: string }> {
   const s = loadLabState(dir);
   const primary = await currentLeader(s, 'wk1');
-  await waitFor(() => holder(RW) === primary.name, { timeoutMs: 15000, what: () => `${what}: the read/write VIP on ${primary.name} only (held by ${watch.holders(RW).join(', ') || 'nobody'})` });
-  await waitFor(() => holder(RO) !== null, { timeoutMs: 15000, what: () => `${what}: the read-only VIP on one member (held by ${watch.holders(RO).join(', ') || 'nobody'})` });
+  await waitFor(() => holder(RW) === primary.name, { timeoutMs: 15000, what: () => `${what}: the read/write VIP on ${primary.name} only (held by ${watchOf().holders(RW).join(', ') || 'nobody'})` });
+  await waitFor(() => holder(RO) !== null, { timeoutMs: 15000, what: () => `${what}: the read-only VIP on one member (held by ${watchOf().holders(RO).join(', ') || 'nobody'})` });
   return { primary, ro: holder(RO)! };
 }
 
 function assertNeverTwo(): void {
-  assert.equal(watch.maxHolders(RW), 1, `the read/write VIP was never on two namespaces: ${JSON.stringify(watch.events.filter((e) => e.address === RW))}`);
-  assert.equal(watch.maxHolders(RO), 1, `the read-only VIP was never on two namespaces: ${JSON.stringify(watch.events.filter((e) => e.address === RO))}`);
+  const watch = watchOf();
+  assert.equal(watch.maxHolders(RW), 1, `the read/write VIP was never on two namespaces: ${JSON.stringify(watchOf().events.filter((e) => e.address === RW))}`);
+  assert.equal(watch.maxHolders(RO), 1, `the read-only VIP was never on two namespaces: ${JSON.stringify(watchOf().events.filter((e) => e.address === RO))}`);
 }
 
 before(async () => {
   assert.ok(existsSync(BUILT_CLI), `${BUILT_CLI} is missing: run \`npm run build\` first`);
   const t0 = Date.now();
-  state = await startLab({ dir, workers: 1, replicas: 2 });
-  for (const m of wk1()) {
-    const ns = await createNetns();
-    spaces.set(m.name, ns);
-    const socket = join(dir, m.name, 'vip-helper.sock');
-    const config = writeMemberControllerConfig(state, m, {
-      edit: (doc) => {
-        const citus = doc.citus as Record<string, unknown>;
-        citus.node_scope = 'wk1';
-        citus.vip = { rw: RW, ro: RO, prefix: 32, interface: ns.iface, helper: socket };
-      },
-    });
-    helpers.push((await startVipHelperIn(ns, { cli: [process.execPath, BUILT_CLI], config, socket })).proc);
-  }
-  watch = new AddressWatch(spaces, [RW, RO]);
-  await watch.start();
-  for (const m of wk1()) startAgent(m);
+  await startLab({ dir, workers: 1, replicas: 2 });
+  agents = await startAgentGroup(dir, 'wk1', { rw: RW, ro: RO });
   notes.push(`lab up + namespaces + agents ${Date.now() - t0} ms (lease ttl ${LEASE_MS / 1000} s)`);
 });
 
 after(async () => {
-  for (const name of agents.keys()) await stopAgent(name, 'SIGKILL');
-  await watch?.stop();
-  for (const h of helpers) h.kill('SIGTERM');
-  await Promise.all(helpers.map((h) => h.catch(() => undefined)));
-  for (const ns of spaces.values()) await ns.remove();
+  await agents?.close();
   await stopLab(dir);
   process.stdout.write(`# ${notes.join('; ')}\n`);
 });
@@ -131,6 +88,16 @@ describe('node agent: the read/write VIP on the primary, the read-only VIP on on
     assertNeverTwo();
   });
 
+  test('status shows the elected read-only holder per group, and says it is right', async () => {
+    const { ro } = await settled('status');
+    const r = await runCli(['status', '-c', loadLabState(dir).controllerConfigFile, '--json'], { timeoutMs: 60000 });
+    const out = JSON.parse(r.stdout) as { reads: { roHolders: Array<{ scope: string; holder: string | null; ok: boolean; reason: string }> } };
+    const wk = out.reads.roHolders.find((h) => h.scope === 'wk1');
+    assert.deepEqual(wk, { groupid: 1, scope: 'wk1', holder: ro, ok: true, reason: `${ro}, a healthy replica` });
+    const text = await runCli(['status', '-c', loadLabState(dir).controllerConfigFile], { timeoutMs: 60000 });
+    assert.match(text.stdout, /read-only VIP holders \(elected by the node agents, etcd\)/);
+  });
+
   test('switchover onto the ro holder: rw moves to it, ro moves off it to the other replica; never on two namespaces', async () => {
     const before = await settled('before');
     const t0 = Date.now();
@@ -139,8 +106,8 @@ describe('node agent: the read/write VIP on the primary, the read-only VIP on on
     assert.equal(after.primary.name, before.ro);
     assert.notEqual(after.ro, before.ro, 'the read-only VIP moved off the promoted member');
     assert.notEqual(after.ro, after.primary.name, 'onto a replica');
-    const rwAt = watch.boundAt(RW, after.primary.name, t0);
-    const roAt = watch.boundAt(RO, after.ro, t0);
+    const rwAt = watchOf().boundAt(RW, after.primary.name, t0);
+    const roAt = watchOf().boundAt(RO, after.ro, t0);
     notes.push(`switchover: rw bound ${rwAt! - t0} ms, ro bound elsewhere ${roAt! - t0} ms after the request`);
     assertNeverTwo();
   });
@@ -150,10 +117,10 @@ describe('node agent: the read/write VIP on the primary, the read-only VIP on on
     const victim = before.ro;
     const t0 = Date.now();
     await stopAgent(victim, 'SIGKILL');
-    await waitFor(() => holder(RO) !== null && holder(RO) !== victim, { timeoutMs: LEASE_MS + 10000, intervalMs: 20, what: () => `the read-only VIP moved off ${victim} (held by ${watch.holders(RO).join(', ') || 'nobody'})` });
+    await waitFor(() => holder(RO) !== null && holder(RO) !== victim, { timeoutMs: LEASE_MS + 10000, intervalMs: 20, what: () => `the read-only VIP moved off ${victim} (held by ${watchOf().holders(RO).join(', ') || 'nobody'})` });
     const next = holder(RO)!;
-    const droppedAt = watch.events.filter((e) => e.address === RO && e.ns === victim && !e.bound && e.at >= t0).pop()?.at;
-    const boundAt = watch.boundAt(RO, next, t0)!;
+    const droppedAt = watchOf().events.filter((e) => e.address === RO && e.ns === victim && !e.bound && e.at >= t0).pop()?.at;
+    const boundAt = watchOf().boundAt(RO, next, t0)!;
     assert.ok(droppedAt !== undefined, `${victim}'s helper released the VIP by itself`);
     assert.ok(droppedAt <= boundAt, 'released on the dead holder before the new holder bound it');
     assert.ok(droppedAt - t0 <= (2 * LEASE_MS) / 3 + 500, `dropped ${droppedAt - t0} ms after the kill: within 2/3 of the lease TTL (${LEASE_MS} ms) of its last renewal`);
@@ -172,8 +139,8 @@ describe('node agent: the read/write VIP on the primary, the read-only VIP on on
     const other = replicas.find((m) => m.name !== s.ro)!;
     let t0 = Date.now();
     await stopMember(first);
-    await waitFor(() => holder(RO) === other.name, { timeoutMs: 20000, intervalMs: 20, what: () => `ro on ${other.name} after ${first.name} stopped (held by ${watch.holders(RO).join(', ') || 'nobody'})` });
-    notes.push(`holder's replica stopped: ro bound on ${other.name} ${watch.boundAt(RO, other.name, t0)! - t0} ms after the stop began`);
+    await waitFor(() => holder(RO) === other.name, { timeoutMs: 20000, intervalMs: 20, what: () => `ro on ${other.name} after ${first.name} stopped (held by ${watchOf().holders(RO).join(', ') || 'nobody'})` });
+    notes.push(`holder's replica stopped: ro bound on ${other.name} ${watchOf().boundAt(RO, other.name, t0)! - t0} ms after the stop began`);
     await startMember(loadLabState(dir), memberNamed(first.name));
     await waitForReplica(loadLabState(dir), memberNamed(first.name));
     await sleep(2000);
@@ -182,11 +149,11 @@ describe('node agent: the read/write VIP on the primary, the read-only VIP on on
     await stopMember(memberNamed(first.name));
     t0 = Date.now();
     await stopMember(memberNamed(other.name));
-    await waitFor(() => holder(RO) === s.primary.name, { timeoutMs: 20000, intervalMs: 20, what: () => `ro on the primary ${s.primary.name} with no replica left (held by ${watch.holders(RO).join(', ') || 'nobody'})` });
-    notes.push(`no replica left: ro bound on the primary ${watch.boundAt(RO, s.primary.name, t0)! - t0} ms after the stop began`);
+    await waitFor(() => holder(RO) === s.primary.name, { timeoutMs: 20000, intervalMs: 20, what: () => `ro on the primary ${s.primary.name} with no replica left (held by ${watchOf().holders(RO).join(', ') || 'nobody'})` });
+    notes.push(`no replica left: ro bound on the primary ${watchOf().boundAt(RO, s.primary.name, t0)! - t0} ms after the stop began`);
     await startMember(loadLabState(dir), memberNamed(first.name));
     await waitForReplica(loadLabState(dir), memberNamed(first.name));
-    await waitFor(() => holder(RO) === first.name, { timeoutMs: 20000, intervalMs: 20, what: () => `ro back on the recovered replica ${first.name} (held by ${watch.holders(RO).join(', ') || 'nobody'})` });
+    await waitFor(() => holder(RO) === first.name, { timeoutMs: 20000, intervalMs: 20, what: () => `ro back on the recovered replica ${first.name} (held by ${watchOf().holders(RO).join(', ') || 'nobody'})` });
     await startMember(loadLabState(dir), memberNamed(other.name));
     await waitForReplica(loadLabState(dir), memberNamed(other.name));
     assertNeverTwo();
@@ -195,7 +162,7 @@ describe('node agent: the read/write VIP on the primary, the read-only VIP on on
   test('etcd frozen: holders keep their VIPs while their own clocks say the lease and the leader key are valid, then drop them; nobody new binds', async () => {
     const s = await settled('before');
     const etcdPid = loadLabState(dir).etcd.pid;
-    const from = watch.events.length;
+    const from = watchOf().events.length;
     const t0 = Date.now();
     signal(etcdPid, 'SIGSTOP');
     try {
@@ -206,7 +173,7 @@ describe('node agent: the read/write VIP on the primary, the read-only VIP on on
       notes.push(`etcd frozen: ro dropped after ${roGone} ms (limit ${Math.round((2 * LEASE_MS) / 3)} ms after the last renewal), rw after ${rwGone} ms (limit ${Math.round((2 * TTL_MS) / 3)} ms)`);
       assert.ok(roGone <= (2 * LEASE_MS) / 3 + 500, `ro held ${roGone} ms, at most 2/3 of the lease TTL after its last renewal`);
       assert.ok(rwGone <= (2 * TTL_MS) / 3 + 500, `rw held ${rwGone} ms, at most 2/3 of ttl after its last confirmation`);
-      const binds = watch.events.slice(from).filter((e) => e.bound);
+      const binds = watchOf().events.slice(from).filter((e) => e.bound);
       assert.deepEqual(binds, [], 'nobody bound anything while etcd was frozen');
     } finally {
       signal(etcdPid, 'SIGCONT');
