@@ -14,6 +14,8 @@ import { resolveLabDir } from './state.js';
 import { labStatus, type LabStatusReport } from './status.js';
 import type { LabState } from './types.js';
 import { labUp } from './up.js';
+import { runResponder } from './responder.js';
+import { NAME_PORT, PG_FORWARD_PORT, vipHolders } from './vips.js';
 
 let epipeGuard = false;
 /** stdout line; a closed pipe (`| head`) ends the output quietly instead of crashing. */
@@ -90,6 +92,11 @@ function printStatus(r: LabStatusReport): void {
     out(`pg_dist_node in ${d.database} as the coordinator primary ${r.coordinatorPrimary ?? '(none)'} sees it:`);
     out(d.rows ? distNodeTable(d.rows) : `  (unavailable: ${d.error ?? 'unknown'})`);
   }
+  if (r.vips.length > 0) {
+    out('');
+    out(`VIPs (member namespaces on the lab bridge; from the client: ip netns exec ${r.clientNamespace ?? '?'} ...):`);
+    out(table(['group', 'vip', 'address', 'held by'], r.vips.map((v) => [v.scope, v.kind, v.address, v.holders.length === 0 ? 'NOBODY' : v.holders.length > 1 ? `${v.holders.join(' AND ')} (TWO HOLDERS)` : v.holders[0]])));
+  }
   out('');
   out(`controller config: ${r.controllerConfigFile}`);
 }
@@ -100,7 +107,7 @@ function printDown(r: DownReport): void {
     return;
   }
   if (!r.wasRunning) out(`lab in ${r.dir} is not running (nothing to stop)`);
-  for (const s of r.stopped) out(`stopped ${s.what} (pid ${s.pid}, ${s.how})`);
+  for (const s of r.stopped) out(s.how === 'deleted' ? `deleted ${s.what}` : `stopped ${s.what} (pid ${s.pid}, ${s.how})`);
   if (r.listeningPorts.length > 0) out(`warning: lab ports still listening: ${r.listeningPorts.join(', ')}`);
   else if (r.wasRunning) out(`no lab process and no lab port left (${secs(r.ms)})`);
   if (r.purged) out(`removed ${r.dir}`);
@@ -120,8 +127,9 @@ export function registerLabCommand(program: Command): void {
     .option('--timeout <seconds>', 'give up after this long', '120')
     .option('--keep-on-failure', 'leave the processes running when lab up fails (for debugging)')
     .option('--callbacks', "wire hooks/patroni-callback as every member's Patroni callback, with its own config <dir>/<member>/citus-controller.yml (needs npm run build)")
+    .option('--vips', "every member in its own network namespace on a lab bridge (192.0.2.0/24), a client namespace, and each group's rw and ro VIP kept by node agents (root)")
     .option('--json', 'machine-readable output')
-    .action(async (o: { workers: string; replicas: string; dir?: string; databases: string; timeout: string; keepOnFailure?: boolean; callbacks?: boolean; json?: boolean }) => {
+    .action(async (o: { workers: string; replicas: string; dir?: string; databases: string; timeout: string; keepOnFailure?: boolean; callbacks?: boolean; vips?: boolean; json?: boolean }) => {
       const dir = resolveLabDir(o.dir);
       const state = await labUp({
         dir,
@@ -131,6 +139,7 @@ export function registerLabCommand(program: Command): void {
         timeoutMs: intOption('--timeout', o.timeout, 120) * 1000,
         keepOnFailure: o.keepOnFailure === true,
         callbacks: o.callbacks === true,
+        vips: o.vips === true,
         onProgress: (line) => err(line),
       });
       const members = state.groups.flatMap((g) => g.members);
@@ -158,6 +167,13 @@ export function registerLabCommand(program: Command): void {
       out('');
       out(`superuser: ${state.superuser.username} (password in ${state.controllerConfigFile})`);
       out(`controller config: ${state.controllerConfigFile}`);
+      if (state.vips) {
+        const holders = await vipHolders(state);
+        out('');
+        out(`VIPs on the lab bridge (client namespace ${state.vips.client.ns}, ${state.vips.client.address}; every member answers its name on port ${NAME_PORT} and forwards ${PG_FORWARD_PORT} to its PostgreSQL):`);
+        out(table(['group', 'vip', 'address', 'held by'], holders.map((v) => [v.scope, v.kind, v.address, v.holders.join(', ') || 'NOBODY'])));
+        out(`e.g. ip netns exec ${state.vips.client.ns} psql -h ${state.vips.groups.cn?.rw ?? '?'} -U ${state.superuser.username}`);
+      }
       if (state.callbacks) out(`patroni callbacks: ${state.callbacks.hook} --config ${state.dir}/<member>/citus-controller.yml (output in each member's patroni.log)`);
       for (const d of dist) {
         out('');
@@ -268,6 +284,16 @@ export function registerLabCommand(program: Command): void {
       const list = listControllers(resolveLabDir(o.dir));
       if (o.json) out(JSON.stringify(list, null, 2));
       else out(list.length ? list.map((c) => `${c.member}  pid ${c.pid}  ${c.alive ? 'running' : 'exited'}  ${c.logFile}`).join('\n') : 'no controllers');
+    });
+
+  lab
+    .command('responder', { hidden: true })
+    .description('(started by lab up --vips inside a member namespace) answers the member name on 7777, forwards 5432 to its PostgreSQL')
+    .requiredOption('--name <member>', 'member name')
+    .requiredOption('--pg-socket <path>', "the member's PostgreSQL unix socket")
+    .option('--for <config>', "the member's config (names the process)")
+    .action(async (o: { name: string; pgSocket: string }) => {
+      await runResponder({ name: o.name, pgSocket: o.pgSocket, onReady: (l) => err(l) });
     });
 
   lab

@@ -18,12 +18,13 @@ import {
 import { readScopeFromEtcd } from './etcd.js';
 import { allMembers, readLabState, resolveLabDir, saveLabState } from './state.js';
 import type { LabState } from './types.js';
+import { deleteNamespaces, labNamespaces, stopLabVips } from './vips.js';
 
 export interface StoppedProcess {
   what: string;
   pid: number;
   /** How it ended: SIGTERM (clean), SIGINT (postmaster fast shutdown), SIGKILL. */
-  how: 'SIGTERM' | 'SIGINT' | 'SIGKILL';
+  how: 'SIGTERM' | 'SIGINT' | 'SIGKILL' | 'deleted';
 }
 
 export interface DownReport {
@@ -59,6 +60,9 @@ export async function stopLabProcesses(state: LabState): Promise<{ stopped: Stop
     if (stubbornControllers.has(c.pid)) signal(c.pid, 'SIGKILL');
     stopped.push({ what: `controller ${c.member}`, pid: c.pid, how: stubbornControllers.has(c.pid) ? 'SIGKILL' : 'SIGTERM' });
   }
+
+  // 0b. the VIP network's agents, responders and helpers, and its namespaces (lab up --vips)
+  if (state.vips) stopped.push(...(await stopLabVips(state)));
 
   // 1. Patroni: SIGTERM, it stops its PostgreSQL. Replicas first: a stopping leader asks the
   //    other members' REST APIs whether one got its shutdown checkpoint (slow if they are
@@ -144,6 +148,11 @@ export async function labDown(dir: string, opts: { purge?: boolean } = {}): Prom
   }
   const strays = findLabProcesses(d);
   if (!state) {
+    // namespaces of a lab whose lab.json is gone
+    const orphans = await deleteNamespaces(await labNamespaces(d));
+    if (strays.length === 0 && orphans.length > 0) {
+      return { dir: d, found: true, wasRunning: true, stopped: orphans.map((n) => ({ what: `network namespace ${n}`, pid: 0, how: 'deleted' as const })), leftoverPids: [], listeningPorts: [], purged: false, ms: Date.now() - t0 };
+    }
     if (strays.length === 0) {
       return { dir: d, found: false, wasRunning: false, stopped: [], leftoverPids: [], listeningPorts: [], purged: false, ms: Date.now() - t0 };
     }
@@ -173,6 +182,8 @@ export async function labDown(dir: string, opts: { purge?: boolean } = {}): Prom
     };
   }
   const r = await stopLabProcesses(state);
+  const namespaces = await labNamespaces(d);
+  if (namespaces.length > 0) throw new UserError(`lab down: network namespaces of the lab are still there: ${namespaces.join(', ')}`, 1);
   if (r.leftoverPids.length > 0) {
     throw new UserError(`lab down: processes of the lab are still alive after SIGKILL: pids ${r.leftoverPids.join(', ')}`, 1);
   }

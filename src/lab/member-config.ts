@@ -75,8 +75,9 @@ export function memberControllerConfigDoc(state: LabState, member: LabMember): R
   if (extra?.resyncInterval !== undefined) citus.resync_interval = extra.resyncInterval;
   const vip = extra?.vips?.[member.name];
   if (vip) {
+    if (vip.nodeScope !== undefined) citus.node_scope = vip.nodeScope;
     citus.vip = {
-      address: vip.address,
+      ...(vip.ro !== undefined ? { rw: vip.address, ro: vip.ro } : { address: vip.address }),
       prefix: vip.prefix,
       interface: vip.interface,
       ...(vip.keepOnStop !== undefined ? { keep_on_stop: vip.keepOnStop } : {}),

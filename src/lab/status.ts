@@ -11,6 +11,7 @@ import { readDistNodes, type DistNodeRow } from './pg.js';
 import { isAliveWith } from './proc.js';
 import { loadLabState, redact } from './state.js';
 import type { LabState } from './types.js';
+import { vipHolders, type VipHolding } from './vips.js';
 
 export interface MemberStatus {
   scope: string;
@@ -51,6 +52,10 @@ export interface LabStatusReport {
   /** pg_dist_node per lab database as the coordinator primary sees it. */
   distNodes: Array<{ database: string; rows: DistNodeRow[] | null; error: string | null }>;
   controllerConfigFile: string;
+  /** lab up --vips: who holds each group's rw and ro VIP now (member namespaces), else []. */
+  vips: VipHolding[];
+  /** lab up --vips: the client namespace (`ip netns exec <ns> ...` to reach the VIPs), else null. */
+  clientNamespace: string | null;
 }
 
 export async function labStatus(dir: string): Promise<LabStatusReport> {
@@ -121,6 +126,8 @@ export async function labStatus(dir: string): Promise<LabStatusReport> {
     coordinatorPrimary: cnPrimary?.name ?? null,
     distNodes,
     controllerConfigFile: state.controllerConfigFile,
+    vips: await vipHolders(state),
+    clientNamespace: state.vips?.client.ns ?? null,
   };
 }
 

@@ -63,6 +63,8 @@ export interface LabState {
   callbacks?: LabCallbacks | null;
   /** What the per-member controller configs D/<member>/citus-controller.yml carry besides the lab's config. */
   memberConfigs?: { resyncInterval?: number; vips?: Record<string, LabVip> };
+  /** lab up --vips: the namespaces, addresses and processes of the lab's VIP network (src/lab/vips.ts). */
+  vips?: LabVipNet | null;
 }
 
 export interface LabCallbacks {
@@ -86,6 +88,10 @@ export interface LabVip {
   keepOnStop?: boolean;
   /** citus.vip.helper: the VIP helper's socket (the helper may serve an interface in another network namespace). */
   helper?: string;
+  /** citus.vip.ro: the group's read-only VIP (lab up --vips). */
+  ro?: string;
+  /** citus.node_scope: the member's group (lab up --vips). */
+  nodeScope?: string;
 }
 
 export interface LabUpOptions {
@@ -117,9 +123,36 @@ export interface LabUpOptions {
     /** citus.vip.helper per member: its VIP helper's socket (the caller runs the helpers). */
     helperOf?: (member: LabMember) => string;
   };
+  /**
+   * lab up --vips: every member in its own network namespace on one lab bridge, a client
+   * namespace, each group's rw and ro VIP kept by the members' node agents (src/lab/vips.ts).
+   * Needs root and the built CLI.
+   */
+  vips?: boolean;
   /** citus.resync_interval (seconds) in the per-member controller configs (default: the controller's, 30). */
   controllerResyncInterval?: number;
 }
 
 /** Patroni's DCS timings in the lab (seconds): bootstrap.dcs of every member's patroni.yml. */
 export const LAB_DCS_TIMINGS = { ttl: 10, loopWait: 1, retryTimeout: 4 } as const;
+
+export interface LabVipProcess {
+  what: 'agent' | 'helper' | 'responder';
+  member: string;
+  pid: number;
+  /** A word of its command line (its config file): tells it from a recycled pid. */
+  match: string;
+  logFile: string;
+}
+
+/** What `lab up --vips` built (lab.json `vips`). */
+export interface LabVipNet {
+  /** Every namespace of the lab starts with this (`cclab-<hash of the lab dir>-`). */
+  prefix: string;
+  bridgeNs: string;
+  client: { ns: string; iface: string; address: string };
+  members: Record<string, { ns: string; iface: string; address: string; mac: string; helper: string }>;
+  /** Per group scope: its two VIPs. */
+  groups: Record<string, { rw: string; ro: string }>;
+  processes: LabVipProcess[];
+}

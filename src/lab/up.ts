@@ -21,6 +21,7 @@ import { STATE_FILE, readLabState, redact, resolveLabDir, saveLabState } from '.
 import { stopLabProcesses } from './down.js';
 import { HOOK_PATH, callbackCommand, checkCallbackHook, controllerConfigDoc, writeMemberControllerConfig } from './member-config.js';
 import type { LabCallbacks, LabGroup, LabMember, LabState, LabUpOptions, LabVip } from './types.js';
+import { checkVipPrerequisites, createLabNetwork, labVipConfigs, startAgents, startNamespaceProcesses } from './vips.js';
 
 export { controllerConfigDoc, SAMPLE_TABLE };
 
@@ -206,6 +207,10 @@ export async function labUp(opts: LabUpOptions): Promise<LabState> {
   const etcdBin = findExecutable(process.env.CITUS_LAB_ETCD ?? 'etcd');
   if (!etcdBin) throw new UserError('etcd not found in PATH (apt-get install etcd-server, or set CITUS_LAB_ETCD)');
   const runAs = resolveRunAs();
+  if (opts.vips) {
+    if (opts.vip) throw new UserError('lab up: vips (the lab network) and vip (interfaces of the caller) exclude each other');
+    checkVipPrerequisites(runAs, findExecutable);
+  }
   const callbacks = await prepareCallbacks(opts, runAs, progress);
 
   prepareDir(dir);
@@ -266,6 +271,7 @@ export async function labUp(opts: LabUpOptions): Promise<LabState> {
     callbacks,
     memberConfigs: memberConfigsOf(opts, groups),
   };
+  if (opts.vips) state.memberConfigs = { ...state.memberConfigs, vips: labVipConfigs(state) };
 
   // files: member dirs, the member's controller config (its callbacks read it from their first
   // run on), patroni.yml, the password file for Citus's node connections
@@ -287,6 +293,11 @@ export async function labUp(opts: LabUpOptions): Promise<LabState> {
 
   const watch = deathWatch(state);
   try {
+    // the lab network and each member's VIP helper before Patroni: its callbacks bind through the helper
+    if (opts.vips && runAs) {
+      await createLabNetwork(state, progress);
+      await startNamespaceProcesses(state, runAs, progress);
+    }
     // etcd
     state.etcd.pid = startEtcd({ etcdBin, dataDir: etcdDir, logFile: state.etcd.logFile, clientPort: etcdClient, peerPort: etcdPeer, runAs, cwd: etcdDir });
     saveLabState(state);
@@ -366,6 +377,7 @@ export async function labUp(opts: LabUpOptions): Promise<LabState> {
     } catch (err) {
       throw new UserError(`the generated ${state.controllerConfigFile} is rejected by the config loader: ${err instanceof ConfigError ? err.message : errorMessage(err)}`);
     }
+    if (opts.vips && runAs) await startAgents(state, runAs, progress, left());
     state.phase = 'ready';
     state.upMs = Date.now() - t0;
     saveLabState(state);
