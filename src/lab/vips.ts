@@ -14,6 +14,7 @@
  *   agent` with the member's config (citus.node_scope = its group, citus.vip = the group's rw
  *   and ro VIP through the member's helper). On coordinator members the watch daemons, when the
  *   lab runs them, keep the read/write VIP; the agents keep the read-only one.
+ * - These processes run the built CLI (dist/cli.js).
  * - `lab down` stops these processes (agents first) and deletes every namespace of the lab.
  */
 import { createHash } from 'node:crypto';
@@ -22,8 +23,7 @@ import { join } from 'node:path';
 import { execa } from 'execa';
 import { socketIsLive } from '../runtime/unix-listen.js';
 import { UserError, errorMessage } from '../util/errors.js';
-import { cliCommand } from './controllers.js';
-import { writeMemberControllerConfig } from './member-config.js';
+import { BUILT_CLI, writeMemberControllerConfig } from './member-config.js';
 import { isAlive, isAliveWith, signal, sleep, spawnDetached, waitForExit, type RunAs } from './proc.js';
 import { allMembers, saveLabState } from './state.js';
 import type { LabGroup, LabMember, LabState, LabVip, LabVipNet, LabVipProcess } from './types.js';
@@ -106,6 +106,7 @@ export function checkVipPrerequisites(runAs: RunAs | null, find: (bin: string) =
     if (!find(bin)) throw new UserError(`lab up --vips: ${bin} not found in PATH (apt-get install iproute2 arping util-linux)`);
   }
   if (!runAs) throw new UserError('lab up --vips: no account to run the agents as');
+  if (!existsSync(BUILT_CLI)) throw new UserError(`lab up --vips: ${BUILT_CLI} is missing: run \`npm run build\` first (the agents, VIP helpers and responders run the built CLI)`);
 }
 
 /**
@@ -186,7 +187,7 @@ function lastLine(file: string): string {
 /** The VIP helper and the responder of every member, inside its namespace. Before Patroni starts: its callbacks bind through the helper. */
 export async function startNamespaceProcesses(state: LabState, runAs: RunAs, progress: (l: string) => void): Promise<void> {
   const net = state.vips!;
-  const [node, ...cliArgs] = cliCommand();
+  const [node, ...cliArgs] = [process.execPath, BUILT_CLI];
   const env = { ...process.env, CITUS_CONTROLLER_LOG_LEVEL: process.env.CITUS_CONTROLLER_LOG_LEVEL ?? 'info' };
   const started: Array<{ p: LabVipProcess; ok: () => boolean | Promise<boolean> }> = [];
   for (const m of allMembers(state)) {
@@ -236,7 +237,7 @@ export async function startNamespaceProcesses(state: LabState, runAs: RunAs, pro
  */
 export async function startAgents(state: LabState, runAs: RunAs, progress: (l: string) => void, timeoutMs = 30000): Promise<void> {
   const net = state.vips!;
-  const [node, ...cliArgs] = cliCommand();
+  const [node, ...cliArgs] = [process.execPath, BUILT_CLI];
   const env = { ...process.env, CITUS_CONTROLLER_LOG_LEVEL: process.env.CITUS_CONTROLLER_LOG_LEVEL ?? 'info' };
   const started: LabVipProcess[] = [];
   for (const m of allMembers(state)) {

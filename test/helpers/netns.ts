@@ -108,6 +108,22 @@ export async function startVipHelperIn(ns: TestNetns, o: { cli: string[]; config
   return { proc: h };
 }
 
+/** What AddressWatch needs of a namespace (a TestNetns, or one the lab created). */
+export type WatchedNetns = Pick<TestNetns, 'name' | 'iface' | 'addresses'>;
+
+/** A namespace by name, e.g. one of `lab up --vips`. */
+export function watchedNetns(name: string, iface: string): WatchedNetns {
+  return {
+    name,
+    iface,
+    addresses: async () =>
+      String((await execa('ip', ['-o', '-n', name, 'addr', 'show', 'dev', iface])).stdout)
+        .split('\n')
+        .map((l) => /\sinet6?\s+(\S+)/.exec(l)?.[1])
+        .filter((a): a is string => a !== undefined && !a.startsWith('fe80:')),
+  };
+}
+
 /** One address change seen by AddressWatch. */
 export interface AddressEvent {
   at: number;
@@ -128,7 +144,7 @@ export class AddressWatch {
   private readonly procs: ResultPromise[] = [];
 
   constructor(
-    private readonly spaces: ReadonlyMap<string, TestNetns>,
+    private readonly spaces: ReadonlyMap<string, WatchedNetns>,
     private readonly addresses: readonly string[],
   ) {}
 
@@ -184,4 +200,87 @@ export class AddressWatch {
     for (const p of this.procs) p.kill('SIGTERM');
     await Promise.all(this.procs.map((p) => p.catch(() => undefined)));
   }
+}
+
+/** One answer a ClientProbe got: when the connection ended (ms) and what it said. */
+export interface ProbeAnswer {
+  at: number;
+  /** The responder's line (a member name), or `timeout` / `error:<code>`. */
+  said: string;
+}
+
+const PROBE_SCRIPT = `
+const net = require('node:net');
+const [host, port, gap] = process.argv.slice(1);
+function one() {
+  let over = false, data = '';
+  const s = net.connect({ host, port: Number(port) });
+  const done = (w) => { if (over) return; over = true; s.destroy(); process.stdout.write(Date.now() + ' ' + w + '\\n'); setTimeout(one, Number(gap)); };
+  s.setTimeout(150, () => done('timeout'));
+  s.on('data', (d) => (data += d));
+  s.on('end', () => done(data.trim() || 'empty'));
+  s.on('error', (e) => done('error:' + e.code));
+}
+one();
+`;
+
+/**
+ * A client in namespace `ns` connecting to `address:port` every `gapMs` (each attempt given up
+ * after 150 ms), as a user's client would: the kernel's neighbour table of that namespace decides
+ * which MAC the SYN goes to, so a stale ARP entry shows as timeouts.
+ */
+export class ClientProbe {
+  readonly answers: ProbeAnswer[] = [];
+  private proc: ResultPromise | null = null;
+
+  constructor(
+    private readonly ns: string,
+    private readonly address: string,
+    private readonly port: number,
+    private readonly gapMs = 20,
+  ) {}
+
+  start(): void {
+    const p = execa('ip', ['netns', 'exec', this.ns, process.execPath, '-e', PROBE_SCRIPT, this.address, String(this.port), String(this.gapMs)], {
+      reject: false,
+      stdin: 'ignore',
+      stderr: 'ignore',
+      buffer: false,
+    });
+    let buf = '';
+    p.stdout?.on('data', (d: Buffer) => {
+      buf += d.toString();
+      let nl;
+      while ((nl = buf.indexOf('\n')) >= 0) {
+        const [at, said] = buf.slice(0, nl).split(' ');
+        buf = buf.slice(nl + 1);
+        this.answers.push({ at: Number(at), said: said ?? '' });
+      }
+    });
+    this.proc = p;
+  }
+
+  /** The first answer from `name` at or after `since`, or null. */
+  firstFrom(name: string, since: number): ProbeAnswer | null {
+    return this.answers.find((a) => a.at >= since && a.said === name) ?? null;
+  }
+
+  last(): ProbeAnswer | null {
+    return this.answers[this.answers.length - 1] ?? null;
+  }
+
+  async stop(): Promise<void> {
+    this.proc?.kill('SIGTERM');
+    await this.proc?.catch(() => undefined);
+  }
+}
+
+/** One connection from namespace `ns` to `address:port`: the responder's line, or `timeout` / `error:<code>`. */
+export async function askFrom(ns: string, address: string, port: number): Promise<string> {
+  const p = new ClientProbe(ns, address, port, 100000);
+  p.start();
+  const t0 = Date.now();
+  while (p.answers.length === 0 && Date.now() - t0 < 5000) await new Promise((r) => setTimeout(r, 10));
+  await p.stop();
+  return p.answers[0]?.said ?? 'no answer';
 }
