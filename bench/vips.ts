@@ -13,8 +13,10 @@
  *      gratuitous ARP sent;
  *    - ro, holder dies: SIGKILL of the read-only holder's agent; time to the VIP bound elsewhere
  *      (the agent is restarted afterwards);
- *    - ro, holder turns unhealthy while alive: SIGTERM of the holder's Patroni; time from its
- *      member key no longer saying running (etcd, polled every 5 ms) to the VIP bound elsewhere
+ *    - ro, holder turns unhealthy while alive: SIGTERM of the holder's Patroni; time to the VIP
+ *      bound elsewhere from its member key no longer saying running (the health rule's moment;
+ *      etcd polled every 5 ms: negative when the agents moved it before the DCS said anything)
+ *      and from its PostgreSQL no longer answering (a session polled every 5 ms)
  *      (the member is started again afterwards).
  *    Every round also checks that no VIP was ever on two namespaces.
  * Targets: rw < 100 ms after writable; ro < 2/3 ttl + 100 ms after the holder dies; < 200 ms
@@ -95,6 +97,7 @@ async function main(opts: Options): Promise<number> {
   const arp: number[] = [];
   const roDead: number[] = [];
   const roUnhealthy: number[] = [];
+  const roPgDown: number[] = [];
   for (let i = 1; i <= opts.rounds; i++) {
     // --- rw: switchover to a replica that does not hold the read-only VIP
     const s = await settle();
@@ -132,17 +135,48 @@ async function main(opts: Options): Promise<number> {
     roDead.push((agents.watch.boundAt(RO, next, k0) ?? movedAt) - k0);
     progress(`round ${i}: agent on ${d.ro} killed: ro bound on ${next} after ${ms(roDead.at(-1))} ms`);
     agents.startAgent(d.ro);
+    // the next scenario needs every agent looking (a restarting agent takes nothing yet)
+    await waitUntil(() => /read-only VIP .* (held|not held)/.test(agents.agentLog(d.ro)), 20000, `the restarted agent on ${d.ro} looking`);
 
     // --- ro: the holder turns unhealthy while its agent lives
     const u = await settle();
     const victim = agents.member(u.ro);
     const pid = victim.patroniPid;
+    // it turns unhealthy at the first of: its PostgreSQL stops answering (a session polled every
+    // 5 ms), its member key stops saying running (etcd, polled every 5 ms)
+    const vprobe: pg.Client = await pgConnect(state(), victim, 'postgres', { applicationName: 'bench vips' });
+    vprobe.on('error', () => undefined);
+    let pgDownAt: number | null = null;
+    let keyDownAt: number | null = null;
+    let watching = true;
+    const pgWatch = (async () => {
+      while (watching && pgDownAt === null) {
+        const ok = await vprobe.query('SELECT 1').then(() => true, () => false);
+        if (!ok) pgDownAt = Date.now();
+        await sleep(5);
+      }
+    })();
+    const keyWatch = (async () => {
+      while (watching && keyDownAt === null) {
+        if ((await readScopeFromEtcd(state(), 'wk1').catch(() => null))?.members[victim.name]?.state !== 'running') keyDownAt = Date.now();
+        await sleep(5);
+      }
+    })();
+    const s0 = Date.now();
     if (pid && isAlive(pid)) signal(pid, 'SIGTERM');
-    const downAt = await waitUntil(async () => (await readScopeFromEtcd(state(), 'wk1').catch(() => null))?.members[victim.name]?.state !== 'running', 30000, `${victim.name} not running in etcd`);
     const moved = await waitUntil(() => agents.holder(RO) !== null && agents.holder(RO) !== victim.name, 30000, 'ro bound elsewhere');
+    await waitUntil(() => pgDownAt !== null && keyDownAt !== null, 30000, `${victim.name} down in PostgreSQL and etcd`);
+    watching = false;
+    await Promise.all([pgWatch, keyWatch]);
+    await vprobe.end().catch(() => undefined);
     const other = agents.holder(RO)!;
-    roUnhealthy.push((agents.watch.boundAt(RO, other, downAt - 50) ?? moved) - downAt);
-    progress(`round ${i}: ${victim.name} stopped: ro bound on ${other} ${ms(roUnhealthy.at(-1))} ms after its member key stopped saying running`);
+    const roBoundAt = agents.watch.boundAt(RO, other, s0) ?? moved;
+    // negative: bound elsewhere before the DCS said anything (the holder's agent saw its own node go)
+    roUnhealthy.push(roBoundAt - keyDownAt!);
+    roPgDown.push(roBoundAt - pgDownAt!);
+    progress(
+      `round ${i}: ${victim.name} stopped: ro bound on ${other} ${ms(roUnhealthy.at(-1))} ms after its member key stopped saying running, ${ms(roPgDown.at(-1))} ms after its PostgreSQL stopped answering (${pgDownAt! - s0} / ${keyDownAt! - s0} ms after the SIGTERM)`,
+    );
     await waitForExit([pid ?? 0].filter((p) => p > 0), 30000);
     await startMember(state(), agents.member(victim.name));
     await waitForReplica(state(), agents.member(victim.name));
@@ -156,11 +190,12 @@ async function main(opts: Options): Promise<number> {
     row('rw bound after the new primary is writable', rw, TARGETS.rw),
     row('rw gratuitous ARP logged after writable', arp, null),
     row('ro bound elsewhere after its agent was killed', roDead, TARGETS.roDead),
-    row('ro bound elsewhere after its holder stopped running', roUnhealthy, TARGETS.roUnhealthy),
+    row('ro bound elsewhere after its holder turned unhealthy (member key)', roUnhealthy, TARGETS.roUnhealthy),
+    row('ro bound elsewhere after its PostgreSQL stopped answering', roPgDown, null),
   ];
   const machine = machineContext(dir);
   if (opts.json) {
-    process.stdout.write(`${JSON.stringify({ machine, rounds: opts.rounds, rwMs: rw, arpMs: arp, roDeadMs: roDead, roUnhealthyMs: roUnhealthy, targets: TARGETS, neverOnTwo: never2 }, null, 2)}\n`);
+    process.stdout.write(`${JSON.stringify({ machine, rounds: opts.rounds, rwMs: rw, arpMs: arp, roDeadMs: roDead, roUnhealthyMs: roUnhealthy, roAfterPgDownMs: roPgDown, targets: TARGETS, neverOnTwo: never2 }, null, 2)}\n`);
   } else {
     process.stdout.write(`${describeMachine(machine)}\nVIP moves, ${opts.rounds} round(s) (ttl ${TTL_MS / 1000} s; ms, nearest-rank percentiles):\n`);
     process.stdout.write(`${table(['what', 'n', 'p50', 'p95', 'max', 'target', ''], rows)}\n`);

@@ -19,7 +19,8 @@
  *   Patroni callbacks are then in charge of it until the agent runs again).
  */
 import type { ControllerConfig } from '../config/types.js';
-import { pgConnect, closeQuietly } from '../pg/connect.js';
+import { pgConnect } from '../pg/connect.js';
+import { KeptSessions } from '../pg/kept.js';
 import { isInRecovery } from '../pg/recovery.js';
 import { chooseSource } from '../topology/choose.js';
 import type { Topology } from '../topology/model.js';
@@ -29,7 +30,7 @@ import { errorMessage } from '../util/errors.js';
 import type { Logger } from '../util/log.js';
 import { RoLease, type RoKeySeen } from './ro-lease.js';
 import { bind, gratuitousArp, unbind, vipText, type VipSpec } from './vip.js';
-import { roDecision, rwDecision, type AgentIdentity, type RoDecision, type RwDecision } from './vip-plan.js';
+import { roDecision, rwDecision, withLocalDown, type AgentIdentity, type RoDecision, type RwDecision } from './vip-plan.js';
 
 export interface AgentOptions {
   log: Logger;
@@ -39,6 +40,11 @@ export interface AgentOptions {
 }
 
 type Why = { rw?: string; ro?: string };
+
+/** How often the agent asks its local node during a promotion (see probePromotion). */
+export const PROMOTION_PROBE_MS = 10;
+/** How often the agent asks its local node again while it counts as down. */
+export const LOCAL_RECHECK_MS = 100;
 
 export class NodeAgent {
   private readonly source: TopologySource;
@@ -61,6 +67,15 @@ export class NodeAgent {
   private lastHolder: string | null = null;
   private lastWhy: Why = {};
   private readonly announceTimers = new Set<NodeJS.Timeout>();
+  private probeTimer: NodeJS.Timeout | undefined;
+  /** When the running look began (its bind log says how long the look and the bind took). */
+  private lookStartedAt: number | null = null;
+  /** Why the local PostgreSQL counts as down (its session ended, a check failed), or null. */
+  private localDown: string | null = null;
+  private localTimer: NodeJS.Timeout | undefined;
+  private readonly watched = new WeakSet<object>();
+  /** One kept session to the local node (pg_is_in_recovery() during a promotion). */
+  private readonly kept: KeptSessions;
 
   constructor(
     private readonly cfg: ControllerConfig,
@@ -78,6 +93,7 @@ export class NodeAgent {
     this.tickMs = Math.max(100, Math.min(1000, Math.round(ttlMs / 10)));
     this.source = opts.source ?? chooseSource(cfg, { log: opts.log });
     this.lease = this.roSpec ? new RoLease(cfg, { timeoutMs: Math.min(cfg.citus.connectTimeoutMs, this.tickMs), onChange: () => this.look(false), log: opts.log }) : null;
+    this.kept = new KeptSessions((database) => pgConnect(cfg, { purpose: 'keeper', database, connectTimeoutMs: Math.min(1000, cfg.citus.connectTimeoutMs) }));
     this.looks = new Coalescer<{ full: boolean }>(
       (o) => this.once(o.full),
       (a, b) => ({ full: a.full || b.full }),
@@ -98,6 +114,11 @@ export class NodeAgent {
     await this.looks.trigger({ full: true });
   }
 
+  /** The name this agent writes into the read-only key. */
+  private memberName(): string {
+    return this.cfg.name ?? `${this.me.connectAddress.host}:${this.me.connectAddress.port}`;
+  }
+
   /** Asks for a look (full: re-read the DCS and renew). */
   look(full: boolean): void {
     if (!this.stopping) void this.looks.trigger({ full });
@@ -112,27 +133,122 @@ export class NodeAgent {
   private async once(full: boolean): Promise<void> {
     if (this.stopping) return;
     const sentAt = Date.now();
+    this.lookStartedAt = sentAt;
     let view: Topology;
     try {
       view = full ? await this.source.refresh() : this.source.snapshot();
     } catch (err) {
       view = { ...this.source.snapshot(), fresh: false, staleReason: errorMessage(err) };
     }
-    await Promise.all([this.rwStep(view, sentAt, full), this.roStep(view, full)]);
+    // a full look asks the local node too (warm session; a hung or dead node is seen within a tick)
+    if (full && this.roSpec && !(this.rwSpec && this.promotionPending(rwDecision(view, this.me, null)))) this.noteLocal(await this.checkLocal());
+    await Promise.all([this.rwStep(view, sentAt, full), this.roStep(withLocalDown(view, this.me, this.localDown), full)]);
   }
 
   // ---------------------------------------------------------------------------- read/write
 
-  private async localWritable(): Promise<boolean | null> {
-    let client;
+  /**
+   * Asks the local node pg_is_in_recovery() on the kept session, bounded by a tick. Watches the
+   * session: when it ends (PostgreSQL stopping or crashing) the node is marked down at once.
+   */
+  private async checkLocal(): Promise<{ ok: true; writable: boolean } | { ok: false; why: string }> {
+    let timer: NodeJS.Timeout | undefined;
+    const late = new Promise<'late'>((resolve) => (timer = setTimeout(() => resolve('late'), this.tickMs)));
     try {
-      client = await pgConnect(this.cfg, { purpose: 'keeper', connectTimeoutMs: Math.min(1000, this.cfg.citus.connectTimeoutMs) });
-      return !(await isInRecovery(client));
-    } catch {
-      return null;
+      const r = await Promise.race([
+        this.kept.use(this.cfg.citus.databases[0] ?? 'postgres', async (c) => {
+          if (!this.watched.has(c)) {
+            this.watched.add(c);
+            c.once('end', () => this.onLocalEnd());
+            c.on('error', (e: Error & { code?: string }) => this.onLocalError(e));
+          }
+          return !(await isInRecovery(c));
+        }),
+        late,
+      ]);
+      // a node that does not answer within a tick: the session's state is unknown, open a new one next time
+      if (r === 'late') {
+        await this.kept.dropAll();
+        return { ok: false, why: `no answer within ${this.tickMs} ms` };
+      }
+      return { ok: true, writable: r };
+    } catch (err) {
+      return { ok: false, why: errorMessage(err) };
     } finally {
-      await closeQuietly(client);
+      clearTimeout(timer);
     }
+  }
+
+  /** Whether the local node is out of recovery (null: cannot tell). */
+  private async localWritable(): Promise<boolean | null> {
+    const r = await this.checkLocal();
+    this.noteLocal(r);
+    return r.ok ? r.writable : null;
+  }
+
+  /** Records what a check of the local node said; a change is looked at now. */
+  private noteLocal(r: { ok: true } | { ok: false; why: string }): void {
+    if (!this.roSpec) return;
+    const before = this.localDown;
+    this.localDown = r.ok ? null : r.why;
+    if ((before === null) !== (this.localDown === null)) {
+      this.opts.log[r.ok ? 'info' : 'warn']({ local: r.ok ? 'up' : 'down' }, r.ok ? 'local PostgreSQL answers again' : `local PostgreSQL does not answer: ${this.localDown}`);
+      this.look(false);
+    }
+    if (this.localDown !== null) this.recheckLocal();
+  }
+
+  /**
+   * The kept session ended: PostgreSQL stopping or gone, or this process closed it (after an
+   * error). Asked again at once on a new session: a node shutting down refuses it.
+   */
+  private onLocalEnd(): void {
+    if (this.stopping || !this.roSpec) return;
+    void this.checkLocal().then((r) => this.noteLocal(r));
+  }
+
+  /**
+   * The server ended the kept session with a shutdown (57P01 admin shutdown: a stop or a fast
+   * shutdown; 57P02 crash shutdown) or the connection broke: down at once, then asked again.
+   */
+  private onLocalError(e: Error & { code?: string }): void {
+    if (this.stopping || !this.roSpec) return;
+    if (e.code === '57P01' || e.code === '57P02' || e.code === 'ECONNRESET' || e.code === 'EPIPE') this.noteLocal({ ok: false, why: errorMessage(e) });
+  }
+
+  private recheckLocal(): void {
+    if (this.localTimer !== undefined || this.stopping) return;
+    this.localTimer = setTimeout(() => {
+      this.localTimer = undefined;
+      if (this.stopping) return;
+      void this.checkLocal().then((r) => this.noteLocal(r));
+    }, LOCAL_RECHECK_MS);
+  }
+
+  /** The leader key names this member, but its member key does not say primary yet. */
+  private promotionPending(d: RwDecision): boolean {
+    return d.kind === 'release' && /not a running primary yet/.test(d.why);
+  }
+
+  /**
+   * While the leader key names this member and it is not yet writable: ask the local node every
+   * PROMOTION_PROBE_MS (on the kept session) and look the moment it is, so that the read/write
+   * VIP follows a promotion within milliseconds instead of at the next change or tick. Ends when
+   * the key moves, the member key catches up, or after 2/3 ttl.
+   */
+  private probePromotion(): void {
+    if (this.probeTimer !== undefined || this.stopping) return;
+    const t0 = Date.now();
+    const tick = async () => {
+      this.probeTimer = undefined;
+      if (this.stopping || Date.now() - t0 > this.limitMs || !this.promotionPending(rwDecision(this.source.snapshot(), this.me, null))) return;
+      if ((await this.localWritable()) === true) {
+        this.look(false);
+        return;
+      }
+      if (!this.stopping) this.probeTimer = setTimeout(() => void tick(), PROMOTION_PROBE_MS);
+    };
+    this.probeTimer = setTimeout(() => void tick(), PROMOTION_PROBE_MS);
   }
 
   private async rwStep(view: Topology, sentAt: number, full: boolean): Promise<void> {
@@ -140,7 +256,10 @@ export class NodeAgent {
     if (!spec) return;
     let d: RwDecision = rwDecision(view, this.me, null);
     // only when the key names this member but its member key does not say primary yet
-    if (d.kind === 'release' && /not a running primary yet/.test(d.why)) d = rwDecision(view, this.me, await this.localWritable());
+    if (this.promotionPending(d)) {
+      d = rwDecision(view, this.me, await this.localWritable());
+      if (this.promotionPending(d)) this.probePromotion();
+    }
     const now = Date.now();
     if (d.kind === 'hold') {
       // Only a full read dates the leader key's last renewal: a watch-driven look may START a
@@ -156,10 +275,12 @@ export class NodeAgent {
     } else if (d.kind === 'release') this.rwConfirmedAt = null;
     const left = this.rwConfirmedAt === null ? 0 : this.rwConfirmedAt + this.limitMs - now;
     if (left > 0 && d.kind !== 'release') {
+      // a watch-driven look does not extend the hold: nothing to tell the helper when bound already
+      if (!full && this.rwBound) return;
       await this.bindVip('rw', spec, left, d.kind === 'hold' ? d.why : `kept ${Math.round(left)} ms more: ${d.why}`);
     } else {
       const why = d.kind === 'release' ? d.why : `no fresh read has confirmed this member as the leader within ${this.limitMs} ms (2/3 of ttl): ${d.why}`;
-      await this.unbindVip('rw', spec, why);
+      await this.unbindVip('rw', spec, why, full);
     }
   }
 
@@ -177,8 +298,11 @@ export class NodeAgent {
       keyKnown = false;
       this.say('ro', 'warn', `read-only VIP: cannot read ${lease.key}: ${errorMessage(err)}`);
     }
-    if (this.keySeen.holder === null) this.keyAbsentSince ??= now;
-    else {
+    if (this.keySeen.holder === null) {
+      this.keyAbsentSince ??= now;
+      // an agent that never saw a holder: the one that last released the key on purpose
+      this.lastHolder ??= this.keySeen.released ?? null;
+    } else {
       this.keyAbsentSince = null;
       this.lastHolder = this.keySeen.holder;
     }
@@ -190,10 +314,11 @@ export class NodeAgent {
     const key = { holder: this.keySeen.holder, mine, absentForMs: this.keyAbsentSince === null ? 0 : now - this.keyAbsentSince, lastHolder: this.lastHolder };
     let d: RoDecision = keyKnown || mine ? roDecision(view, this.me, key, this.cfg.citus.maxReplicaLagBytes) : { kind: 'wait', why: 'the key cannot be read' };
     if (d.kind === 'acquire') {
-      const name = this.cfg.name ?? `${this.me.connectAddress.host}:${this.me.connectAddress.port}`;
+      const name = this.memberName();
       try {
+        const a0 = Date.now();
         const won = await lease.acquire(name);
-        d = won ? { kind: 'hold', why: `took the read-only key: ${d.why}` } : { kind: 'wait', why: 'another member took the key first' };
+        d = won ? { kind: 'hold', why: `took the read-only key in ${Date.now() - a0} ms (absent for ${key.absentForMs} ms): ${d.why}` } : { kind: 'wait', why: 'another member took the key first' };
       } catch (err) {
         d = { kind: 'wait', why: `cannot take the key: ${errorMessage(err)}` };
       }
@@ -207,25 +332,29 @@ export class NodeAgent {
     if (d.kind === 'hold') {
       const until = lease.holdUntil();
       const left = until === null ? 0 : until - Date.now();
+      // only a full look renews the lease: nothing new to tell the helper when bound already
+      if (left > 0 && !full && this.roBound) return;
       if (left > 0) return this.bindVip('ro', spec, left, d.why);
       d = { kind: 'release', why: `the lease was not renewed within 2/3 of its ${lease.ttlSeconds} s TTL` };
     }
     // unbind first: the key (and so the next holder) only goes after the address is gone here
-    const gone = await this.unbindVip('ro', spec, d.why);
-    if (d.kind === 'release' && lease.holding && gone) await lease.release().catch(() => undefined);
+    // (always asked of the kernel before the lease goes)
+    const gone = await this.unbindVip('ro', spec, d.why, full || lease.holding);
+    if (d.kind === 'release' && lease.holding && gone) await lease.release(this.memberName()).catch(() => undefined);
   }
 
   // ---------------------------------------------------------------------------- binding
 
   private async bindVip(kind: 'rw' | 'ro', spec: VipSpec, holdMs: number, why: string): Promise<void> {
     const label = kind === 'rw' ? 'read/write' : 'read-only';
+    const t0 = Date.now();
     try {
       const r = await bind(spec, spec.helper ? { holdMs: Math.floor(holdMs) } : {});
       if (kind === 'rw') this.rwBound = true;
       else this.roBound = true;
       if (r.changed) {
         this.lastWhy[kind] = undefined;
-        this.opts.log.info({ vip: kind, address: spec.address }, `${label} VIP ${vipText(spec)} bound on ${spec.interface}: ${why}`);
+        this.opts.log.info({ vip: kind, address: spec.address, bindMs: Date.now() - t0, lookMs: this.lookStartedAt === null ? null : Date.now() - this.lookStartedAt }, `${label} VIP ${vipText(spec)} bound on ${spec.interface}: ${why}`);
         this.announce(kind, spec);
       } else this.say(kind, 'info', `${label} VIP ${vipText(spec)} held: ${why}`);
     } catch (err) {
@@ -233,9 +362,18 @@ export class NodeAgent {
     }
   }
 
-  /** True when the address is not bound here (any more). */
-  private async unbindVip(kind: 'rw' | 'ro', spec: VipSpec, why: string): Promise<boolean> {
+  /**
+   * True when the address is not bound here (any more). `check` false (a watch-driven look): when
+   * this process believes it is not bound, the helper is not asked; a full look (every tick)
+   * always asks the kernel, so an address bound by hand goes within a tick. That keeps the
+   * helper's queue free for the binds a move waits for.
+   */
+  private async unbindVip(kind: 'rw' | 'ro', spec: VipSpec, why: string, check = true): Promise<boolean> {
     const label = kind === 'rw' ? 'read/write' : 'read-only';
+    if (!check && !(kind === 'rw' ? this.rwBound : this.roBound)) {
+      this.say(kind, 'info', `${label} VIP ${vipText(spec)} not held: ${why}`);
+      return true;
+    }
     try {
       const r = await unbind(spec);
       if (kind === 'rw') this.rwBound = false;
@@ -270,12 +408,14 @@ export class NodeAgent {
     if (this.stopping) return;
     this.stopping = true;
     clearInterval(this.timer);
+    clearTimeout(this.probeTimer);
+    clearTimeout(this.localTimer);
     for (const t of this.announceTimers) clearTimeout(t);
     await this.looks.stop();
     this.opts.log.info({ signal }, `agent: ${signal}: stopping`);
     if (this.roSpec && this.lease) {
       const gone = await this.unbindVip('ro', this.roSpec, `the agent is stopping (${signal})`);
-      await this.lease.close({ release: gone });
+      await this.lease.close({ release: gone, member: this.memberName() });
     }
     if (this.rwSpec) {
       let d: RwDecision = { kind: 'unknown', why: 'no fresh read' };
@@ -295,5 +435,6 @@ export class NodeAgent {
       } else await this.unbindVip('rw', this.rwSpec, `the agent is stopping (${signal}) and ${d.why}`);
     }
     await this.source.stop();
+    await this.kept.close();
   }
 }

@@ -52,6 +52,11 @@ export interface RoKeySeen {
   holder: string | null;
   /** The lease the key is on ('0': none; null: no key). */
   lease: string | null;
+  /**
+   * The member that last released the key on purpose (`<key>-released`, written before the
+   * release): an agent started after the release still ranks it last. Null: none recorded.
+   */
+  released?: string | null;
 }
 
 export class RoLease {
@@ -92,10 +97,11 @@ export class RoLease {
 
   /** One read of the key. */
   async read(): Promise<RoKeySeen> {
-    const r = await this.client.kv.range({ key: Buffer.from(this.key) });
+    const [r, m] = await Promise.all([this.client.kv.range({ key: Buffer.from(this.key) }), this.client.kv.range({ key: Buffer.from(`${this.key}-released`) })]);
     const kv = r.kvs[0];
-    if (!kv) return { holder: null, lease: null };
-    return { holder: kv.value.toString('utf8'), lease: String(kv.lease) };
+    const released = m.kvs[0] ? m.kvs[0].value.toString('utf8') : null;
+    if (!kv) return { holder: null, lease: null, released };
+    return { holder: kv.value.toString('utf8'), lease: String(kv.lease), released };
   }
 
   /** Is `seen` on this process's lease? */
@@ -154,7 +160,21 @@ export class RoLease {
   }
 
   /** Gives the key up: revokes the lease (the key goes with it). When etcd cannot be reached the lease expires by itself. */
-  async release(): Promise<void> {
+  /**
+   * Gives the key up (revokes the lease). With `member`, first records it as the last one to
+   * release (`<key>-released`), so that the next holder is not chosen by a ranking that still
+   * puts it first (the DCS can say `running` for a loop after this node gave up).
+   */
+  async release(member?: string): Promise<void> {
+    // one etcd write (one fsync) frees the key for the next holder: delete it while it is still
+    // on this lease, record who released it; the lease is revoked after that
+    if (member !== undefined && this.leaseId !== null) {
+      await this.client
+        .if(this.key, 'Lease', '==', this.leaseId)
+        .then(this.client.delete().key(this.key), this.client.put(`${this.key}-released`).value(member))
+        .commit()
+        .catch(() => undefined);
+    }
     await this.dropLease();
   }
 
@@ -171,10 +191,10 @@ export class RoLease {
     if (lease) await lease.revoke().catch(() => undefined);
   }
 
-  async close(opts: { release: boolean }): Promise<void> {
+  async close(opts: { release: boolean; member?: string }): Promise<void> {
     if (this.closed) return;
     this.closed = true;
-    if (opts.release) await this.dropLease();
+    if (opts.release) await this.release(opts.member);
     else this.forget();
     await this.watcher?.cancel().catch(() => undefined);
     this.client.close();

@@ -152,3 +152,19 @@ export function roDecision(view: Topology, me: AgentIdentity, key: RoKey, maxLag
   if (key.absentForMs < due) return { kind: 'wait', why: `ranked ${rank + 1} of ${ranking.length} (after ${ranking.slice(0, rank).map((m) => showName(m.name)).join(', ')}): takes an absent key after ${due} ms` };
   return { kind: 'acquire', why: rank === 0 ? `${showName(self.name)} is first for the read-only VIP` : `the key has been absent ${key.absentForMs} ms: ${showName(self.name)} (rank ${rank + 1}) takes it` };
 }
+
+/**
+ * The view as this node knows it better: its own PostgreSQL does not answer (its kept session
+ * ended, or a query on it failed or timed out) while the DCS may still say `running` (Patroni
+ * writes the member key once per loop, and a Patroni stopping its node first stops PostgreSQL).
+ * This member's state becomes `not answering locally (<why>)`, so the read-only VIP leaves it
+ * now and it takes none; everything else is unchanged. Same view when `down` is null.
+ */
+export function withLocalDown(view: Topology, me: AgentIdentity, down: string | null): Topology {
+  if (down === null) return view;
+  const self = isMember(me);
+  return {
+    ...view,
+    groups: view.groups.map((g) => (g.scope !== me.scope ? g : { ...g, members: g.members.map((m) => (self(m) ? { ...m, state: `not answering locally (${down})` } : m)) })),
+  };
+}

@@ -170,15 +170,14 @@ export async function bind(vip: VipSpec, opts: BindOptions = {}): Promise<{ chan
     return { changed: r.changed === true };
   }
   if (opts.holdMs !== undefined) throw new VipError(`cannot bind ${vipText(vip)} on ${vip.interface} with a hold: only the VIP helper keeps a deadline (set citus.vip.helper)`);
-  const list = await listAddresses(vip.interface, opts);
-  if (list === null) throw new VipError(`cannot bind ${vipText(vip)}: interface ${vip.interface} does not exist`);
-  if (list.includes(`${canonicalAddress(vip.address)}/${vip.prefix}`)) return { changed: false };
+  // one `ip` run for a new bind (a move waits for it); "exists" is then checked by a listing
   const bin = opts.ipBin ?? findBinary('ip');
   // IPv6: skip duplicate address detection, or the address stays "tentative" (unusable) for ~1 s
   const args = ['addr', 'add', vipText(vip), 'dev', vip.interface, ...(isV6(vip.address) ? ['nodad'] : [])];
   const r = await run(bin, args, timeoutMs);
   if (r.failed) {
-    // a concurrent run (or a SIGKILLed earlier one) added it in between: that is success
+    if (missingDevice(r)) throw new VipError(`cannot bind ${vipText(vip)}: interface ${vip.interface} does not exist`);
+    // already there (bound earlier, or by a concurrent run): that is success
     if (/File exists|already assigned/i.test(r.stderr) && (await hasAddress(vip, opts))) return { changed: false };
     throw new VipError(describeFailure(`cannot bind ${vipText(vip)} on ${vip.interface}`, bin, r, timeoutMs));
   }
@@ -196,22 +195,24 @@ export async function unbind(vip: VipSpec, opts: VipOptions = {}): Promise<{ cha
     const r = await helperOrThrow(vip.helper, { op: 'unbind', ...specOf(vip) }, 4 * timeoutMs, `cannot unbind ${vip.address} from ${vip.interface}`);
     return { changed: r.changed === true, removed: r.removed ?? [] };
   }
-  const list = await listAddresses(vip.interface, opts);
-  const want = canonicalAddress(vip.address);
-  const bound = (list ?? []).filter((a) => a.slice(0, a.lastIndexOf('/')) === want);
-  if (bound.length === 0) return { changed: false, removed: [] };
+  // one `ip` run (a move waits for it): flush every address of the interface inside
+  // <address>/32 (/128), i.e. this address under any prefix; -s -s prints what it removed
   const bin = opts.ipBin ?? findBinary('ip');
-  const removed: string[] = [];
-  for (const a of bound) {
-    const r = await run(bin, ['addr', 'del', a, 'dev', vip.interface], timeoutMs);
-    if (r.failed) {
-      if (/Cannot assign requested address|does not exist/i.test(r.stderr)) continue; // removed concurrently
-      throw new VipError(describeFailure(`cannot unbind ${a} from ${vip.interface}`, bin, r, timeoutMs));
-    }
-    removed.push(a);
+  const r = await run(bin, ['-s', '-s', 'addr', 'flush', 'dev', vip.interface, 'to', `${vip.address}/${isV6(vip.address) ? 128 : 32}`], timeoutMs);
+  if (r.failed) {
+    if (missingDevice(r)) return { changed: false, removed: [] };
+    throw new VipError(describeFailure(`cannot unbind ${vip.address} from ${vip.interface}`, bin, r, timeoutMs));
   }
-  const left = ((await listAddresses(vip.interface, opts)) ?? []).filter((a) => a.slice(0, a.lastIndexOf('/')) === want);
-  if (left.length > 0) throw new VipError(`cannot unbind ${vip.address} from ${vip.interface}: still bound as ${left.join(', ')}`);
+  const want = canonicalAddress(vip.address);
+  const removed: string[] = [];
+  for (const line of r.stdout.split('\n')) {
+    const tokens = line.trim().split(/\s+/);
+    const i = tokens.findIndex((t) => t === 'inet' || t === 'inet6');
+    const tok = i >= 0 ? tokens[i + 1] : undefined;
+    if (!tok || !tok.includes('/')) continue;
+    const [addr, prefix] = tok.split('/') as [string, string];
+    if (canonicalAddress(addr) === want) removed.push(`${want}/${prefix}`);
+  }
   return { changed: removed.length > 0, removed };
 }
 

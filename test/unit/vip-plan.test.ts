@@ -6,7 +6,7 @@
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { g, m, topo, url } from '../helpers/builders.js';
-import { roDecision, roRanking, rwDecision, type AgentIdentity, type RoKey } from '../../src/node/vip-plan.js';
+import { roDecision, roRanking, rwDecision, withLocalDown, type AgentIdentity, type RoKey } from '../../src/node/vip-plan.js';
 import type { GroupView, MemberView } from '../../src/topology/model.js';
 
 const A = () => m('a', url('10.0.1.1:5432'), 'master');
@@ -142,5 +142,33 @@ describe('roDecision: the read-only VIP', () => {
         if (key.absentForMs === 0) assert.ok(takers.length <= 1, `first rank only: ${takers.join(', ')}`);
       }
     }
+  });
+});
+
+describe('withLocalDown: what this node knows of its own PostgreSQL, fed to roDecision', () => {
+  const down = (w: GroupView, who: string, why: string | null) => withLocalDown(view(w), me(who), why);
+  const table: Array<[string, GroupView, string, string | null, RoKey, unknown]> = [
+    ['the holder, its node up: kept', wk1('a', [A(), B(), C()]), 'b', null, MINE('b'), { kind: 'hold', why: 'b is a healthy replica' }],
+    [
+      'the holder, its session ended while the DCS still says running: released now',
+      wk1('a', [A(), B(), C()]),
+      'b',
+      'the database system is shutting down',
+      MINE('b'),
+      { kind: 'release', why: 'b is "not answering locally (the database system is shutting down)"' },
+    ],
+    ['a replica whose node is down takes no absent key', wk1('a', [A(), B(), C()]), 'b', 'no answer within 1000 ms', NO_KEY, { kind: 'wait', why: 'not eligible: b is "not answering locally (no answer within 1000 ms)"' }],
+  ];
+  for (const [name, group, who, why, key, want] of table) {
+    test(name, () => assert.deepEqual(roDecision(down(group, who, why), me(who), key, LAG), want));
+  }
+  test('only this member changes; a null reason is the same view', () => {
+    const w = wk1('a', [A(), B(), C()]);
+    const v = view(w);
+    assert.equal(withLocalDown(v, me('b'), null), v);
+    const d = withLocalDown(v, me('b'), 'x');
+    const states = d.groups.find((x) => x.scope === 'wk1')!.members.map((x) => `${x.name}:${x.state}`);
+    assert.deepEqual(states, ['a:running', 'b:not answering locally (x)', 'c:running']);
+    assert.deepEqual(d.groups.find((x) => x.scope !== 'wk1'), v.groups.find((x) => x.scope !== 'wk1'));
   });
 });
