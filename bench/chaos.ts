@@ -9,7 +9,9 @@
  * "node" with its own network namespace (created and deleted here) holding interface vip0, and
  * its own VIP helper running inside that namespace (`citus-controller vip-helper`, as root); the
  * daemons and the Patroni callbacks run as before and reach the helper through its unix socket
- * (citus.vip.helper). Nothing is bound in the root namespace.
+ * (citus.vip.helper). wk1 runs as production runs a worker group: per member a namespace, its VIP
+ * helper and its node agent (`citus-controller agent`: wk1's rw VIP 192.0.2.20 and ro VIP
+ * 192.0.2.21). Nothing is bound in the root namespace.
  *
  * The sampler, every 20 ms: which member of each group is writable (pg_is_in_recovery() on a kept
  * session, 200 ms limit), the primary rows of pg_dist_node on every writable CN member, who holds
@@ -21,11 +23,12 @@
  * - wrong-pointing ms: time a pg_dist_node primary row (on any writable CN member) names a node that
  *   is not writable while another member of that group is, beyond a 100 ms detection allowance per
  *   episode;
- * - VIP on two nodes ms;
+ * - VIPs on two nodes ms (the CN rw VIP, wk1's rw and ro VIPs);
  * - writes: ok / failed (an error, or no member holds the VIP) / blocked (took more than 1 s);
  * - converge ms: from the moment the fault cleared until everything was right (one writable member
- *   per group, pg_dist_node names them, the VIP on the writable CN member only, use_secondary_nodes
- *   never on the CN primary and always on the CN replica) and stayed right.
+ *   per group, pg_dist_node names them, the VIP on the writable CN member only, wk1's rw VIP on its
+ *   writable member only and its ro VIP on exactly one member, use_secondary_nodes never on the CN
+ *   primary and always on the CN replica) and stayed right.
  * Targets: 0 ms wrong-pointing and 0 ms VIP on two nodes in every row; converge < 1 s.
  *
  * Everything it starts is stopped on every way out (lab down, helpers, namespaces); exit 0 when
@@ -35,7 +38,7 @@ import { chmodSync, existsSync, mkdtempSync, readFileSync, rmSync } from 'node:f
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Command } from 'commander';
-import { execa, type ResultPromise } from 'execa';
+import type { ResultPromise } from 'execa';
 import pg from 'pg';
 import { errorMessage } from '../src/util/errors.js';
 import {
@@ -60,7 +63,8 @@ import { cliCommand, listControllers, startControllers, type LabController } fro
 import { startEtcd } from '../src/lab/etcd.js';
 import { findExecutable } from '../src/lab/up.js';
 import { resolveRunAs } from '../src/lab/proc.js';
-import { createNetns, startVipHelperIn, type TestNetns } from '../test/helpers/netns.js';
+import { AddressWatch, createNetns, startVipHelperIn, type TestNetns } from '../test/helpers/netns.js';
+import { startAgentGroup, type AgentGroup } from '../test/helpers/agents.js';
 import { describeMachine, machineContext, ms, onCleanup, progressFor, runBench, sleep, table, wasInterrupted } from './lib.js';
 
 const progress = progressFor('chaos');
@@ -86,45 +90,24 @@ interface Sample {
   t: number;
   members: Record<string, MemberTruth | null>;
   vip: Record<string, boolean | null>;
+  /** wk1's read/write and read-only VIP: the members holding each. */
+  wk: { rw: string[]; ro: string[] };
   /** citus.use_secondary_nodes per CN member (latest new-session read; null: unset, undefined: unknown). */
   guc: Record<string, string | null | undefined>;
 }
 
 const addr = (m: Pick<LabMember, 'host' | 'pgPort'>) => `${m.host}:${m.pgPort}`;
 
-/**
- * Who holds the VIP, per node: `ip -o monitor address` in each namespace (one long-lived process,
- * every change as it happens), seeded by one `ip addr` read. No polling, no fork per sample.
- */
-class VipWatch {
-  readonly holds = new Map<string, boolean | null>();
-  private procs: ResultPromise[] = [];
+/** The worker group whose VIPs the node agents keep (one namespace + VIP helper + agent per member). */
+const WK = { scope: 'wk1', rw: '192.0.2.20', ro: '192.0.2.21' };
 
-  async start(netns: Map<string, TestNetns>): Promise<void> {
-    const want = `inet ${VIP.address}/${VIP.prefix} `;
-    for (const [name, ns] of netns) {
-      this.holds.set(name, null);
-      const p = execa('ip', ['-o', '-n', ns.name, 'monitor', 'address'], { reject: false, stdin: 'ignore', stderr: 'ignore', buffer: false });
-      let buf = '';
-      p.stdout?.on('data', (d: Buffer) => {
-        buf += d.toString();
-        let nl;
-        while ((nl = buf.indexOf('\n')) >= 0) {
-          const line = buf.slice(0, nl);
-          buf = buf.slice(nl + 1);
-          if (line.includes(` ${VIP.interface} `) && line.includes(want)) this.holds.set(name, !line.startsWith('Deleted'));
-        }
-      });
-      this.procs.push(p);
-      await sleep(100);
-      this.holds.set(name, (await ns.addresses()).includes(`${VIP.address}/${VIP.prefix}`));
-    }
-  }
-
-  async stop(): Promise<void> {
-    for (const p of this.procs) p.kill('SIGTERM');
-    await Promise.all(this.procs.map((p) => p.catch(() => undefined)));
-  }
+/** Who holds the VIPs: `ip monitor` in every namespace (test/helpers/netns.ts AddressWatch), no polling. */
+interface VipWatches {
+  /** The coordinator members' namespaces (the CN read/write VIP). */
+  cn: AddressWatch;
+  cnMembers: string[];
+  /** wk1's node agents (its rw and ro VIPs). */
+  agents: AgentGroup;
 }
 
 class Sampler {
@@ -138,7 +121,7 @@ class Sampler {
 
   constructor(
     private state: LabState,
-    private vips: VipWatch,
+    private vips: VipWatches,
   ) {}
 
   private get members(): LabMember[] {
@@ -219,7 +202,14 @@ class Sampler {
         const asked = this.askedAt.get(m.name);
         members[m.name] = asked !== undefined && t0 - asked > 100 ? null : (this.latestOf.get(m.name) ?? null);
       }
-      const s: Sample = { t: t0, members, vip: Object.fromEntries(this.vips.holds), guc: { ...this.guc } };
+      const cnHolders = this.vips.cn.holders(VIP.address);
+      const s: Sample = {
+        t: t0,
+        members,
+        vip: Object.fromEntries(this.vips.cnMembers.map((n) => [n, cnHolders.includes(n)])),
+        wk: { rw: this.vips.agents.watch.holders(WK.rw), ro: this.vips.agents.watch.holders(WK.ro) },
+        guc: { ...this.guc },
+      };
       this.samples.push(s);
       this.latest = s;
       const left = SAMPLE_MS - (performance.now() - t0);
@@ -288,7 +278,14 @@ function judge(state: LabState, s: Sample): { wrong: string[]; twoVips: boolean;
       if (!ok) unconverged.push(`use_secondary_nodes on ${m.name}: ${String(guc)}`);
     }
   }
-  const twoVips = Object.values(s.vip).filter((v) => v === true).length >= 2;
+  // wk1's VIPs (node agents): rw on its one writable member only, ro on exactly one member
+  const wk = state.groups.find((g) => g.scope === WK.scope);
+  if (wk) {
+    const w = writableIn(wk.groupid);
+    if (w.length === 1 && (s.wk.rw.length !== 1 || s.wk.rw[0] !== w[0]!.name)) unconverged.push(`${WK.scope} rw VIP on ${s.wk.rw.join('+') || 'nobody'}`);
+    if (s.wk.ro.length !== 1) unconverged.push(`${WK.scope} ro VIP on ${s.wk.ro.join('+') || 'nobody'}`);
+  }
+  const twoVips = Object.values(s.vip).filter((v) => v === true).length >= 2 || s.wk.rw.length >= 2 || s.wk.ro.length >= 2;
   return { wrong, twoVips, unconverged: [...unconverged, ...wrong] };
 }
 
@@ -374,6 +371,7 @@ interface Ctx {
   vipConfig: (doc: Record<string, unknown>, m: LabMember) => void;
   etcdBin: string;
   citus: 'real' | 'emulated';
+  agents: AgentGroup;
 }
 
 interface Scenario {
@@ -403,6 +401,30 @@ const writerOf = async (ctx: Ctx): Promise<LabController> => {
   if (!c) throw new Error(`no live controller on the CN leader ${leader.name}`);
   return c;
 };
+
+/** The one member holding `address` (other than `not`), waited for up to `timeoutMs`. */
+async function waitHolder(ctx: Ctx, address: string, not?: string, timeoutMs = 15000): Promise<string> {
+  const t0 = Date.now();
+  for (;;) {
+    const h = ctx.agents.watch.holders(address);
+    if (h.length === 1 && h[0] !== not) return h[0]!;
+    if (Date.now() - t0 > timeoutMs) throw new Error(`${address}: no single holder${not ? ` other than ${not}` : ''} after ${timeoutMs} ms (held by ${h.join(', ') || 'nobody'})`);
+    await sleep(10);
+  }
+}
+
+async function waitForExitOf(pid: number, timeoutMs: number): Promise<void> {
+  const t0 = Date.now();
+  for (;;) {
+    try {
+      process.kill(pid, 0);
+    } catch {
+      return;
+    }
+    if (Date.now() - t0 > timeoutMs) throw new Error(`pid ${pid} did not exit in ${timeoutMs} ms`);
+    await sleep(50);
+  }
+}
 
 function freeze(pid: number, ms: number): Promise<void> {
   process.kill(pid, 'SIGSTOP');
@@ -596,6 +618,34 @@ const SCENARIOS: Scenario[] = [
     run: () => Promise.reject(new Error('not run')),
   },
   {
+    name: 'wk1 read-only VIP holder: its node agent SIGKILLed (restarted once the VIP moved, as systemd does)',
+    run: async (ctx) => {
+      const holder = await waitHolder(ctx, WK.ro);
+      const k0 = Date.now();
+      await ctx.agents.stopAgent(holder, 'SIGKILL');
+      const next = await waitHolder(ctx, WK.ro, holder, 20000);
+      const movedMs = (ctx.agents.watch.boundAt(WK.ro, next, k0) ?? Date.now()) - k0;
+      ctx.agents.startAgent(holder);
+      return { clearedAt: performance.now(), note: `ro ${WK.ro} bound on ${next} ${movedMs} ms after the agent on ${holder} was killed (its lease had to expire); cleared = the agent restarted` };
+    },
+  },
+  {
+    name: 'wk1 read-only VIP holder stopped (its Patroni SIGTERM), started again',
+    run: async (ctx) => {
+      const st = ctx.state();
+      const holder = await waitHolder(ctx, WK.ro);
+      const m = st.groups.find((g) => g.scope === WK.scope)!.members.find((x) => x.name === holder)!;
+      const s0 = Date.now();
+      process.kill(m.patroniPid, 'SIGTERM');
+      const next = await waitHolder(ctx, WK.ro, holder, 20000);
+      const movedMs = (ctx.agents.watch.boundAt(WK.ro, next, s0) ?? Date.now()) - s0;
+      await waitForExitOf(m.patroniPid, 30000);
+      await startMember(st, m);
+      await waitForReplica(st, m, { timeoutMs: 90000 });
+      return { clearedAt: performance.now(), note: `ro ${WK.ro} bound on ${next} ${movedMs} ms after ${holder}'s Patroni got SIGTERM; cleared = ${holder} streams again (the VIP goes back to a replica)` };
+    },
+  },
+  {
     name: 'etcd frozen 30 s',
     run: async (ctx) => {
       await freeze(ctx.state().etcd.pid, 30000);
@@ -687,7 +737,7 @@ async function waitConverged(state: LabState, sampler: Sampler, limitMs: number)
   return false;
 }
 
-async function runScenario(sc: Scenario, ctx: Ctx, vips: VipWatch): Promise<Row> {
+async function runScenario(sc: Scenario, ctx: Ctx, vips: VipWatches): Promise<Row> {
   const state = ctx.state();
   const empty = { ok: 0, failed: 0, blocked: 0, errors: {} };
   const skip = sc.skip?.(ctx) ?? null;
@@ -791,14 +841,16 @@ async function main(): Promise<number> {
   progress(`machine: ${describeMachine(machineContext(dir))}`);
   const netns = new Map<string, TestNetns>();
   const helpers: ResultPromise[] = [];
-  const vips = new VipWatch();
+  let cnWatch: AddressWatch | null = null;
+  let agents: AgentGroup | null = null;
   // one step, in this order: the daemons first (they still reach their VIP helper when they stop),
   // then the helpers and the namespaces
   onCleanup(ownDir && !opts.keep ? `lab down, VIP helpers, namespaces, remove ${dir}` : `lab down, VIP helpers, namespaces (keeping ${dir})`, async () => {
+    await agents?.close().catch((err: unknown) => progress(`wk1 agents: ${errorMessage(err)}`));
     await labDown(dir).catch((err: unknown) => progress(`lab down: ${errorMessage(err)}`));
     await sleep(500);
     if (findLabProcesses(dir).length > 0) await labDown(dir).catch((err: unknown) => progress(`lab down: ${errorMessage(err)}`));
-    await vips.stop();
+    await cnWatch?.stop();
     for (const h of helpers) h.kill('SIGTERM');
     await Promise.all(helpers.map((h) => h.catch(() => undefined)));
     for (const ns of netns.values()) await ns.remove().catch((err: unknown) => progress(`netns ${ns.name}: ${errorMessage(err)}`));
@@ -821,11 +873,16 @@ async function main(): Promise<number> {
     helpers.push((await startVipHelperIn(ns, { cli: cliCommand(), config: memberConfigFile(state0, m), socket: socketOf(state0, m), ...(state0.runAs ? { gid: state0.runAs.gid } : {}) })).proc);
     progress(`${m.name}: network namespace ${ns.name} (vip0), VIP helper on ${socketOf(state0, m)}`);
   }
-  await vips.start(netns);
+  cnWatch = new AddressWatch(netns, [VIP.address]);
+  await cnWatch.start();
   const ctl = await startControllers(dir, { configure: vipConfig });
   progress(`controllers: ${ctl.map((c) => `${c.member} pid ${c.pid}`).join(', ')}`);
+  // wk1 as production runs a worker group: per member a namespace, its VIP helper and its node agent
+  agents = await startAgentGroup(dir, WK.scope, { rw: WK.rw, ro: WK.ro });
+  progress(`${WK.scope}: node agents with rw ${WK.rw} and ro ${WK.ro}, one namespace and VIP helper per member`);
+  const vips: VipWatches = { cn: cnWatch, cnMembers: cnMembers.map((m) => m.name), agents };
 
-  const ctx: Ctx = { dir, state: () => loadLabState(dir), sampler: new Sampler(state0, vips), vipConfig, etcdBin, citus: state0.citus.mode };
+  const ctx: Ctx = { dir, state: () => loadLabState(dir), sampler: new Sampler(state0, vips), vipConfig, etcdBin, citus: state0.citus.mode, agents };
   const rows: Row[] = [];
   for (const sc of chosen) {
     if (wasInterrupted()) break;
@@ -858,7 +915,7 @@ async function main(): Promise<number> {
   out.push('');
   out.push(
     table(
-      ['scenario', 'wrong-pointing ms', 'VIP on two ms', 'writes ok', 'failed', 'blocked', 'converge ms', 'targets'],
+      ['scenario', 'wrong-pointing ms', 'VIPs on two ms', 'writes ok', 'failed', 'blocked', 'converge ms', 'targets'],
       rows.map((r) =>
         r.skipped
           ? [r.scenario, '-', '-', '-', '-', '-', '-', `skipped: ${r.skipped}`]

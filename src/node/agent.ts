@@ -311,8 +311,19 @@ export class NodeAgent {
       // our lease no longer holds the key (it expired and somebody else took it): never bound on it
       lease.release().catch(() => undefined);
     }
-    const key = { holder: this.keySeen.holder, mine, absentForMs: this.keyAbsentSince === null ? 0 : now - this.keyAbsentSince, lastHolder: this.lastHolder };
+    const key = { holder: this.keySeen.holder, mine, absentForMs: this.keyAbsentSince === null ? 0 : now - this.keyAbsentSince, lastHolder: this.lastHolder, claim: this.keySeen.claim ?? null };
     let d: RoDecision = keyKnown || mine ? roDecision(view, this.me, key, this.cfg.citus.maxReplicaLagBytes) : { kind: 'wait', why: 'the key cannot be read' };
+    if (d.kind === 'claim') {
+      // written on the first look that wants it, renewed on full looks
+      if (!lease.claiming || full) {
+        try {
+          await lease.claim(this.memberName());
+        } catch (err) {
+          this.say('ro', 'warn', `read-only VIP: cannot claim ${lease.key}: ${errorMessage(err)}`);
+        }
+      }
+      d = { kind: 'wait', why: d.why };
+    } else if (lease.claiming) await lease.unclaim();
     if (d.kind === 'acquire') {
       const name = this.memberName();
       try {

@@ -57,6 +57,8 @@ export interface RoKeySeen {
    * release): an agent started after the release still ranks it last. Null: none recorded.
    */
   released?: string | null;
+  /** The member whose agent claims the key from the primary (`<key>-claim`, on that agent's lease). */
+  claim?: string | null;
 }
 
 export class RoLease {
@@ -64,6 +66,7 @@ export class RoLease {
   readonly ttlSeconds: number;
   private readonly client: Etcd3;
   private lease: Lease | null = null;
+  private claimLease: Lease | null = null;
   private leaseId: string | null = null;
   /** When the last successful grant or renewal was sent (ms, `now`); null: no lease. */
   private confirmedAt: number | null = null;
@@ -85,7 +88,8 @@ export class RoLease {
 
   /** Watches the key (puts and deletes call onChange; so does every (re)attach). */
   async watch(): Promise<void> {
-    const w = await this.client.watch().key(this.key).create();
+    // the key and its siblings (-released, -claim): a claim wakes the holder at once
+    const w = await this.client.watch().prefix(this.key).create();
     this.watcher = w;
     const changed = () => this.opts.onChange?.();
     w.on('put', changed);
@@ -97,11 +101,16 @@ export class RoLease {
 
   /** One read of the key. */
   async read(): Promise<RoKeySeen> {
-    const [r, m] = await Promise.all([this.client.kv.range({ key: Buffer.from(this.key) }), this.client.kv.range({ key: Buffer.from(`${this.key}-released`) })]);
+    const [r, m, c] = await Promise.all([
+      this.client.kv.range({ key: Buffer.from(this.key) }),
+      this.client.kv.range({ key: Buffer.from(`${this.key}-released`) }),
+      this.client.kv.range({ key: Buffer.from(`${this.key}-claim`) }),
+    ]);
     const kv = r.kvs[0];
     const released = m.kvs[0] ? m.kvs[0].value.toString('utf8') : null;
-    if (!kv) return { holder: null, lease: null, released };
-    return { holder: kv.value.toString('utf8'), lease: String(kv.lease), released };
+    const claim = c.kvs[0] ? c.kvs[0].value.toString('utf8') : null;
+    if (!kv) return { holder: null, lease: null, released, claim };
+    return { holder: kv.value.toString('utf8'), lease: String(kv.lease), released, claim };
   }
 
   /** Is `seen` on this process's lease? */
@@ -159,6 +168,47 @@ export class RoLease {
     return this.lease !== null;
   }
 
+  get claiming(): boolean {
+    return this.claimLease !== null;
+  }
+
+  /**
+   * Asks the primary holding the key to hand it over: `<key>-claim` = member, created if absent,
+   * on a lease of this process (TTL as the key's), renewed by every call. It goes with this
+   * process: a dead agent claims nothing.
+   */
+  async claim(member: string): Promise<void> {
+    const claimKey = `${this.key}-claim`;
+    if (this.claimLease) {
+      try {
+        await this.claimLease.keepaliveOnce();
+      } catch (err) {
+        this.claimLease.release();
+        this.claimLease = null;
+        throw err;
+      }
+    } else {
+      const l = this.client.lease(this.ttlSeconds, { autoKeepAlive: false });
+      l.on('lost', () => undefined);
+      try {
+        await l.grant();
+      } catch (err) {
+        l.release();
+        throw err;
+      }
+      this.claimLease = l;
+    }
+    const id = await this.claimLease.grant();
+    await this.client.if(claimKey, 'Version', '==', 0).then(this.client.put(claimKey).value(member).lease(id)).commit();
+  }
+
+  /** Withdraws the claim (revokes its lease, which deletes the claim key). */
+  async unclaim(): Promise<void> {
+    const l = this.claimLease;
+    this.claimLease = null;
+    if (l) await l.revoke().catch(() => undefined);
+  }
+
   /** Gives the key up: revokes the lease (the key goes with it). When etcd cannot be reached the lease expires by itself. */
   /**
    * Gives the key up (revokes the lease). With `member`, first records it as the last one to
@@ -194,6 +244,7 @@ export class RoLease {
   async close(opts: { release: boolean; member?: string }): Promise<void> {
     if (this.closed) return;
     this.closed = true;
+    await this.unclaim();
     if (opts.release) await this.release(opts.member);
     else this.forget();
     await this.watcher?.cancel().catch(() => undefined);

@@ -74,12 +74,19 @@ export interface RoKey {
    * stopping) is not waited for.
    */
   lastHolder?: string | null;
+  /**
+   * The member whose agent claims the key (`<key>-claim`, on that agent's own lease: it exists
+   * only while that agent lives and renews it). Null/absent: no claim.
+   */
+  claim?: string | null;
 }
 
 export type RoDecision =
   | { kind: 'hold'; why: string }
   | { kind: 'release'; why: string }
   | { kind: 'acquire'; why: string }
+  /** Not holding; ask the primary that holds the key to hand it over (write the claim). */
+  | { kind: 'claim'; why: string }
   | { kind: 'wait'; why: string };
 
 /** Delay per rank before a member that is not first takes an absent read-only key (default). */
@@ -134,9 +141,23 @@ export function roDecision(view: Topology, me: AgentIdentity, key: RoKey, maxLag
   const primary = rp.member;
   if (key.mine) {
     const e = roEligible(g, self, primary, maxLagBytes);
-    return e.ok ? { kind: 'hold', why: self.name === primary.name ? 'no replica of the group is healthy: the primary serves reads' : `${showName(self.name)} is a healthy replica` } : { kind: 'release', why: e.why };
+    if (e.ok) return { kind: 'hold', why: self.name === primary.name ? 'no replica of the group is healthy: the primary serves reads' : `${showName(self.name)} is a healthy replica` };
+    // the primary hands the VIP to a healthy replica only when that replica's agent asks for it:
+    // a replica whose agent is dead would never take the key, and a primary that let go of it
+    // would take it again 3 s later, over and over
+    if (self.name === primary.name) {
+      const claimant = key.claim ? g.members.find((m) => m.name === key.claim) : undefined;
+      if (claimant && claimant.name !== self.name && roEligible(g, claimant, primary, maxLagBytes).ok) return { kind: 'release', why: `${e.why}, and its agent claims the read-only VIP` };
+      return { kind: 'hold', why: `${e.why}, but no healthy replica's agent claims the read-only VIP: kept` };
+    }
+    return { kind: 'release', why: e.why };
   }
   if (key.holder !== null) {
+    // the primary holds it while this replica is the first healthy one: claim it
+    if (key.holder === primary.name && self.name !== primary.name) {
+      const first = roRanking(g, primary, maxLagBytes)[0];
+      if (first && first.name === self.name && first.name !== primary.name) return { kind: 'claim', why: `${showName(self.name)} is the first healthy replica and the primary ${showName(primary.name)} holds the read-only VIP: claimed` };
+    }
     const whose = me.name !== undefined && key.holder === me.name ? `an earlier lease of this member (${showName(key.holder)}); waiting for it to expire` : showName(key.holder);
     return { kind: 'wait', why: `held by ${whose}` };
   }

@@ -178,6 +178,9 @@ async function roHolderStatus(cfg: ControllerConfig, topology: Topology): Promis
     const rp = runningPrimary(g, topology.source);
     if (!rp.ok) return { ...base, ok: false, reason: `the group has no running primary (${rp.reason})` };
     const e = roEligible(g, m, rp.member, cfg.citus.maxReplicaLagBytes);
+    if (!e.ok && m.name === rp.member.name) {
+      return { ...base, ok: false, reason: `${holder} should give it up: ${e.why}; the primary keeps it until that replica's node agent claims it (is the agent running there?)` };
+    }
     if (!e.ok) return { ...base, ok: false, reason: `${holder} should give it up: ${e.why}` };
     return { ...base, ok: true, reason: m.name === rp.member.name ? `${holder}, the primary (no replica is healthy)` : `${holder}, a healthy replica` };
   });

@@ -159,6 +159,27 @@ describe('node agent: the read/write VIP on the primary, the read-only VIP on on
     assertNeverTwo();
   });
 
+  test('no replica agent alive: the primary keeps the read-only VIP without flapping; an agent back on a healthy replica claims it and gets it', async () => {
+    const s = await settled('before');
+    const replicas = wk1().filter((m) => m.name !== s.primary.name);
+    for (const r of replicas) await stopAgent(r.name, 'SIGKILL');
+    await waitFor(() => holder(RO) === s.primary.name, { timeoutMs: LEASE_MS + 10000, intervalMs: 20, what: () => `ro on the primary ${s.primary.name} once the replicas' leases expired (held by ${watchOf().holders(RO).join(', ') || 'nobody'})` });
+    // the replicas look healthy in the DCS, but nobody alive there asks for the VIP: it stays put
+    const t0 = Date.now();
+    await sleep(8000);
+    const changes = watchOf().events.filter((e) => e.address === RO && e.at >= t0);
+    assert.deepEqual(changes, [], `the primary kept the read-only VIP for 8 s without a release (changes: ${JSON.stringify(changes)})`);
+    const back = replicas[0]!;
+    const t1 = Date.now();
+    startAgent(back);
+    await waitFor(() => holder(RO) === back.name, { timeoutMs: 15000, intervalMs: 20, what: () => `ro handed to ${back.name} once its agent claimed it (held by ${watchOf().holders(RO).join(', ') || 'nobody'})` });
+    const gapFrom = watchOf().events.filter((e) => e.address === RO && e.ns === s.primary.name && !e.bound && e.at >= t1).pop()?.at;
+    const boundAt = watchOf().boundAt(RO, back.name, t1)!;
+    notes.push(`hand-over from the primary to ${back.name}: bound ${boundAt - t1} ms after its agent started, ${gapFrom === undefined ? '?' : boundAt - gapFrom} ms without a holder`);
+    for (const r of replicas.slice(1)) startAgent(r);
+    assertNeverTwo();
+  });
+
   test('etcd frozen: holders keep their VIPs while their own clocks say the lease and the leader key are valid, then drop them; nobody new binds', async () => {
     const s = await settled('before');
     const etcdPid = loadLabState(dir).etcd.pid;
