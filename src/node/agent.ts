@@ -4,7 +4,7 @@
  * times and acts.
  *
  * - Looks on every change of the topology (the source's watch) or of the read-only key (its own
- *   watch), and every `tickMs` (ttl/10, at most 1 s) with a FULL read of the DCS (which dates the
+ *   watch), and every `tickMs` (ttl/10, at most 900 ms) with a FULL read of the DCS (which dates the
  *   leader key's last renewal) and a check of what is bound: drift is repaired within a tick.
  * - Read/write VIP (worker nodes; on coordinator nodes the watch daemon keeps it): bound while
  *   rwDecision says hold and the last confirmation is younger than 2/3 ttl (dated from the leader
@@ -90,7 +90,8 @@ export class NodeAgent {
     this.roSpec = vip.ro !== undefined ? { address: vip.ro, ...base } : null;
     const ttlMs = cfg.citus.ttl * 1000;
     this.limitMs = Math.round((2 * ttlMs) / 3);
-    this.tickMs = Math.max(100, Math.min(1000, Math.round(ttlMs / 10)));
+    // at most 900 ms: drift (a VIP removed or added by hand) is repaired within 1 s, bind included
+    this.tickMs = Math.max(100, Math.min(900, Math.round(ttlMs / 10)));
     this.source = opts.source ?? chooseSource(cfg, { log: opts.log });
     this.lease = this.roSpec ? new RoLease(cfg, { timeoutMs: Math.min(cfg.citus.connectTimeoutMs, this.tickMs), onChange: () => this.look(false), log: opts.log }) : null;
     this.kept = new KeptSessions((database) => pgConnect(cfg, { purpose: 'keeper', database, connectTimeoutMs: Math.min(1000, cfg.citus.connectTimeoutMs) }));

@@ -112,6 +112,28 @@ describe('node agent: the read/write VIP on the primary, the read-only VIP on on
     assertNeverTwo();
   });
 
+  test('drift repaired within 1 s: the read/write VIP removed by hand comes back; the read-only VIP added by hand on a non-holder goes', async () => {
+    const s = await settled('before');
+    const nsOf = (name: string) => agents.spaces.get(name)!;
+    let t0 = Date.now();
+    await nsOf(s.primary.name).ip(['addr', 'del', `${RW}/32`, 'dev', 'vip0']);
+    const rwLag = (await waitFor(() => watchOf().boundAt(RW, s.primary.name, t0), { timeoutMs: 5000, intervalMs: 10, what: `${RW} back on ${s.primary.name}` })) - t0;
+    const other = wk1().find((m) => m.name !== s.primary.name && m.name !== s.ro)!;
+    t0 = Date.now();
+    await nsOf(other.name).ip(['addr', 'add', `${RO}/32`, 'dev', 'vip0']);
+    const gone = await waitFor(() => watchOf().events.find((e) => e.address === RO && e.ns === other.name && !e.bound && e.at >= t0)?.at, {
+      timeoutMs: 5000,
+      intervalMs: 10,
+      what: () => `${RO} gone from ${other.name} (events ${JSON.stringify(watchOf().events.filter((e) => e.address === RO && e.at >= t0))})`,
+    });
+    notes.push(`drift: rw rebound ${rwLag} ms after it was removed by hand; a stray ro removed ${gone - t0} ms after it was added`);
+    assert.ok(rwLag < 1000 + 200, `rw rebound ${rwLag} ms after the removal (a tick of 900 ms plus the bind)`);
+    assert.ok(gone - t0 < 1000 + 200, `the stray ro removed ${gone - t0} ms after it was added`);
+    assert.equal(holder(RO), s.ro, 'the real holder kept it');
+    // the second namespace holding RO was this test's own doing: later checks start from here
+    watchOf().resetMax();
+  });
+
   test('agent SIGKILLed on the ro holder: its helper drops the VIP by its hold, the lease expires, another member takes it; back, the agent does not take it back', async () => {
     const before = await settled('before');
     const victim = before.ro;
