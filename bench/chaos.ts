@@ -62,7 +62,7 @@ import {
 import { cliCommand, listControllers, startControllers, type LabController } from '../src/lab/controllers.js';
 import { startEtcd } from '../src/lab/etcd.js';
 import { findExecutable } from '../src/lab/up.js';
-import { resolveRunAs } from '../src/lab/proc.js';
+import { resolveRunAs, waitForExit } from '../src/lab/proc.js';
 import { AddressWatch, createNetns, startVipHelperIn, type TestNetns } from '../test/helpers/netns.js';
 import { startAgentGroup, type AgentGroup } from '../test/helpers/agents.js';
 import { describeMachine, machineContext, ms, onCleanup, progressFor, runBench, sleep, table, wasInterrupted } from './lib.js';
@@ -413,19 +413,6 @@ async function waitHolder(ctx: Ctx, address: string, not?: string, timeoutMs = 1
   }
 }
 
-async function waitForExitOf(pid: number, timeoutMs: number): Promise<void> {
-  const t0 = Date.now();
-  for (;;) {
-    try {
-      process.kill(pid, 0);
-    } catch {
-      return;
-    }
-    if (Date.now() - t0 > timeoutMs) throw new Error(`pid ${pid} did not exit in ${timeoutMs} ms`);
-    await sleep(50);
-  }
-}
-
 function freeze(pid: number, ms: number): Promise<void> {
   process.kill(pid, 'SIGSTOP');
   return sleep(ms).then(() => {
@@ -639,7 +626,7 @@ const SCENARIOS: Scenario[] = [
       process.kill(m.patroniPid, 'SIGTERM');
       const next = await waitHolder(ctx, WK.ro, holder, 20000);
       const movedMs = (ctx.agents.watch.boundAt(WK.ro, next, s0) ?? Date.now()) - s0;
-      await waitForExitOf(m.patroniPid, 30000);
+      if ((await waitForExit([m.patroniPid], 30000)).length > 0) throw new Error(`${holder}'s Patroni (pid ${m.patroniPid}) did not exit in 30 s`);
       await startMember(st, m);
       await waitForReplica(st, m, { timeoutMs: 90000 });
       return { clearedAt: performance.now(), note: `ro ${WK.ro} bound on ${next} ${movedMs} ms after ${holder}'s Patroni got SIGTERM; cleared = ${holder} streams again (the VIP goes back to a replica)` };

@@ -116,8 +116,8 @@ export async function startControllers(dir: string, opts: StartControllersOption
   return started;
 }
 
-/** The last line of a controller's log (its message when it is a JSON line), for an error. */
-function lastLogLine(file: string): string {
+/** The last line of a lab process's log (its message when it is a JSON line), for an error. */
+export function lastLogLine(file: string): string {
   let text = '';
   try {
     text = readFileSync(file, 'utf8');

@@ -23,6 +23,7 @@ import { join } from 'node:path';
 import { execa } from 'execa';
 import { socketIsLive } from '../runtime/unix-listen.js';
 import { UserError, errorMessage } from '../util/errors.js';
+import { lastLogLine } from './controllers.js';
 import { BUILT_CLI, writeMemberControllerConfig } from './member-config.js';
 import { isAlive, isAliveWith, signal, sleep, spawnDetached, waitForExit, type RunAs } from './proc.js';
 import { allMembers, saveLabState } from './state.js';
@@ -164,23 +165,9 @@ function logOf(state: LabState, m: LabMember, what: string): string {
 async function waitFor(what: string, p: LabVipProcess, ok: () => boolean | Promise<boolean>, timeoutMs: number): Promise<void> {
   const t0 = Date.now();
   while (!(await ok())) {
-    if (!isAlive(p.pid)) throw new UserError(`lab --vips: the ${what} of ${p.member} exited: ${lastLine(p.logFile)} (see ${p.logFile})`);
+    if (!isAlive(p.pid)) throw new UserError(`lab --vips: the ${what} of ${p.member} exited: ${lastLogLine(p.logFile)} (see ${p.logFile})`);
     if (Date.now() - t0 > timeoutMs) throw new UserError(`lab --vips: the ${what} of ${p.member} did not start in ${timeoutMs} ms (see ${p.logFile})`);
     await sleep(50);
-  }
-}
-
-function lastLine(file: string): string {
-  try {
-    const last = readFileSync(file, 'utf8').trim().split('\n').pop() ?? '';
-    try {
-      const j = JSON.parse(last) as { msg?: unknown; err?: unknown };
-      return [j.msg, j.err].filter((x) => typeof x === 'string').join(': ') || last;
-    } catch {
-      return last || 'empty log';
-    }
-  } catch {
-    return 'no log';
   }
 }
 

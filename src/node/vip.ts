@@ -131,8 +131,13 @@ export async function listAddresses(iface: string, opts: VipOptions = {}): Promi
     if (missingDevice(r)) return null;
     throw new VipError(describeFailure(`cannot list the addresses of ${iface}`, bin, r, timeoutMs));
   }
+  return inetAddresses(r.stdout);
+}
+
+/** The `inet`/`inet6` addresses (`addr/prefix`, canonical) in `ip addr` output (show, or flush -s -s). */
+function inetAddresses(stdout: string): string[] {
   const out: string[] = [];
-  for (const line of r.stdout.split('\n')) {
+  for (const line of stdout.split('\n')) {
     const tokens = line.trim().split(/\s+/);
     const i = tokens.findIndex((t) => t === 'inet' || t === 'inet6');
     const tok = i >= 0 ? tokens[i + 1] : undefined;
@@ -204,15 +209,7 @@ export async function unbind(vip: VipSpec, opts: VipOptions = {}): Promise<{ cha
     throw new VipError(describeFailure(`cannot unbind ${vip.address} from ${vip.interface}`, bin, r, timeoutMs));
   }
   const want = canonicalAddress(vip.address);
-  const removed: string[] = [];
-  for (const line of r.stdout.split('\n')) {
-    const tokens = line.trim().split(/\s+/);
-    const i = tokens.findIndex((t) => t === 'inet' || t === 'inet6');
-    const tok = i >= 0 ? tokens[i + 1] : undefined;
-    if (!tok || !tok.includes('/')) continue;
-    const [addr, prefix] = tok.split('/') as [string, string];
-    if (canonicalAddress(addr) === want) removed.push(`${want}/${prefix}`);
-  }
+  const removed = inetAddresses(r.stdout).filter((a) => a.slice(0, a.lastIndexOf('/')) === want);
   return { changed: removed.length > 0, removed };
 }
 

@@ -72,11 +72,7 @@ export async function createNetns(): Promise<TestNetns> {
     arpingBin,
     ip,
     arpingRuns: () => readFileSync(arpingLog, 'utf8').split('\n').filter((l) => l !== '' && !/^-V$/.test(l)),
-    addresses: async () =>
-      (await ip(['-o', 'addr', 'show', 'dev', iface]))
-        .split('\n')
-        .map((l) => /\sinet6?\s+(\S+)/.exec(l)?.[1])
-        .filter((a): a is string => a !== undefined && !a.startsWith('fe80:')),
+    addresses: watchedNetns(name, iface).addresses,
     remove: async () => {
       await execa('ip', ['netns', 'del', name], { reject: false });
       rmSync(dir, { recursive: true, force: true });
