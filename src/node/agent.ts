@@ -29,7 +29,8 @@ import { Coalescer } from '../util/coalesce.js';
 import { errorMessage } from '../util/errors.js';
 import type { Logger } from '../util/log.js';
 import { RoLease, type RoKeySeen } from './ro-lease.js';
-import { bind, gratuitousArp, unbind, vipText, type VipSpec } from './vip.js';
+import { IpBatch } from './ip-batch.js';
+import { bind, findBinary, gratuitousArp, unbind, vipText, type VipSpec } from './vip.js';
 import { roDecision, rwDecision, withLocalDown, type AgentIdentity, type RoDecision, type RwDecision } from './vip-plan.js';
 
 export interface AgentOptions {
@@ -68,6 +69,8 @@ export class NodeAgent {
   private lastWhy: Why = {};
   private readonly announceTimers = new Set<NodeJS.Timeout>();
   private probeTimer: NodeJS.Timeout | undefined;
+  /** Counts promotions acted on by the probe (a look that began before one drops its decision). */
+  private rwEpoch = 0;
   /** When the running look began (its bind log says how long the look and the bind took). */
   private lookStartedAt: number | null = null;
   /** Why the local PostgreSQL counts as down (its session ended, a check failed), or null. */
@@ -76,6 +79,8 @@ export class NodeAgent {
   private readonly watched = new WeakSet<object>();
   /** One kept session to the local node (pg_is_in_recovery() during a promotion). */
   private readonly kept: KeptSessions;
+  /** Without a VIP helper: this process runs ip itself, through one kept `ip -batch`. */
+  private readonly batch: IpBatch | null;
 
   constructor(
     private readonly cfg: ControllerConfig,
@@ -88,6 +93,7 @@ export class NodeAgent {
     const base = { prefix: vip.prefix, interface: vip.interface, ...(vip.helper !== undefined ? { helper: vip.helper } : {}) };
     this.rwSpec = manageRw ? { address: vip.address, ...base } : null;
     this.roSpec = vip.ro !== undefined ? { address: vip.ro, ...base } : null;
+    this.batch = vip.helper === undefined ? new IpBatch(findBinary('ip')) : null;
     const ttlMs = cfg.citus.ttl * 1000;
     this.limitMs = Math.round((2 * ttlMs) / 3);
     // at most 900 ms: drift (a VIP removed or added by hand) is repaired within 1 s, bind included
@@ -244,7 +250,7 @@ export class NodeAgent {
       this.probeTimer = undefined;
       if (this.stopping || Date.now() - t0 > this.limitMs || !this.promotionPending(rwDecision(this.source.snapshot(), this.me, null))) return;
       if ((await this.localWritable()) === true) {
-        this.look(false);
+        await this.promoted();
         return;
       }
       if (!this.stopping) this.probeTimer = setTimeout(() => void tick(), PROMOTION_PROBE_MS);
@@ -252,15 +258,30 @@ export class NodeAgent {
     this.probeTimer = setTimeout(() => void tick(), PROMOTION_PROBE_MS);
   }
 
-  private async rwStep(view: Topology, sentAt: number, full: boolean): Promise<void> {
+  /**
+   * The promotion probe saw this node writable: decide and bind now, beside a look that may be
+   * running (waiting for it cost up to a look's length), then confirm with a full look. A look
+   * that began before this one cannot undo it: rwStep drops a decision older than the last
+   * promotion (rwEpoch).
+   */
+  private async promoted(): Promise<void> {
+    if (this.stopping) return;
+    this.rwEpoch++;
+    await this.rwStep(this.source.snapshot(), Date.now(), false, true);
+  }
+
+  private async rwStep(view: Topology, sentAt: number, full: boolean, writable?: true): Promise<void> {
     const spec = this.rwSpec;
     if (!spec) return;
+    const epoch = this.rwEpoch;
     let d: RwDecision = rwDecision(view, this.me, null);
     // only when the key names this member but its member key does not say primary yet
     if (this.promotionPending(d)) {
-      d = rwDecision(view, this.me, await this.localWritable());
+      d = rwDecision(view, this.me, writable ?? (await this.localWritable()));
       if (this.promotionPending(d)) this.probePromotion();
     }
+    // a promotion was acted on while this look asked: its decision is newer than this one
+    if (epoch !== this.rwEpoch) return;
     const now = Date.now();
     if (d.kind === 'hold') {
       // Only a full read dates the leader key's last renewal: a watch-driven look may START a
@@ -361,7 +382,7 @@ export class NodeAgent {
     const label = kind === 'rw' ? 'read/write' : 'read-only';
     const t0 = Date.now();
     try {
-      const r = await bind(spec, spec.helper ? { holdMs: Math.floor(holdMs) } : {});
+      const r = await bind(spec, spec.helper ? { holdMs: Math.floor(holdMs) } : this.ipOptions());
       if (kind === 'rw') this.rwBound = true;
       else this.roBound = true;
       if (r.changed) {
@@ -387,7 +408,7 @@ export class NodeAgent {
       return true;
     }
     try {
-      const r = await unbind(spec);
+      const r = await unbind(spec, this.ipOptions());
       if (kind === 'rw') this.rwBound = false;
       else this.roBound = false;
       if (r.changed) {
@@ -448,5 +469,10 @@ export class NodeAgent {
     }
     await this.source.stop();
     await this.kept.close();
+    this.batch?.close();
+  }
+
+  private ipOptions(): { batch?: IpBatch } {
+    return this.batch ? { batch: this.batch } : {};
   }
 }

@@ -12,7 +12,8 @@
  * the release at the deadline queues like any other, so a renewal that arrived first wins.
  */
 import type { Server, Socket } from 'node:net';
-import { bind, gratuitousArp, hasAddress, unbind, type VipOptions } from './vip.js';
+import { IpBatch } from './ip-batch.js';
+import { bind, findBinary, gratuitousArp, hasAddress, unbind, type VipOptions } from './vip.js';
 import { checkHelperRequest, MAX_REQUEST_BYTES, helperVipText, type HelperReply, type HelperRequest, type HelperVip } from './vip-helper-protocol.js';
 
 export interface VipHelperLog {
@@ -39,7 +40,9 @@ export interface VipHelper {
 /** Serves requests on a listening server (fd from systemd, or a path; see commands/vip-helper.ts). */
 export function serveVipHelper(server: Server, opts: VipHelperOptions): VipHelper {
   const requestTimeoutMs = opts.requestTimeoutMs ?? 2000;
-  const vipOptions = opts.vipOptions ?? {};
+  // binds and releases go through one kept `ip -batch` (a move waits for them)
+  const ownBatch = opts.vipOptions?.batch === undefined ? new IpBatch(opts.vipOptions?.ipBin ?? findBinary('ip')) : null;
+  const vipOptions: VipOptions = { ...opts.vipOptions, ...(ownBatch ? { batch: ownBatch } : {}) };
   let queue: Promise<unknown> = Promise.resolve();
   const serial = <T>(fn: () => Promise<T>): Promise<T> => {
     const p = queue.then(fn, fn);
@@ -183,6 +186,7 @@ export function serveVipHelper(server: Server, opts: VipHelperOptions): VipHelpe
               opts.log.warn({ op: 'stop', address: spec.address, error: err instanceof Error ? err.message : String(err) }, `vip-helper: stopping: ${key}: release failed: ${err instanceof Error ? err.message : String(err)}`);
             }
           }
+          ownBatch?.close();
         }),
   };
 }

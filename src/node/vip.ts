@@ -12,6 +12,7 @@ import { accessSync, constants } from 'node:fs';
 import { delimiter, join } from 'node:path';
 import type { VipConfig } from '../config/types.js';
 import { canonicalAddress } from '../net/address.js';
+import type { IpBatch } from './ip-batch.js';
 import { askVipHelper } from './vip-helper-client.js';
 import type { HelperReply, HelperRequest } from './vip-helper-protocol.js';
 
@@ -24,6 +25,11 @@ export interface VipOptions {
   ipBin?: string;
   /** Path of `arping` (default: found on PATH, then /usr/sbin, /sbin). */
   arpingBin?: string;
+  /**
+   * A long-lived `ip -batch` for bind and release (node/ip-batch.ts): for processes that move
+   * VIPs all day (the VIP helper, an agent acting itself). Listing always runs its own `ip`.
+   */
+  batch?: IpBatch;
 }
 
 export interface GarpOptions extends VipOptions {
@@ -98,6 +104,13 @@ async function run(bin: string, args: string[], timeoutMs: number): Promise<RunR
     timedOut: r.timedOut,
     ...(typeof code === 'string' ? { code } : {}),
   };
+}
+
+/** A bind or release: through the kept `ip -batch` when there is one. */
+async function runIp(bin: string, args: string[], timeoutMs: number, batch: IpBatch | undefined): Promise<RunResult> {
+  if (!batch) return run(bin, args, timeoutMs);
+  const r = await batch.run(args, timeoutMs);
+  return { exitCode: r.failed ? 1 : 0, stdout: r.output, stderr: r.output, failed: r.failed, timedOut: r.timedOut, ...(r.code !== undefined ? { code: r.code } : {}) };
 }
 
 function firstLine(text: string): string {
@@ -179,7 +192,7 @@ export async function bind(vip: VipSpec, opts: BindOptions = {}): Promise<{ chan
   const bin = opts.ipBin ?? findBinary('ip');
   // IPv6: skip duplicate address detection, or the address stays "tentative" (unusable) for ~1 s
   const args = ['addr', 'add', vipText(vip), 'dev', vip.interface, ...(isV6(vip.address) ? ['nodad'] : [])];
-  const r = await run(bin, args, timeoutMs);
+  const r = await runIp(bin, args, timeoutMs, opts.batch);
   if (r.failed) {
     if (missingDevice(r)) throw new VipError(`cannot bind ${vipText(vip)}: interface ${vip.interface} does not exist`);
     // already there (bound earlier, or by a concurrent run): that is success
@@ -203,7 +216,9 @@ export async function unbind(vip: VipSpec, opts: VipOptions = {}): Promise<{ cha
   // one `ip` run (a move waits for it): flush every address of the interface inside
   // <address>/32 (/128), i.e. this address under any prefix; -s -s prints what it removed
   const bin = opts.ipBin ?? findBinary('ip');
-  const r = await run(bin, ['-s', '-s', 'addr', 'flush', 'dev', vip.interface, 'to', `${vip.address}/${isV6(vip.address) ? 128 : 32}`], timeoutMs);
+  // (the kept batch runs with -s -s for every command)
+  const flush = ['addr', 'flush', 'dev', vip.interface, 'to', `${vip.address}/${isV6(vip.address) ? 128 : 32}`];
+  const r = await runIp(bin, opts.batch ? flush : ['-s', '-s', ...flush], timeoutMs, opts.batch);
   if (r.failed) {
     if (missingDevice(r)) return { changed: false, removed: [] };
     throw new VipError(describeFailure(`cannot unbind ${vip.address} from ${vip.interface}`, bin, r, timeoutMs));
