@@ -11,7 +11,7 @@ const PURE = [
   '^src/config/(types|groups)\\.ts$',
   '^src/pg/errors\\.ts$',
   '^src/citus/(model|plan|simulate|actions|failure|results)\\.ts$',
-  '^src/topology/(model|health)\\.ts$',
+  '^src/topology/(model|health|probe-plan)\\.ts$',
   '^src/topology/dcs/(layout|scopes)\\.ts$',
   '^src/node/(callback-plan|local-role|vip-helper-protocol|read-gate)\\.ts$',
   '^src/runtime/outcome\\.ts$',

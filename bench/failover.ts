@@ -1,20 +1,24 @@
 /**
- * Failover benchmark (issue #3 point 6): how long pg_dist_node takes to follow a worker
- * switchover, with the controller's etcd3 watch source versus the seed's behaviour (probe source,
- * `citus.loop_wait: 10`), measured in the same run on the same lab.
+ * Failover benchmark: how long pg_dist_node takes to follow a worker switchover (and, with
+ * --kill-rounds, a kill -9 failover), with the controller's etcd3 watch source versus the probe
+ * source (`citus.loop_wait: 10`, the seed's mode), measured in the same run on the same lab.
  *
- *   npm run bench:failover [-- --rounds N --probe-rounds M --json --dir D --keep]
+ *   npm run bench:failover [-- --rounds N --probe-rounds M --kill-rounds K --json --dir D --keep]
  *
  * 1. `labUp({workers: 2, replicas: 1})` in a fresh temp dir (or --dir).
  * 2. etcd mode: `startControllers(dir)` (the lab's default config: etcd3 source), then N rounds of
- *    `measureFollow(state, 'wk1', () => labSwitchover(dir, 'wk1', undefined, {waitForOldLeader: true}))`.
+ *    `measureFollow(state, 'wk1', () => labSwitchover(dir, 'wk1', undefined, {waitForOldLeader: true}))`,
+ *    then K rounds of `labFailover` (kill -9 of the leader's Patroni and postmaster; the killed
+ *    member is started again and waited for as a replica after each).
  * 3. `stopControllers(dir)`; probe mode: `startControllers(dir, {extraArgs: ['--source', 'probe']})`,
- *    M rounds (default N) the same way.
+ *    M switchovers (default N; a random 0-loop_wait pause before each, so a poll's phase cannot
+ *    help) and K kills the same way.
  * 4. Summary: per round the time the new primary became writable and the time pg_dist_node
- *    followed (both from the switchover request; 5 ms polls), lag = followed - writable; per mode
+ *    followed (both from the request; 5 ms polls), lag = followed - writable; per mode and action
  *    p50/p95/max (nearest rank), rounds that pointed early or did not follow, the ratio
- *    probe/etcd, PASS/MISS of the target etcd p95 < 100 ms, and the controller's own figure
- *    (latencyMs of its `pg_dist_node updated` log lines) as a cross-check.
+ *    probe/etcd, PASS/MISS of the targets (lag p95 < 100 ms: etcd switchover, probe switchover,
+ *    probe kill -9), and the controller's own figure (latencyMs of its `pg_dist_node updated` log
+ *    lines) as a cross-check.
  *
  * Everything it starts (lab, controllers) is stopped on every way out, Ctrl-C included; the temp
  * dir is removed (a --dir given by the user is kept, with the logs; --keep keeps the temp dir).
@@ -27,7 +31,7 @@ import { join } from 'node:path';
 import { Command, Option } from 'commander';
 import { loadConfig } from '../src/config/load.js';
 import { errorMessage } from '../src/util/errors.js';
-import { findLabProcesses, labDown, labSwitchover, labUp, loadLabState, readDistNodes, currentLeader, type SwitchoverResult } from '../src/lab/index.js';
+import { findLabProcesses, labDown, labFailover, labStartMember, labSwitchover, labUp, loadLabState, readDistNodes, currentLeader, waitForReplica, type SwitchoverResult } from '../src/lab/index.js';
 import { startControllers, stopControllers, type LabController } from '../src/lab/controllers.js';
 import { measureFollow, type FollowResult } from '../src/lab/follow.js';
 import {
@@ -58,10 +62,13 @@ const TARGET_P95_MS = 100;
 const POLL_MS = 5;
 
 type Mode = 'etcd' | 'probe';
+/** switchover: `patronictl switchover`; kill: kill -9 of the leader's Patroni and postmaster. */
+type Action = 'switchover' | 'kill';
 
 interface Options {
   rounds: number;
   probeRounds?: number;
+  killRounds: number;
   json?: boolean;
   dir?: string;
   keep?: boolean;
@@ -70,6 +77,7 @@ interface Options {
 
 interface RoundResult {
   mode: Mode;
+  action: Action;
   round: number;
   from: string;
   to: string | null;
@@ -107,7 +115,8 @@ function parseArgs(argv: string[]): Options {
     .name('bench:failover')
     .description('pg_dist_node follow latency over worker switchovers: etcd3 watch source vs probe source (loop_wait 10)')
     .option('--rounds <n>', 'switchovers per mode (etcd mode; probe mode too unless --probe-rounds)', positiveInt('--rounds', 1000), 10)
-    .option('--probe-rounds <n>', 'switchovers in probe mode (each has up to ~10 s of lag; 0: skip probe mode)', intOption('--probe-rounds', 0, 1000))
+    .option('--probe-rounds <n>', 'switchovers in probe mode (0: skip probe mode)', intOption('--probe-rounds', 0, 1000))
+    .option('--kill-rounds <n>', 'kill -9 failovers per mode, after its switchovers (each waits for Patroni\'s ttl)', intOption('--kill-rounds', 0, 100), 0)
     .addOption(
       new Option('--controller-log-level <level>', 'log level of the controllers (debug shows every pass; for investigations)')
         .choices(['debug', 'info', 'warn'])
@@ -164,7 +173,7 @@ async function waitInSync(dir: string, timeoutMs: number): Promise<void> {
  * takes about as long as the controller's poll interval, so without it every switchover would
  * land at the same phase of the controller's timer and the lag would not be spread over 0..loop_wait.
  */
-async function runRounds(dir: string, mode: Mode, count: number, controllers: LabController[], jitterMs: number): Promise<RoundResult[]> {
+async function runRounds(dir: string, mode: Mode, count: number, controllers: LabController[], jitterMs: number, action: Action = 'switchover'): Promise<RoundResult[]> {
   const out: RoundResult[] = [];
   const groupid = loadLabState(dir).groups.find((g) => g.scope === SCOPE)?.groupid ?? 1;
   for (let i = 1; i <= count; i++) {
@@ -174,12 +183,14 @@ async function runRounds(dir: string, mode: Mode, count: number, controllers: La
     const offsets = controllers.map((c) => fileSize(c.logFile));
     let sw: SwitchoverResult | null = null;
     let refusals = 0;
+    let killed: string | null = null;
     const state = loadLabState(dir);
     const f: FollowResult = await measureFollow(
       state,
       SCOPE,
       async () => {
-        sw = await switchover(dir, () => refusals++);
+        if (action === 'kill') killed = (await labFailover(dir, SCOPE)).from;
+        else sw = await switchover(dir, () => refusals++);
       },
       { pollMs: POLL_MS, timeoutMs: 90000 },
     );
@@ -189,6 +200,7 @@ async function runRounds(dir: string, mode: Mode, count: number, controllers: La
     const s = sw as SwitchoverResult | null;
     const r: RoundResult = {
       mode,
+      action,
       round: i,
       from: f.from,
       to: f.to,
@@ -204,10 +216,16 @@ async function runRounds(dir: string, mode: Mode, count: number, controllers: La
     };
     out.push(r);
     progress(
-      `${mode} round ${i}/${count}: ${r.from} -> ${r.to ?? '?'}: writable at ${ms(r.writableMs, 0)} ms, ` +
+      `${mode} ${action} ${i}/${count}: ${r.from} -> ${r.to ?? '?'}: writable at ${ms(r.writableMs, 0)} ms, ` +
         `pg_dist_node followed at ${ms(r.followedMs, 0)} ms: lag ${followed ? `${ms(r.lagMs)} ms` : 'DID NOT FOLLOW'}` +
         `${r.pointedEarly ? ' POINTED EARLY' : ''} (controller log: ${r.controllerLatencyMs.map((x) => `${ms(x)} ms`).join(', ') || 'no line'})`,
     );
+    if (killed !== null) {
+      // the killed member rejoins as a replica before the next round
+      await labStartMember(dir, killed);
+      const after = loadLabState(dir);
+      await waitForReplica(after, after.groups.find((g) => g.scope === SCOPE)!.members.find((m) => m.name === killed)!, { timeoutMs: 90000 });
+    }
     await sleep(300);
   }
   return out;
@@ -258,6 +276,7 @@ async function main(): Promise<number> {
   let ctl = await startControllers(dir, { extraArgs: logArgs });
   progress(`controllers: ${ctl.map((c) => `${c.member} pid ${c.pid} (log ${c.logFile})`).join(', ')}`);
   results.push(...(await runRounds(dir, 'etcd', rounds, ctl, 0)));
+  if (!wasInterrupted() && opts.killRounds > 0) results.push(...(await runRounds(dir, 'etcd', opts.killRounds, ctl, 0, 'kill')));
   await stopControllers(dir);
 
   if (!wasInterrupted() && probeRounds > 0) {
@@ -265,18 +284,29 @@ async function main(): Promise<number> {
     ctl = await startControllers(dir, { extraArgs: ['--source', 'probe', ...logArgs] });
     progress(`controllers: ${ctl.map((c) => `${c.member} pid ${c.pid} (log ${c.logFile})`).join(', ')}`);
     results.push(...(await runRounds(dir, 'probe', probeRounds, ctl, cfg.citus.loopWait * 1000)));
+    if (!wasInterrupted() && opts.killRounds > 0) results.push(...(await runRounds(dir, 'probe', opts.killRounds, ctl, 0, 'kill')));
     await stopControllers(dir);
   }
   if (wasInterrupted()) return 130;
 
-  const etcd = summarize(results.filter((r) => r.mode === 'etcd'));
-  const probe = summarize(results.filter((r) => r.mode === 'probe'));
+  const etcd = summarize(results.filter((r) => r.mode === 'etcd' && r.action === 'switchover'));
+  const probe = summarize(results.filter((r) => r.mode === 'probe' && r.action === 'switchover'));
+  const etcdKill = summarize(results.filter((r) => r.mode === 'etcd' && r.action === 'kill'));
+  const probeKill = summarize(results.filter((r) => r.mode === 'probe' && r.action === 'kill'));
+  const under = (s: ModeSummary) => (s.lagMs.p95 === null ? null : s.lagMs.p95 < TARGET_P95_MS);
+  const targets = [
+    { what: 'etcd mode, switchover: lag p95 < 100 ms', s: etcd },
+    { what: 'probe mode, switchover: lag p95 < 100 ms', s: probe },
+    ...(opts.killRounds > 0 ? [{ what: 'probe mode, kill -9 failover: lag p95 < 100 ms', s: probeKill }] : []),
+  ].map((t) => ({ what: t.what, limitMs: TARGET_P95_MS, valueMs: t.s.lagMs.p95, pass: under(t.s) }));
   const r50 = ratio(probe.lagMs.p50, etcd.lagMs.p50);
   const r95 = ratio(probe.lagMs.p95, etcd.lagMs.p95);
   const pass = etcd.lagMs.p95 === null ? false : etcd.lagMs.p95 < TARGET_P95_MS;
   const machineAfter = machineContext(dir);
   const totalMs = Date.now() - t0;
   const bad = results.filter((r) => !r.followed || r.pointedEarly).length;
+  const early = results.filter((r) => r.pointedEarly).length;
+  const notFollowed = results.filter((r) => !r.followed).length;
 
   if (opts.json) {
     const doc = {
@@ -295,9 +325,11 @@ async function main(): Promise<number> {
       summary: {
         etcd,
         probe,
+        ...(opts.killRounds > 0 ? { etcdKill, probeKill } : {}),
         ratioProbeOverEtcd: { p50: r50, p95: r95 },
         target: { what: 'etcd mode lag p95 < 100 ms', limitMs: TARGET_P95_MS, valueMs: etcd.lagMs.p95, pass },
-        correctness: { pointedEarly: etcd.pointedEarly + probe.pointedEarly, notFollowed: etcd.notFollowed + probe.notFollowed },
+        targets,
+        correctness: { pointedEarly: early, notFollowed },
       },
     };
     process.stdout.write(`${JSON.stringify(doc, null, 2)}\n`);
@@ -313,9 +345,10 @@ async function main(): Promise<number> {
   out.push('Per round (ms from the switchover request; polled every 5 ms; lag = followed - writable):');
   out.push(
     table(
-      ['mode', 'round', 'switchover', 'writable', 'followed', 'lag', 'controller log', 'early'],
+      ['mode', 'action', 'round', 'from -> to', 'writable', 'followed', 'lag', 'controller log', 'early'],
       results.map((r) => [
         r.mode,
+        r.action,
         String(r.round),
         `${r.from} -> ${r.to ?? '?'}`,
         ms(r.writableMs, 0),
@@ -343,17 +376,19 @@ async function main(): Promise<number> {
   out.push(
     table(
       ['mode', 'rounds', 'followed', 'pointed early', 'lag p50', 'lag p95', 'lag max', 'writable p50', 'ctl log p50', 'ctl log p95'],
-      [modeRow('etcd (watch)', etcd), modeRow(`probe (loop_wait ${cfg.citus.loopWait})`, probe)],
+      [
+        modeRow('etcd (watch), switchover', etcd),
+        modeRow(`probe (loop_wait ${cfg.citus.loopWait}), switchover`, probe),
+        ...(opts.killRounds > 0 ? [modeRow('etcd (watch), kill -9', etcdKill), modeRow(`probe (loop_wait ${cfg.citus.loopWait}), kill -9`, probeKill)] : []),
+      ],
     ),
   );
   out.push('');
   out.push(`ratio probe/etcd: p50 ${r50 === null ? '-' : `${r50}x`}, p95 ${r95 === null ? '-' : `${r95}x`}`);
-  out.push(`target etcd-mode lag p95 < ${TARGET_P95_MS} ms: ${passMiss(pass)} (p95 ${ms(etcd.lagMs.p95)} ms over ${etcd.followed} rounds)`);
-  out.push(
-    `correctness: pointed early ${etcd.pointedEarly + probe.pointedEarly} (must be 0), did not follow ${etcd.notFollowed + probe.notFollowed} (must be 0)`,
-  );
+  for (const t of targets) out.push(`target ${t.what}: ${t.pass === null ? 'no rounds' : passMiss(t.pass)} (p95 ${ms(t.valueMs)} ms)`);
+  out.push(`correctness: pointed early ${early} (must be 0), did not follow ${notFollowed} (must be 0)`);
   out.push('controller log = latencyMs of its "pg_dist_node updated" lines: the controller\'s own figure, from the moment it noticed the change to COMMIT');
-  out.push('(in probe mode it noticed the change only at its next loop_wait tick, so its figure leaves out the wait for that tick).');
+  out.push('(in probe mode it notices the change at the fast probe that first sees the new primary writable, or at its loop_wait poll).');
   process.stdout.write(`${out.join('\n')}\n`);
   return bad > 0 ? 1 : 0;
 }

@@ -4,8 +4,10 @@
  *  - each other member of the group: when did it become writable (`NOT pg_is_in_recovery()`)?
  *  - the group's primary row in pg_dist_node on the CN primary, in every database: when did it
  *    point at the new primary?
- * lag = followed - writable. A row that points at a member before that member is writable is
- * reported (`pointedEarly`): the controller must never do that.
+ * lag = followed - writable. A row that points at a member which, asked right after that read,
+ * is still in recovery is reported (`pointedEarly`): the controller must never do that. (A member
+ * the last poll saw in recovery but that answers writable right after the read was promoted
+ * within that poll: lag 0, not early.)
  * Used by `lab switchover|failover --follow`, the demo, the integration tests and the benchmark.
  */
 import { performance } from 'node:perf_hooks';
@@ -45,7 +47,12 @@ interface Probe {
  * Runs `action` (a switchover, a failover ...) while measuring. Resolves once every database
  * followed the new primary or `timeoutMs` passed since the start.
  */
-export async function measureFollow(state: LabState, scope: string, action: () => Promise<unknown>, opts: { pollMs?: number; timeoutMs?: number } = {}): Promise<FollowResult> {
+export async function measureFollow(
+  state: LabState,
+  scope: string,
+  action: () => Promise<unknown>,
+  opts: { pollMs?: number; timeoutMs?: number; /** Only these databases (default: all of the lab's). */ databases?: readonly string[] } = {},
+): Promise<FollowResult> {
   const pollMs = opts.pollMs ?? 5;
   const timeoutMs = opts.timeoutMs ?? 60000;
   const group = findGroup(state, scope);
@@ -62,7 +69,7 @@ export async function measureFollow(state: LabState, scope: string, action: () =
       }),
   );
   const cnClients = await Promise.all(
-    state.databases.map(async (db) => {
+    (opts.databases ?? state.databases).map(async (db) => {
       const c = await pgConnect(state, cn, db, { applicationName: 'citus-lab follow' });
       c.on('error', quiet);
       return { db, c, followedAt: null as number | null, early: false };
@@ -103,7 +110,14 @@ export async function measureFollow(state: LabState, scope: string, action: () =
           const target = row ? probes.find((p) => p.member.host === row.nodename && p.member.pgPort === row.nodeport) : undefined;
           if (target) {
             x.followedAt = performance.now() - t0;
-            if (target.writableAt === null) x.early = true;
+            // Not seen writable by the last poll: it may have been promoted between that poll and
+            // this read (a controller faster than one poll). Ask it now: still in recovery means
+            // the row pointed at it early for sure; writable, within this poll (lag 0).
+            if (target.writableAt === null) {
+              const again = target.client ? await target.client.query<{ rec: boolean }>('SELECT pg_catalog.pg_is_in_recovery() AS rec').catch(() => null) : null;
+              if (again?.rows[0]?.rec === false) target.writableAt = x.followedAt;
+              else x.early = true;
+            }
           }
         }),
       );

@@ -43,7 +43,7 @@ export const PURPOSES: Readonly<Record<Purpose, PurposeSettings>> = {
   applier: { applicationName: 'citus-controller', timeouts: 'config', keepAlive: true },
   keeper: { applicationName: 'citus-controller watch', timeouts: 'config', keepAlive: false },
   callback: { applicationName: 'citus-controller-callback', timeouts: 'config', keepAlive: false },
-  probe: { applicationName: 'citus-controller probe', timeouts: 'probe', keepAlive: false },
+  probe: { applicationName: 'citus-controller probe', timeouts: 'probe', keepAlive: true },
   promotion: { applicationName: 'citus-controller promotion probe', timeouts: 1000, keepAlive: false },
 };
 

@@ -20,6 +20,7 @@ import {
   loadLabState,
   pgConnect,
   waitForLeader,
+  waitForReplica,
   type LabMember,
   type LabState,
 } from '../../src/lab/index.js';
@@ -437,7 +438,7 @@ describe('etcd unavailable', () => {
 });
 
 describe("probe mode with the seed's patroni.yml", () => {
-  test("the seed's unchanged citus: section (loop_wait 10, nodes, no scope) does the switchover", async () => {
+  test("the seed's unchanged citus: section (loop_wait 10, nodes, no scope) follows a switchover and a kill -9 failover within one fast probe", async (t) => {
     await stopControllers(dir);
     const seed = readFileSync(join(REPO_ROOT, '../shared/fixtures/seed-patroni.yml'), 'utf8');
     const cn = await currentLeader(state, 'cn');
@@ -468,16 +469,38 @@ describe("probe mode with the seed's patroni.yml", () => {
     try {
       await waitFor(() => out.includes('topology source started'), { timeoutMs: 20000, what: 'probe-mode watch started' });
       const rowsBefore = await readDistNodes(state, cn, 'postgres');
-      const sw = await labSwitchover(dir, 'wk1', undefined, { waitForOldLeader: false });
-      const target = member(sw.to);
-      // loop_wait 10: the seed's behaviour; the row follows within one loop (+ margin)
-      await waitFor(
+      // loop_wait 10: a poll would follow up to 10 s late; the kept session to wk1's primary
+      // breaks when Patroni stops it, and wk1 is probed every 20 ms from then on
+      const f = await measureFollow(state, 'wk1', () => labSwitchover(dir, 'wk1', undefined, { waitForOldLeader: false }), { timeoutMs: 16000, databases: ['postgres'] });
+      assert.ok(f.to, 'a new primary became writable');
+      assert.equal(f.pointedEarly, false, 'pg_dist_node never pointed at a node before it was writable');
+      const lag = f.lagMs.postgres;
+      assert.ok(lag !== null && lag !== undefined && lag < 2000, `switchover: probe mode followed ${lag} ms after the new primary was writable (a 10 s poll cannot)`);
+      assert.match(out, /probe: the session to primary [^ ]+ broke \([^)]*\): probing group 1 every 20 ms until exactly one node is writable/);
+      assert.match(out, /probe: group 1: [^ ]+ is its one writable node, \d+ ms after the session to primary/);
+      t.diagnostic(`probe mode, switchover: pg_dist_node followed ${lag} ms after the new primary was writable`);
+      await waitForReplica(state, member(f.from));
+
+      // kill -9 of the leader's Patroni and postmaster: the session ends with the server, and the
+      // promotion (about ttl later) is seen within one fast probe too
+      let killed = '';
+      const k = await measureFollow(
+        state,
+        'wk1',
         async () => {
-          const rows = await readDistNodes(state, cn, 'postgres');
-          return rowAddr(primaryRow(rows, 1)) === addr(target);
+          killed = (await labFailover(dir, 'wk1')).from;
         },
-        { timeoutMs: 16000, intervalMs: 200, what: 'probe mode moved group 1' },
+        // the seed lists one database: the lab's others are not its business
+        { timeoutMs: 40000, databases: ['postgres'] },
       );
+      assert.ok(k.to, 'a new primary after the kill');
+      assert.equal(k.pointedEarly, false, 'never pointed early after the kill');
+      const klag = k.lagMs.postgres;
+      assert.ok(klag !== null && klag !== undefined && klag < 2000, `kill -9 failover: probe mode followed ${klag} ms after the new primary was writable`);
+      t.diagnostic(`probe mode, kill -9 failover: pg_dist_node followed ${klag} ms after the new primary was writable`);
+      await labStartMember(dir, killed);
+      state = loadLabState(dir);
+      await waitForReplica(state, member(killed));
       const rowsAfter = await readDistNodes(state, cn, 'postgres');
       assert.deepEqual(
         rowsAfter.filter((r) => r.groupid !== 1),

@@ -62,7 +62,7 @@ describe('pickSourceKind / chooseSource', () => {
     const { log, lines } = quietLog();
     const h = chooseSource(cfg, { log });
     assert.equal(h.kind, 'probe');
-    assert.match(h.describe(), /pg_is_in_recovery\(\) probes every 10s on 0:192\.168\.234\.201:5432 1:192\.168\.234\.203:5432,192\.168\.234\.204:5432/);
+    assert.match(h.describe(), /pg_is_in_recovery\(\) probes every 10s \(every 20 ms after a primary.s session breaks\) on 0:192\.168\.234\.201:5432 1:192\.168\.234\.203:5432,192\.168\.234\.204:5432/);
     assert.ok(lines.some((l) => l.msg.includes('topology source: pg_is_in_recovery')), 'lines.some((l) => l.msg.includes(\'topology source: pg_is_in_recovery\'))');
     assert.equal(h.patroniCitusLayout(), null);
     await h.stop();
