@@ -387,6 +387,7 @@ describe('Citus node-metadata API', () => {
         "host text, port integer DEFAULT (current_setting('port'::text))::integer, node_role noderole DEFAULT 'primary'::noderole, node_cluster name DEFAULT 'default'::name",
         'void',
       ],
+      ['pg_catalog.citus_pause_node_within_txn(integer,boolean,integer)', 'node_id integer, force boolean DEFAULT false, lock_cooldown integer DEFAULT 10000', 'void'],
       ['pg_catalog.citus_is_coordinator()', '', 'boolean'],
       ['pg_catalog.citus_get_active_worker_nodes()', 'OUT node_name text, OUT node_port bigint', 'SETOF record'],
     ];
@@ -918,6 +919,119 @@ describe('Citus node-metadata API', () => {
       assert.deepEqual(await rowById(standby, coord.nodeid), coord);
     });
     assert.deepEqual(await coordinatorRow(db), coord, 'the primary is untouched');
+  });
+});
+
+describe('citus_pause_node_within_txn (Citus >= 12.1)', () => {
+  /** A worker group's primary row (real Citus: only a group with shard placements has anything to lock). */
+  async function workerPrimary(): Promise<NodeRow | null> {
+    const r = await db.query<NodeRow>(`SELECT ${ROW_COLUMNS} FROM pg_catalog.pg_dist_node WHERE groupid > 0 AND noderole = 'primary' AND nodename NOT LIKE 'contract-%' ORDER BY nodeid LIMIT 1`);
+    const row = r.rows[0] ?? null;
+    if (!row || mode === 'emulated') return row;
+    const placed = await db.query<{ n: string }>('SELECT count(*) AS n FROM pg_catalog.pg_dist_placement WHERE groupid = $1', [row.groupid]);
+    return Number(placed.rows[0]?.n ?? 0) > 0 ? row : null;
+  }
+
+  test('STRICT (a NULL argument is a silent no-op); an unknown node id is P0002; outside a transaction block it returns at once', async () => {
+    const w = await workerPrimary();
+    assert.ok(w, 'a worker primary with shards (the lab registers one)');
+    const n = await db.query<{ isnull: boolean }>('SELECT pg_catalog.citus_pause_node_within_txn(NULL::int) IS NULL AS isnull');
+    assert.equal(n.rows[0]?.isnull, true);
+    await db.query('SELECT pg_catalog.citus_pause_node_within_txn($1, NULL, 100)', [w.nodeid]);
+    await expectPgError(db.query('SELECT pg_catalog.citus_pause_node_within_txn(99999)'), 'node 99999 not found', 'P0002');
+    await expectPgError(db.query('SELECT pg_catalog.citus_pause_node_within_txn(-1)'), 'node 4294967295 not found', 'P0002');
+    // autocommit: the lock goes with the statement, another session is not held up
+    await db.query('SELECT pg_catalog.citus_pause_node_within_txn($1)', [w.nodeid]);
+    await withClient(primaryUrl, async (b) => {
+      await b.query("SET lock_timeout = '2s'");
+      await b.query('BEGIN');
+      await b.query('SELECT pg_catalog.citus_update_node($1, $2, $3)', [w.nodeid, fakeName('after-pause'), w.nodeport]);
+      await b.query('ROLLBACK');
+    });
+    assert.deepEqual(await rowById(db, w.nodeid), w);
+  });
+
+  test("while a transaction holds the pause: another session's citus_update_node of the node waits (55P03 at its lock_timeout), reads do not, and the pausing transaction moves the row itself", async () => {
+    const w = await workerPrimary();
+    assert.ok(w, 'a worker primary with shards');
+    await withClient(primaryUrl, async (a) => {
+      await withClient(primaryUrl, async (b) => {
+        await a.query('BEGIN');
+        await a.query('SELECT pg_catalog.citus_pause_node_within_txn($1, false, 10000)', [w.nodeid]);
+        await b.query("SET lock_timeout = '300ms'");
+        await b.query('BEGIN');
+        await expectPgError(b.query('SELECT pg_catalog.citus_update_node($1, $2, $3)', [w.nodeid, fakeName('blocked'), w.nodeport]), 'canceling statement due to lock timeout', '55P03');
+        await b.query('ROLLBACK');
+        await expectPgError(b.query('SELECT pg_catalog.citus_pause_node_within_txn($1)', [w.nodeid]), 'canceling statement due to lock timeout', '55P03');
+        assert.deepEqual(await rowById(b, w.nodeid), w, 'reads of pg_dist_node do not wait');
+        // the pause's own transaction: a second pause and the move itself go through
+        await a.query('SELECT pg_catalog.citus_pause_node_within_txn($1)', [w.nodeid]);
+        const moved = fakeName('moved');
+        await a.query('SELECT pg_catalog.citus_update_node($1, $2, $3)', [w.nodeid, moved, w.nodeport]);
+        assert.equal((await rowById(a, w.nodeid)).nodename, moved);
+        await a.query('ROLLBACK');
+      });
+    });
+    assert.deepEqual(await rowById(db, w.nodeid), w);
+  });
+
+  test('force: another session\'s citus_update_node(force => true, lock_cooldown) terminates the pausing session after the cooldown', async () => {
+    const w = await workerPrimary();
+    assert.ok(w, 'a worker primary with shards');
+    const a = await connect(primaryUrl);
+    let aError: PgErrorLike | null = null;
+    a.on('error', (err) => (aError = pgError(err)));
+    try {
+      await a.query('BEGIN');
+      await a.query('SELECT pg_catalog.citus_pause_node_within_txn($1)', [w.nodeid]);
+      await withClient(primaryUrl, async (b) => {
+        await b.query("SET lock_timeout = '10s'");
+        await b.query('BEGIN');
+        const t0 = Date.now();
+        await b.query('SELECT pg_catalog.citus_update_node($1, $2, $3, true, 300)', [w.nodeid, fakeName('forced'), w.nodeport]);
+        const waited = Date.now() - t0;
+        assert.ok(waited >= 250, `waited for the cooldown first (${waited} ms)`);
+        await b.query('ROLLBACK');
+      });
+      await assert.rejects(a.query('SELECT 1'), 'the pausing session was terminated');
+      assert.ok(aError === null || /terminat|Connection terminated/i.test((aError as PgErrorLike).message), `terminated: ${JSON.stringify(aError)}`);
+    } finally {
+      await a.end().catch(() => undefined);
+    }
+    assert.deepEqual(await rowById(db, w.nodeid), w);
+  });
+
+  test("a secondary row's pause locks nothing: the group's primary row can be changed meanwhile", async () => {
+    const w = await workerPrimary();
+    assert.ok(w, 'a worker primary with shards');
+    const sec = await addFakeSecondary(w);
+    try {
+      await withClient(primaryUrl, async (a) => {
+        await withClient(primaryUrl, async (b) => {
+          await a.query('BEGIN');
+          await a.query('SELECT pg_catalog.citus_pause_node_within_txn($1)', [sec.nodeid]);
+          await b.query("SET lock_timeout = '2s'");
+          await b.query('BEGIN');
+          await b.query('SELECT pg_catalog.citus_update_node($1, $2, $3)', [w.nodeid, fakeName('while-sec-paused'), w.nodeport]);
+          await b.query('ROLLBACK');
+          await a.query('ROLLBACK');
+        });
+      });
+    } finally {
+      await removeCreated([sec.nodeid]);
+    }
+    assert.deepEqual(await rowById(db, w.nodeid), w);
+  });
+
+  test('on a hot standby it runs (it only takes locks)', async () => {
+    const w = await workerPrimary();
+    assert.ok(w, 'a worker primary with shards');
+    await withClient(standbyUrl, async (standby) => {
+      await waitFor(async () => (await rowsById(standby, [w.nodeid])).length === 1, { timeoutMs: 30_000, intervalMs: 200, what: 'the standby to have the worker row' });
+      await standby.query('BEGIN');
+      await standby.query('SELECT pg_catalog.citus_pause_node_within_txn($1)', [w.nodeid]);
+      await standby.query('ROLLBACK');
+    });
   });
 });
 

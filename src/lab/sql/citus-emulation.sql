@@ -359,6 +359,72 @@ COMMENT ON FUNCTION pg_catalog.citus_remove_node(text, integer) IS
   'EMULATION of Citus''s node-metadata API for trying and testing citus-controller; not Citus. remove node from the cluster.';
 REVOKE ALL ON FUNCTION pg_catalog.citus_remove_node(text, integer) FROM PUBLIC;
 
+-- The lock real Citus takes on a PRIMARY node's shard placements (advisory locks on each shard,
+-- AccessExclusive) before it changes or pauses the node: it blocks writes to the group's shards
+-- and any other session's citus_update_node / citus_pause_node_within_txn of that node, but not
+-- SELECTs. A secondary row has no placements: nothing is locked for it. The emulation has no
+-- shards, so it takes one transaction-level advisory lock per group (two-int4 form, first key
+-- 'Citu'), which also conflicts where real Citus would lock nothing (a group without shards).
+-- force: after lock_cooldown ms of waiting, the sessions holding it are terminated, as Citus
+-- terminates the backends that block its placement locks.
+CREATE OR REPLACE FUNCTION pg_catalog.citus_emulation_lock_placements(
+  node_id integer, force boolean, lock_cooldown integer)
+RETURNS void
+LANGUAGE plpgsql
+STRICT
+AS $func$
+DECLARE
+  v_group int;
+  v_role pg_catalog.noderole;
+  v_until timestamptz;
+BEGIN
+  SELECT n.groupid, n.noderole INTO v_group, v_role FROM pg_catalog.pg_dist_node n WHERE n.nodeid = node_id;
+  IF NOT FOUND OR v_role <> 'primary' THEN
+    RETURN;
+  END IF;
+  IF force THEN
+    v_until := clock_timestamp() + make_interval(secs => greatest(lock_cooldown, 0) / 1000.0);
+    WHILE NOT pg_catalog.pg_try_advisory_xact_lock(1130984565, v_group) LOOP
+      IF clock_timestamp() >= v_until THEN
+        PERFORM pg_catalog.pg_terminate_backend(l.pid)
+           FROM pg_catalog.pg_locks l
+          WHERE l.locktype = 'advisory' AND l.classid = 1130984565 AND l.objid = v_group
+            AND l.objsubid = 2 AND l.granted AND l.pid <> pg_catalog.pg_backend_pid();
+        PERFORM pg_catalog.pg_advisory_xact_lock(1130984565, v_group);
+        RETURN;
+      END IF;
+      PERFORM pg_catalog.pg_sleep(0.01);
+    END LOOP;
+    RETURN;
+  END IF;
+  PERFORM pg_catalog.pg_advisory_xact_lock(1130984565, v_group);
+END
+$func$;
+COMMENT ON FUNCTION pg_catalog.citus_emulation_lock_placements(integer, boolean, integer) IS
+  'EMULATION of Citus''s node-metadata API for trying and testing citus-controller; not Citus. The placement lock of a primary node (one advisory lock per group).';
+REVOKE ALL ON FUNCTION pg_catalog.citus_emulation_lock_placements(integer, boolean, integer) FROM PUBLIC;
+
+-- citus_pause_node_within_txn (Citus >= 12.1): takes the placement lock of the node and holds it
+-- until the transaction ends. Outside a transaction block it is taken and released at once (no
+-- error). STRICT, returns void; an unknown node id is P0002 "node N not found" (N unsigned). It
+-- only takes locks: it also runs on a hot standby, and on the coordinator's or a secondary row.
+CREATE OR REPLACE FUNCTION pg_catalog.citus_pause_node_within_txn(
+  node_id integer, force boolean DEFAULT false, lock_cooldown integer DEFAULT 10000)
+RETURNS void
+LANGUAGE plpgsql
+STRICT
+AS $func$
+BEGIN
+  IF NOT EXISTS (SELECT 1 FROM pg_catalog.pg_dist_node n WHERE n.nodeid = node_id) THEN
+    RAISE EXCEPTION 'node % not found', (node_id::bigint & 4294967295) USING ERRCODE = 'P0002';
+  END IF;
+  PERFORM pg_catalog.citus_emulation_lock_placements(node_id, force, lock_cooldown);
+END
+$func$;
+COMMENT ON FUNCTION pg_catalog.citus_pause_node_within_txn(integer, boolean, integer) IS
+  'EMULATION of Citus''s node-metadata API for trying and testing citus-controller; not Citus. pauses the node (its placement lock) until the transaction ends.';
+REVOKE ALL ON FUNCTION pg_catalog.citus_pause_node_within_txn(integer, boolean, integer) FROM PUBLIC;
+
 -- citus_update_node: re-point a row (by nodeid) to another address. STRICT (a NULL argument
 -- is a silent no-op), no coordinator check, never connects to the new address.
 CREATE OR REPLACE FUNCTION pg_catalog.citus_update_node(
@@ -385,6 +451,10 @@ BEGIN
     RAISE EXCEPTION 'node % not found', (node_id::bigint & 4294967295) USING ERRCODE = 'P0002';
   END IF;
 
+  -- the node's placement lock first: waits for a pause (or another update) of the node in
+  -- another session; with force, terminates it after lock_cooldown ms
+  PERFORM pg_catalog.citus_emulation_lock_placements(node_id, force, lock_cooldown);
+
   -- Real Citus writes the catalog row from C, bypassing the read-only-transaction check, and
   -- on a hot standby fails when the write needs a transaction id. A PL/pgSQL UPDATE would
   -- fail earlier with 25006 "cannot execute UPDATE in a read-only transaction", so the
@@ -406,7 +476,7 @@ BEGIN
 END
 $func$;
 COMMENT ON FUNCTION pg_catalog.citus_update_node(integer, text, integer, boolean, integer) IS
-  'EMULATION of Citus''s node-metadata API for trying and testing citus-controller; not Citus. change the location of a node (force/lock_cooldown accepted, no shard locks to force).';
+  'EMULATION of Citus''s node-metadata API for trying and testing citus-controller; not Citus. change the location of a node (takes the node''s placement lock; force terminates its holders after lock_cooldown).';
 REVOKE ALL ON FUNCTION pg_catalog.citus_update_node(integer, text, integer, boolean, integer) FROM PUBLIC;
 
 CREATE OR REPLACE FUNCTION pg_catalog.master_update_node(
