@@ -98,6 +98,7 @@ function jsonOf(o: PassOutcome, exitCode: number): Record<string, unknown> {
     applied: o.applied ?? null,
     readErrors: o.readErrors,
     refusal: o.refusal ?? null,
+    switchovers: switchoversOf(o),
     exitCode,
   };
 }
@@ -116,8 +117,17 @@ async function onePass(cfg: ControllerConfig, opts: CommonOpts, log: Logger, app
   }
 }
 
+/** Switchovers Patroni was asked for and has not finished (the groups' `/failover` keys). */
+function switchoversOf(o: PassOutcome): { groupid: number; scope: string | null; from: string | null; to: string | null; scheduledAt: string | null }[] {
+  return o.topology.groups.flatMap((g) => (g.switchover ? [{ groupid: g.groupid, scope: g.scope, ...g.switchover }] : []));
+}
+
 function printFindings(o: PassOutcome): void {
   process.stdout.write(`${table(['database', 'group', 'pg_dist_node', 'patroni leader', 'leader state', 'verdict', 'secondary'], findingRows(o))}\n`);
+  for (const s of switchoversOf(o)) {
+    const when = s.scheduledAt === null ? 'requested' : `scheduled at ${s.scheduledAt}`;
+    process.stdout.write(`group ${s.groupid}${s.scope === null ? '' : ` (${s.scope})`}: Patroni switchover ${when}: ${s.from ?? 'the leader'} -> ${s.to ?? 'a member Patroni picks'}\n`);
+  }
   for (const e of o.readErrors) process.stdout.write(`database ${e.database}: cannot read pg_dist_node: ${e.error}\n`);
   if (o.refusal) process.stdout.write(`REFUSED: ${o.refusal}\n`);
 }

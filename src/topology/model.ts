@@ -51,8 +51,24 @@ export interface GroupView {
    */
   leaderRenewedAgoMs?: number;
   members: MemberView[];
+  /**
+   * A switchover Patroni was asked for and has not finished: its `/failover` key (written before
+   * the leader demotes; emptied to `{}` by the new leader). Absent when the key is missing or empty,
+   * and from sources that cannot see it (REST, probes).
+   */
+  switchover?: SwitchoverIntent;
   /** Things the source noticed while reading the group (unparseable member JSON, ...), for `status`. */
   problems: string[];
+}
+
+/** Patroni's `/failover` key: `{"leader": from, "member": to}` (3.0; `candidate` in later releases), optionally `scheduled_at`. */
+export interface SwitchoverIntent {
+  /** The leader it is asked of (null: any). */
+  from: string | null;
+  /** The member asked to take over (null: Patroni picks). */
+  to: string | null;
+  /** When, for a scheduled switchover (as Patroni wrote it), else null. */
+  scheduledAt: string | null;
 }
 
 export type MemberRole = 'primary' | 'replica' | 'demoted' | 'promoted' | 'standby_leader' | 'unknown';

@@ -180,6 +180,28 @@ describe('reconcile and status by hand', () => {
     assert.equal(s.findings.length, 3 * DATABASES.length);
     assert.ok(s.findings.every((f) => f.verdict === 'ok'), 's.findings.every((f) => f.verdict === \'ok\')');
   });
+
+  test("status shows a switchover Patroni was asked for (its /failover key) until it is done or cancelled", async () => {
+    const leader = await currentLeader(state, 'wk2');
+    const other = findGroup(state, 'wk2').members.find((m) => m.name !== leader.name)!;
+    const rest = `http://127.0.0.1:${leader.restPort}/switchover`;
+    // scheduled far ahead: Patroni keeps the key until then (or until it is cancelled)
+    const at = '2030-01-01T00:00:00+00:00';
+    const r = await fetch(rest, { method: 'POST', body: JSON.stringify({ leader: leader.name, candidate: other.name, scheduled_at: at }) });
+    assert.equal(r.status, 202, await r.text());
+    try {
+      const st = await runCli(['status', '-c', state.controllerConfigFile]);
+      assert.match(st.stdout, new RegExp(`^group 2 \\(wk2\\): Patroni switchover scheduled at ${at.replace(/[+]/g, '\\+')}: ${leader.name} -> ${other.name}$`, 'm'));
+      const js = JSON.parse((await runCli(['status', '--json', '-c', state.controllerConfigFile])).stdout) as { switchovers: unknown[] };
+      assert.deepEqual(js.switchovers, [{ groupid: 2, scope: 'wk2', from: leader.name, to: other.name, scheduledAt: at }]);
+    } finally {
+      const d = await fetch(rest, { method: 'DELETE' });
+      assert.equal(d.status, 200, await d.text());
+    }
+    const after = await runCli(['status', '--json', '-c', state.controllerConfigFile]);
+    assert.deepEqual((JSON.parse(after.stdout) as { switchovers: unknown[] }).switchovers, [], 'cancelled: gone from status');
+    assert.equal((await currentLeader(state, 'wk2')).name, leader.name, 'nothing was switched over');
+  });
 });
 
 describe('credentials', () => {

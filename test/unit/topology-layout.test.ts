@@ -1,6 +1,6 @@
 import { test, describe } from 'node:test';
 import assert from 'node:assert/strict';
-import { flattenV2Node, parseMember, parseScopeKeys, scopeOfKey, type DcsKv } from '../../src/topology/dcs/layout.js';
+import { flattenV2Node, parseFailover, parseMember, parseScopeKeys, scopeOfKey, type DcsKv } from '../../src/topology/dcs/layout.js';
 import { groupSignature, viewSignature } from '../../src/topology/model.js';
 import type { GroupView } from '../../src/topology/model.js';
 import { runningPrimary } from '../../src/topology/model.js';
@@ -230,6 +230,35 @@ describe('parseScopeKeys: Patroni key layout -> GroupView', () => {
     const r = parseMember('from-key', JSON.stringify({ name: 'from-json', conn_url: 'postgres://h:5/d', role: 'replica', state: 'running' }));
     assert.equal(r.member.name, 'from-key');
     assert.deepEqual(r.problems, []);
+  });
+});
+
+describe("Patroni's /failover key -> switchover intent", () => {
+  const table: [string, string, ReturnType<typeof parseFailover>][] = [
+    ['Patroni 3.0.2 during a switchover (measured)', '{"leader":"wk1-1","member":"wk1-2"}', { intent: { from: 'wk1-1', to: 'wk1-2', scheduledAt: null } }],
+    ['emptied by the new leader (measured)', '{}', {}],
+    ['empty value', '', {}],
+    ['later releases spell the target candidate', '{"leader":"wk1-1","candidate":"wk1-3"}', { intent: { from: 'wk1-1', to: 'wk1-3', scheduledAt: null } }],
+    ['scheduled', '{"leader":"wk1-1","member":"wk1-2","scheduled_at":"2026-12-03T14:00:00+00:00"}', { intent: { from: 'wk1-1', to: 'wk1-2', scheduledAt: '2026-12-03T14:00:00+00:00' } }],
+    ['a failover to any member (no names) is no intent', '{"scheduled_at":"2026-12-03T14:00:00+00:00"}', {}],
+    ['names that are not strings are dropped', '{"leader":7,"member":"wk1-2"}', { intent: { from: null, to: 'wk1-2', scheduledAt: null } }],
+    ['not JSON', 'wk1-2', { problem: 'failover key is not a JSON object ("wk1-2")' }],
+    ['a JSON array', '["wk1-2"]', { problem: 'failover key is not a JSON object ("[\\"wk1-2\\"]")' }],
+  ];
+  for (const [name, text, want] of table) test(name, () => assert.deepEqual(parseFailover(text), want));
+
+  test('the group carries it, and it changes the group signature (a watch event on /failover is a change)', () => {
+    const base = { leader: 'wk1-a', 'members/wk1-a': member({ role: 'master' }), 'members/wk1-b': member() };
+    const without = parseScopeKeys(kvs(base), P, 1, 'wk1').group;
+    const withIt = parseScopeKeys(kvs({ ...base, failover: '{"leader":"wk1-a","member":"wk1-b"}' }), P, 1, 'wk1').group;
+    const emptied = parseScopeKeys(kvs({ ...base, failover: '{}' }), P, 1, 'wk1').group;
+    assert.equal(without.switchover, undefined);
+    assert.deepEqual(withIt.switchover, { from: 'wk1-a', to: 'wk1-b', scheduledAt: null });
+    assert.equal(emptied.switchover, undefined);
+    assert.notEqual(groupSignature(withIt), groupSignature(without));
+    assert.equal(groupSignature(emptied), groupSignature(without));
+    const bad = parseScopeKeys(kvs({ ...base, failover: 'nope' }), P, 1, 'wk1').group;
+    assert.deepEqual(bad.problems, ['failover key is not a JSON object ("nope")']);
   });
 });
 

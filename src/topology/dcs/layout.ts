@@ -7,7 +7,7 @@
  * `/<namespace>/<scope>/members/<name>` = member JSON, plus config, status, history, ...
  * With Patroni's own Citus mode the keys live one level deeper: `/<namespace>/<scope>/<group>/...`.
  */
-import { normalizeRole, showName, type GroupView, type MemberView } from '../model.js';
+import { normalizeRole, showName, type GroupView, type MemberView, type SwitchoverIntent } from '../model.js';
 import { parseConnUrl } from '../../net/address.js';
 
 export interface DcsKv {
@@ -98,6 +98,28 @@ export function parseMember(name: string, text: string): { member: MemberView; x
 }
 
 /**
+ * Patroni's `/failover` key -> a switchover intent. `{}`, an empty value or a key naming nobody:
+ * none (the new leader empties the key once it is done). Names are kept only when they are
+ * plain strings; anything else is a problem, never an intent.
+ */
+export function parseFailover(text: string): { intent?: SwitchoverIntent; problem?: string } {
+  if (text.trim() === '') return {};
+  let doc: unknown;
+  try {
+    doc = JSON.parse(text);
+  } catch {
+    doc = undefined;
+  }
+  if (!isRecord(doc)) return { problem: `failover key is not a JSON object (${JSON.stringify(oneLine(text, 40))})` };
+  const name = (v: unknown): string | null => (typeof v === 'string' && v.trim() !== '' ? v.trim() : null);
+  const from = name(doc.leader);
+  const to = name(doc.member) ?? name(doc.candidate);
+  const scheduledAt = name(doc.scheduled_at);
+  if (from === null && to === null) return {};
+  return { intent: { from, to, scheduledAt } };
+}
+
+/**
  * All keys of one scope (any order, keys outside `prefix` ignored) -> GroupView.
  * `prefix` is `/<namespace>/<scope>/` with both slashes.
  */
@@ -107,6 +129,7 @@ export function parseScopeKeys(kvs: readonly DcsKv[], prefix: string, groupid: n
   let statusOptime: number | null = null;
   let patroniCitusKey: string | null = null;
   let keyCount = 0;
+  let switchover: SwitchoverIntent | undefined;
   const memberTexts = new Map<string, string>();
 
   const sorted = [...kvs].sort((a, b) => (a.key < b.key ? -1 : a.key > b.key ? 1 : 0));
@@ -126,6 +149,10 @@ export function parseScopeKeys(kvs: readonly DcsKv[], prefix: string, groupid: n
       } catch {
         /* status is informational only */
       }
+    } else if (rel === 'failover') {
+      const r = parseFailover(kv.value);
+      if (r.problem) problems.push(r.problem);
+      if (r.intent) switchover = r.intent;
     } else if (rel === 'optime/leader') {
       statusOptime ??= num(kv.value);
     } else if (patroniCitusKey === null && CITUS_LAYOUT.test(rel)) {
@@ -166,7 +193,7 @@ export function parseScopeKeys(kvs: readonly DcsKv[], prefix: string, groupid: n
     m.lagBytes = x !== null && clusterLsn !== null ? Math.max(0, clusterLsn - x) : null;
   }
 
-  return { group: { groupid, scope, leader, members, problems }, patroniCitusKey, keyCount };
+  return { group: { groupid, scope, leader, members, ...(switchover ? { switchover } : {}), problems }, patroniCitusKey, keyCount };
 }
 
 /**
