@@ -5,7 +5,8 @@
  * with no DCS gets: Patroni (or repmgr, or an operator) stops the old primary, and a new one is
  * writable some time later: within a second for a planned switchover, after the leader key's ttl
  * (plus a loop) for a crash. Until then the group is asked every `firstMs`; past that window,
- * less and less often, and after `boundMs` not at all (the periodic poll goes on).
+ * less and less often, and after `boundMs` not at all (the periodic poll goes on). Once it has
+ * one writable node, it is asked every `rejoinMs` while another of its nodes does not answer.
  */
 export interface FastProbeTiming {
   /** Interval while a new primary is expected (ms). */
@@ -16,12 +17,27 @@ export interface FastProbeTiming {
   maxMs: number;
   /** No fast probing after this long (ms since the session broke). */
   boundMs: number;
+  /** Once settled: interval while a node of the group still does not answer (the old primary rejoining as a replica). */
+  rejoinMs: number;
+  /** ... for at most this long after the group settled (ms). */
+  rejoinForMs: number;
 }
 
 /** Steady for ttl + loop_wait + 5 s (a crash is promoted after about ttl), bounded by 3 x that. */
 export function fastProbeTiming(ttlSeconds: number, loopWaitSeconds: number): FastProbeTiming {
   const steadyMs = (ttlSeconds + loopWaitSeconds + 5) * 1000;
-  return { firstMs: 20, steadyMs, maxMs: 1000, boundMs: 3 * steadyMs };
+  return { firstMs: 20, steadyMs, maxMs: 1000, boundMs: 3 * steadyMs, rejoinMs: 250, rejoinForMs: steadyMs };
+}
+
+/**
+ * After the group settled (one writable node): delay before asking it again while some of its
+ * nodes still do not answer, so that the secondary row follows the old primary back as a replica
+ * within a quarter second instead of at the next poll; null: stop (every node answers, or
+ * rejoinForMs passed: a node that stays down is the poll's business).
+ */
+export function rejoinDelay(sinceSettledMs: number, everyNodeAnswers: boolean, t: FastProbeTiming): number | null {
+  if (everyNodeAnswers || sinceSettledMs >= t.rejoinForMs) return null;
+  return t.rejoinMs;
 }
 
 /**

@@ -36,7 +36,7 @@ import { type ControllerConfig } from '../config/types.js';
 import type { Logger } from '../util/log.js';
 import type { ReaderHooks, TopologyReader } from './reader.js';
 import type { GroupView, MemberView } from './model.js';
-import { fastProbeDelay, fastProbeTiming, probeOutcome, type FastProbeTiming } from './probe-plan.js';
+import { fastProbeDelay, fastProbeTiming, probeOutcome, rejoinDelay, type FastProbeTiming } from './probe-plan.js';
 
 /** While probing fast: how long a probe waits for a connect that is still pending (ms). */
 const FAST_CONNECT_WAIT_MS = 50;
@@ -55,6 +55,8 @@ interface Fast {
   since: number;
   timer: NodeJS.Timeout | undefined;
   why: string;
+  /** When the group had one writable node again (then it is asked while a node still does not answer). */
+  settledAt: number | null;
 }
 
 export interface ProbeResult {
@@ -186,7 +188,7 @@ export class ProbeReader implements TopologyReader {
 
   private startFast(groupKey: string, why: string): void {
     if (this.fast.has(groupKey) || this.closed) return;
-    const f: Fast = { since: Date.now(), timer: undefined, why };
+    const f: Fast = { since: Date.now(), timer: undefined, why, settledAt: null };
     this.fast.set(groupKey, f);
     this.log.warn({ source: 'probe', group: groupKey }, `probe: ${why}: probing ${groupKey} every ${this.timing.firstMs} ms until exactly one node is writable`);
     this.askAgain(groupKey, f, 0);
@@ -218,11 +220,20 @@ export class ProbeReader implements TopologyReader {
       const elapsed = Date.now() - f.since;
       const o = probeOutcome(g.members);
       if (o.settled && this.links.get(o.primary)?.client) {
-        this.fast.delete(key);
-        clearTimeout(f.timer);
-        this.log.info({ source: 'probe', group: key, primary: o.primary, fastMs: elapsed }, `probe: ${key}: ${o.primary} is its one writable node, ${elapsed} ms after ${f.why}`);
+        const now = Date.now();
+        if (f.settledAt === null) {
+          f.settledAt = now;
+          this.log.info({ source: 'probe', group: key, primary: o.primary, fastMs: elapsed }, `probe: ${key}: ${o.primary} is its one writable node, ${elapsed} ms after ${f.why}`);
+        }
+        const again = rejoinDelay(now - f.settledAt, g.members.every((m) => m.state === 'running'), this.timing);
+        if (again === null) {
+          this.fast.delete(key);
+          clearTimeout(f.timer);
+        } else this.askAgain(key, f, again);
         continue;
       }
+      // the group lost its one writable node again while its other nodes rejoined
+      f.settledAt = null;
       const delay = fastProbeDelay(elapsed, this.timing);
       if (delay === null) {
         this.fast.delete(key);

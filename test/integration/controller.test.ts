@@ -502,6 +502,15 @@ describe("probe mode with the seed's patroni.yml", () => {
       assert.match(out, /probe: group 1: [^ ]+ is its one writable node, \d+ ms after the session to primary/);
       t.diagnostic(`probe mode, switchover: pg_dist_node followed ${lag} ms after the new primary was writable`);
       await waitForReplica(state, member(f.from));
+      // the group is asked every 250 ms until the old primary answers again: its secondary row
+      // follows it back well before the next 10 s poll
+      const old = member(f.from);
+      const back = Date.now();
+      await waitFor(
+        async () => (await readDistNodes(state, cn, 'postgres')).some((r) => r.groupid === 1 && r.noderole === 'secondary' && r.nodeport === old.pgPort),
+        { timeoutMs: 3000, intervalMs: 50, what: `group 1's secondary row back on ${old.name} within 3 s of it streaming again (a poll takes up to 10 s)` },
+      );
+      t.diagnostic(`probe mode: the secondary row was back on ${old.name} ${Date.now() - back} ms after Patroni reported it a running replica`);
 
       // kill -9 of the leader's Patroni and postmaster: the session ends with the server, and the
       // promotion (about ttl later) is seen within one fast probe too

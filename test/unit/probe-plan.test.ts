@@ -4,12 +4,12 @@
  */
 import { describe, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { fastProbeDelay, fastProbeTiming, probeOutcome } from '../../src/topology/probe-plan.js';
+import { fastProbeDelay, fastProbeTiming, probeOutcome, rejoinDelay } from '../../src/topology/probe-plan.js';
 
 describe('fast probing after a primary session broke', () => {
   test('timing from ttl and loop_wait: steady for ttl + loop_wait + 5 s, bounded by 3 x that', () => {
-    assert.deepEqual(fastProbeTiming(10, 10), { firstMs: 20, steadyMs: 25000, maxMs: 1000, boundMs: 75000 });
-    assert.deepEqual(fastProbeTiming(30, 10), { firstMs: 20, steadyMs: 45000, maxMs: 1000, boundMs: 135000 });
+    assert.deepEqual(fastProbeTiming(10, 10), { firstMs: 20, steadyMs: 25000, maxMs: 1000, boundMs: 75000, rejoinMs: 250, rejoinForMs: 25000 });
+    assert.deepEqual(fastProbeTiming(30, 10), { firstMs: 20, steadyMs: 45000, maxMs: 1000, boundMs: 135000, rejoinMs: 250, rejoinForMs: 45000 });
   });
 
   const t = fastProbeTiming(10, 10);
@@ -30,6 +30,23 @@ describe('fast probing after a primary session broke', () => {
   for (const [elapsed, want] of table) {
     test(`${elapsed} ms after the break -> ${want === null ? 'stop (the poll goes on)' : `${want} ms`}`, () => {
       assert.equal(fastProbeDelay(elapsed, t), want);
+    });
+  }
+});
+
+describe('once settled: asked every 250 ms while a node still does not answer', () => {
+  const t = fastProbeTiming(10, 10);
+  const table: [sinceSettledMs: number, everyNodeAnswers: boolean, delay: number | null][] = [
+    [0, false, 250], // the old primary is restarting as a replica
+    [4000, false, 250],
+    [24999, false, 250],
+    [25000, false, null], // a node that stays down: the poll's business
+    [0, true, null],
+    [3000, true, null],
+  ];
+  for (const [since, all, want] of table) {
+    test(`${since} ms after settling, ${all ? 'every node answers' : 'a node does not answer'} -> ${want === null ? 'stop' : `${want} ms`}`, () => {
+      assert.equal(rejoinDelay(since, all, t), want);
     });
   }
 });
