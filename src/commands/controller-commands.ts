@@ -14,7 +14,7 @@ import { actionSource, actionTarget, describeAction } from '../citus/actions.js'
 import type { Finding } from '../citus/model.js';
 import { Daemon } from '../runtime/daemon.js';
 import { installProcessHandlers } from '../runtime/process-handlers.js';
-import { runningPrimary } from '../topology/model.js';
+import { runningPrimary, type SwitchoverIntent } from '../topology/model.js';
 import { readStatus, type ReadStatus } from '../runtime/read-status.js';
 
 interface CommonOpts {
@@ -118,7 +118,7 @@ async function onePass(cfg: ControllerConfig, opts: CommonOpts, log: Logger, app
 }
 
 /** Switchovers Patroni was asked for and has not finished (the groups' `/failover` keys). */
-function switchoversOf(o: PassOutcome): { groupid: number; scope: string | null; from: string | null; to: string | null; scheduledAt: string | null }[] {
+function switchoversOf(o: PassOutcome): Array<SwitchoverIntent & { groupid: number; scope: string | null }> {
   return o.topology.groups.flatMap((g) => (g.switchover ? [{ groupid: g.groupid, scope: g.scope, ...g.switchover }] : []));
 }
 

@@ -43,6 +43,13 @@ interface Probe {
   writableAt: number | null;
 }
 
+/** Whether the member answers NOT pg_is_in_recovery() now (false: in recovery, or no answer). */
+async function writableNow(p: Probe): Promise<boolean> {
+  if (!p.client) return false;
+  const r = await p.client.query<{ rec: boolean }>('SELECT pg_catalog.pg_is_in_recovery() AS rec').catch(() => null);
+  return r?.rows[0]?.rec === false;
+}
+
 /**
  * Runs `action` (a switchover, a failover ...) while measuring. Resolves once every database
  * followed the new primary or `timeoutMs` passed since the start.
@@ -92,9 +99,7 @@ export async function measureFollow(
       const now = performance.now() - t0;
       await Promise.all(
         probes.map(async (p) => {
-          if (p.writableAt !== null || !p.client) return;
-          const r = await p.client.query<{ rec: boolean }>('SELECT pg_catalog.pg_is_in_recovery() AS rec').catch(() => null);
-          if (r && r.rows[0]?.rec === false) p.writableAt = now;
+          if (p.writableAt === null && (await writableNow(p))) p.writableAt = now;
         }),
       );
       await Promise.all(
@@ -114,8 +119,7 @@ export async function measureFollow(
             // this read (a controller faster than one poll). Ask it now: still in recovery means
             // the row pointed at it early for sure; writable, within this poll (lag 0).
             if (target.writableAt === null) {
-              const again = target.client ? await target.client.query<{ rec: boolean }>('SELECT pg_catalog.pg_is_in_recovery() AS rec').catch(() => null) : null;
-              if (again?.rows[0]?.rec === false) target.writableAt = x.followedAt;
+              if (await writableNow(target)) target.writableAt = x.followedAt;
               else x.early = true;
             }
           }

@@ -28,6 +28,7 @@ import type pg from 'pg';
 import { closeQuietly, pgConnect, PgConnectError } from '../pg/connect.js';
 import { describePgError, errorCode } from '../pg/errors.js';
 import { readRecovery } from '../pg/recovery.js';
+import { settlesWithin } from '../util/clock.js';
 import { maskSecrets } from '../util/errors.js';
 import { LogOnce } from '../util/log-once.js';
 import { probeNodesOf, type NodeGroupRef } from '../config/groups.js';
@@ -163,14 +164,10 @@ export class ProbeReader implements TopologyReader {
     try {
       if (!client) {
         const pending = l.connecting ?? this.connect(l);
-        if (connectWaitMs === undefined) client = await pending;
-        else {
-          let timer: NodeJS.Timeout | undefined;
-          const late = new Promise<null>((resolve) => (timer = setTimeout(() => resolve(null), connectWaitMs)));
-          pending.catch(() => undefined);
-          client = await Promise.race([pending, late]).finally(() => clearTimeout(timer));
-          if (client === null) return { ok: false, inRecovery: false, lsn: null, error: `no session within ${connectWaitMs} ms (connecting)` };
+        if (connectWaitMs !== undefined && !(await settlesWithin(pending, connectWaitMs))) {
+          return { ok: false, inRecovery: false, lsn: null, error: `no session within ${connectWaitMs} ms (connecting)` };
         }
+        client = await pending;
       }
       const r = await readRecovery(client);
       return { ok: true, inRecovery: r.inRecovery, lsn: r.lsn };
