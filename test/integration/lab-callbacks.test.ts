@@ -189,7 +189,11 @@ describe('lab up --callbacks (real hook as Patroni callback)', { timeout: 240000
     test('CN switchover: the new primary says never within 3 s of writable, the new replica always within hold-down + 3 s of accepting connections; old sessions terminated, Patroni kept', async (t) => {
       const oldPrimary = cn.primary;
       const newPrimary = cn.replica;
-      // a client session on the node that will flip always -> never, and Patroni's own session there
+      // a client session on the node that will flip always -> never, and Patroni's own session there.
+      // The worker switchover before this test took wk1's secondary row away for a while, so the CN
+      // replica said never; it says always again once the row is healthy for the hold-down. A
+      // session opened while it says never sees no flip and is rightly left alone.
+      await waitFor(async () => (await gucOf(newPrimary)) === 'always', { timeoutMs: 20000, what: `use_secondary_nodes = always on ${newPrimary.name} before the switchover` });
       const client = await pgConnect(state, newPrimary, undefined, { applicationName: 'webapp' });
       const patroniPids = async () =>
         (await scalar<number[]>(state, newPrimary, "SELECT array_agg(pid ORDER BY pid) FROM pg_stat_activity WHERE application_name = 'Patroni'")) ?? [];
