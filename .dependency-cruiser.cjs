@@ -10,7 +10,7 @@ const PURE = [
   '^src/net/address\\.ts$',
   '^src/config/(types|groups)\\.ts$',
   '^src/pg/errors\\.ts$',
-  '^src/citus/(model|plan|simulate|actions|failure|results)\\.ts$',
+  '^src/citus/(model|plan|pause-plan|simulate|actions|failure|results)\\.ts$',
   '^src/topology/(model|health|probe-plan)\\.ts$',
   '^src/topology/dcs/(layout|scopes)\\.ts$',
   '^src/node/(callback-plan|local-role|vip-helper-protocol|read-gate)\\.ts$',

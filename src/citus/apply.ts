@@ -30,6 +30,8 @@ import { checkCoordinatorPrimary, type RecoveryRow } from './metadata.js';
 import type { Action, DistNodeRow, Plan } from './model.js';
 import type { AppliedAction, ApplyResult, DetectedAt, LockStatus, SkippedDatabase, WriterState } from './results.js';
 import { CoordinatorSessions } from './sessions.js';
+import type { OpenPause, PauseEndKind, PauseExtend, PauseStart } from './pause-plan.js';
+import { closeQuietly } from '../pg/connect.js';
 import { APPLY_SQL } from './sql.js';
 
 
@@ -43,6 +45,10 @@ export interface ApplierOptions {
   outOfSyncRetry?: { attempts?: number; minDelayMs?: number; maxDelayMs?: number };
   /** How to open a connection to `database` on the CN (default: pgConnect, purpose applier). */
   connect?: (database: string) => Promise<pg.Client>;
+  /** How a pause holds writes: `auto` (default) uses citus_pause_node_within_txn when Citus has it, else `demote`. */
+  pauseMethod?: 'auto' | 'demote';
+  /** Called after a pause ended on its own (its timeout), so the caller can re-plan. */
+  onPauseEnded?: (database: string, groupid: number, kind: PauseEndKind | 'committed' | 'rolled_back') => void;
 }
 
 interface NodeRowRaw {
@@ -69,6 +75,26 @@ type BatchOutcome =
  */
 export type BeforeCommit = (actions: readonly Action[]) => string | null;
 
+/** A pause held open on its own session (see pause-plan.ts for when). */
+interface HeldPause extends OpenPause {
+  client: pg.Client;
+  /** `pause_node`: citus_pause_node_within_txn (Citus >= 12.1); `demote`: the row renamed to `<host>-demoted` in the open transaction (older Citus, as Patroni does). */
+  method: 'pause_node' | 'demote';
+  timer: NodeJS.Timeout | undefined;
+  /** A batch runs in it: the timer leaves it to the batch (whose COMMIT or ROLLBACK ends it). */
+  busy: boolean;
+  waitedMs: number;
+}
+
+export type PauseStartResult = { ok: true; method: HeldPause['method']; waitedMs: number } | { ok: false; reason: string };
+
+/** The host a pause on a Citus without citus_pause_node_within_txn renames the row to (Patroni's way). */
+export function demotedHost(host: string): string {
+  return `${host}-demoted`;
+}
+
+const pauseKey = (database: string, groupid: number): string => `${groupid}\u0000${database}`;
+
 const fmt = formatHostPort;
 
 function showOrNull(hp: HostPort | null): string | null {
@@ -93,6 +119,9 @@ export class Applier {
   private readonly sessions: CoordinatorSessions;
   private queue: Promise<unknown> = Promise.resolve();
   private readonly retry: { attempts: number; minDelayMs: number; maxDelayMs: number };
+  private readonly pauses = new Map<string, HeldPause>();
+  private readonly pauseMethod: 'auto' | 'demote';
+  private readonly onPauseEnded: ApplierOptions['onPauseEnded'];
 
   constructor(
     private readonly cfg: ApplierConfig,
@@ -109,6 +138,168 @@ export class Applier {
       minDelayMs: opts.outOfSyncRetry?.minDelayMs ?? 200,
       maxDelayMs: opts.outOfSyncRetry?.maxDelayMs ?? 2000,
     };
+    this.pauseMethod = opts.pauseMethod ?? 'auto';
+    this.onPauseEnded = opts.onPauseEnded;
+  }
+
+  /** The pauses held now (pause-plan.ts decides from these). */
+  openPauses(): OpenPause[] {
+    return [...this.pauses.values()].map(({ database, groupid, nodeid, from, fromMember, intent, deadline, startedAt }) => ({
+      database,
+      groupid,
+      nodeid,
+      from,
+      fromMember,
+      intent,
+      deadline,
+      startedAt,
+    }));
+  }
+
+  /**
+   * Opens a pause: a transaction on a session of its own that holds client writes to the node's
+   * shard placements (see pause-plan.ts). Checked like a batch: the CN is a primary and the
+   * coordinator, this process holds the writer lock, the row is still where the plan saw it.
+   * Waits for writes in flight like citus_update_node does (force, lock_cooldown; bounded by
+   * lock_timeout). The transaction also bounds itself on the server
+   * (idle_in_transaction_session_timeout: the deadline and a margin), so a frozen controller
+   * cannot hold it; a dead one's session ends it at once.
+   */
+  startPause(p: PauseStart): Promise<PauseStartResult> {
+    return this.exclusive(() => this.openPause(p));
+  }
+
+  /** A new switchover request while paused: a new deadline. */
+  extendPause(e: PauseExtend): void {
+    const held = this.pauses.get(pauseKey(e.database, e.groupid));
+    if (!held) return;
+    held.intent = e.intent;
+    held.deadline = e.deadline;
+    this.armPauseTimer(held);
+    this.log.info({ database: e.database, group: e.groupid, nodeid: held.nodeid, reason: e.reason, timeoutMs: Math.max(0, Math.round(e.deadline - epochNowMs())) }, 'pause of client writes extended');
+  }
+
+  /** Ends a pause (ROLLBACK: the row stays where it was). false: there was none. */
+  endPause(database: string, groupid: number, kind: PauseEndKind, reason: string): Promise<boolean> {
+    return this.exclusive(() => this.closePause(database, groupid, kind, reason));
+  }
+
+  /** Ends every pause (the writer stepped down, the process stops). */
+  endAllPauses(kind: PauseEndKind | 'not_writer', reason: string): Promise<void> {
+    return this.exclusive(async () => {
+      for (const p of [...this.pauses.values()]) await this.closePause(p.database, p.groupid, kind, reason);
+    });
+  }
+
+  private armPauseTimer(held: HeldPause): void {
+    clearTimeout(held.timer);
+    held.timer = setTimeout(
+      () => {
+        held.timer = undefined;
+        void this.exclusive(async () => {
+          if (this.pauses.get(pauseKey(held.database, held.groupid)) !== held || held.busy) return;
+          if (epochNowMs() < held.deadline) return this.armPauseTimer(held);
+          await this.closePause(held.database, held.groupid, 'timeout', 'no new primary within pause_timeout; writes go on to the row\'s node');
+          this.onPauseEnded?.(held.database, held.groupid, 'timeout');
+        });
+      },
+      Math.max(0, held.deadline - epochNowMs()),
+    );
+    held.timer.unref?.();
+  }
+
+  private async openPause(p: PauseStart): Promise<PauseStartResult> {
+    const key = pauseKey(p.database, p.groupid);
+    if (this.pauses.has(key)) return { ok: false, reason: 'already paused' };
+    if (this.sessions.closed) return { ok: false, reason: 'the applier is closed' };
+    const lock = await this.sessions.acquireLock({ trustHeld: true });
+    if (!lock.held) return { ok: false, reason: `writer lock not held: ${lock.reason}` };
+    const lockClient = this.sessions.lockSession();
+    if (!lockClient) return { ok: false, reason: 'writer lock not held' };
+    let client: pg.Client;
+    try {
+      client = await this.sessions.openExtra(p.database);
+    } catch (err) {
+      return { ok: false, reason: `cannot reach the coordinator: ${oneLine(errorMessage(err))}` };
+    }
+    const started = performance.now();
+    const fail = async (reason: string): Promise<PauseStartResult> => {
+      await closeQuietly(client);
+      return { ok: false, reason };
+    };
+    try {
+      await client.query(APPLY_SQL.begin);
+      const idleMs = Math.max(1000, Math.ceil(p.deadline - epochNowMs()) + 5000);
+      const first = await client.query<RecoveryRow & { has_pause: boolean }>(APPLY_SQL.pauseTimeoutsAndRecovery, [
+        String(this.cfg.citus.lockTimeoutMs),
+        String(this.cfg.citus.statementTimeoutMs),
+        String(idleMs),
+      ]);
+      const row0 = first.rows[0];
+      const check = await checkCoordinatorPrimary(client, row0);
+      if (!check.ok) return await fail(check.reason);
+      if (!(await this.sessions.verifyLock(lockClient))) {
+        this.sessions.forgetLock(lockClient);
+        return await fail('the writer lock is no longer held by this session');
+      }
+      const row = (await client.query<NodeRowRaw>(APPLY_SQL.rowById, [p.nodeid])).rows[0];
+      if (!sameAddress(row, p.from) || Number(row?.groupid) !== p.groupid || row?.noderole !== 'primary') {
+        return await fail(`row changed under us: nodeid ${p.nodeid} is ${row ? showRow(row) : 'gone'}, the plan expected ${fmt(p.from)} (group ${p.groupid}, primary)`);
+      }
+      const method: HeldPause['method'] = this.pauseMethod === 'auto' && row0?.has_pause === true ? 'pause_node' : 'demote';
+      if (method === 'pause_node') await client.query(APPLY_SQL.pauseNode, [p.nodeid, this.cfg.citus.force, this.cfg.citus.lockCooldownMs]);
+      else await client.query(APPLY_SQL.updateNode, [p.nodeid, demotedHost(p.from.host), p.from.port, this.cfg.citus.force, this.cfg.citus.lockCooldownMs]);
+      const waitedMs = round1(performance.now() - started);
+      const held: HeldPause = {
+        database: p.database,
+        groupid: p.groupid,
+        nodeid: p.nodeid,
+        from: p.from,
+        fromMember: p.fromMember,
+        intent: p.intent,
+        deadline: p.deadline,
+        startedAt: epochNowMs(),
+        client,
+        method,
+        timer: undefined,
+        busy: false,
+        waitedMs,
+      };
+      client.on('error', () => undefined);
+      client.on('end', () => {
+        if (this.pauses.get(key) !== held || held.busy) return;
+        this.pauses.delete(key);
+        clearTimeout(held.timer);
+        this.log.warn({ database: p.database, group: p.groupid, nodeid: p.nodeid, pausedMs: Math.round(epochNowMs() - held.startedAt) }, 'pause of client writes ended: its session closed (the transaction rolled back on the server)');
+        this.onPauseEnded?.(p.database, p.groupid, 'rolled_back');
+      });
+      this.pauses.set(key, held);
+      this.armPauseTimer(held);
+      this.log.info(
+        { database: p.database, group: p.groupid, nodeid: p.nodeid, node: fmt(p.from), member: p.fromMember, method, waitedMs, timeoutMs: Math.round(p.deadline - epochNowMs()), reason: p.reason },
+        'pause of client writes started',
+      );
+      return { ok: true, method, waitedMs };
+    } catch (err) {
+      return fail(oneLine(errorMessage(err)));
+    }
+  }
+
+  private async closePause(database: string, groupid: number, kind: PauseEndKind | 'not_writer', reason: string): Promise<boolean> {
+    const key = pauseKey(database, groupid);
+    const held = this.pauses.get(key);
+    if (!held) return false;
+    this.pauses.delete(key);
+    clearTimeout(held.timer);
+    let how = 'rolled back';
+    try {
+      await held.client.query(APPLY_SQL.rollback);
+    } catch (err) {
+      how = `session closed (${oneLine(errorMessage(err))})`;
+    }
+    await closeQuietly(held.client);
+    this.log.info({ database, group: groupid, nodeid: held.nodeid, kind, reason, pausedMs: Math.round(epochNowMs() - held.startedAt), how }, 'pause of client writes ended');
+    return true;
   }
 
   /** The database whose session holds the writer lock: the first of citus.databases. */
@@ -155,7 +346,10 @@ export class Applier {
    * report "closed". Safe to call more than once.
    */
   close(): Promise<void> {
-    return this.sessions.close();
+    const held = [...this.pauses.values()];
+    this.pauses.clear();
+    for (const p of held) clearTimeout(p.timer);
+    return Promise.all([this.sessions.close(), ...held.map((p) => closeQuietly(p.client))]).then(() => undefined);
   }
 
   private exclusive<T>(fn: () => Promise<T>): Promise<T> {
@@ -285,7 +479,31 @@ export class Applier {
     }
   }
 
+  /** A batch of a paused group runs in the pause's transaction: its COMMIT moves the row and releases the writes at once; any other end rolls both back. */
   private async runBatch(batch: Batch, beforeCommit?: BeforeCommit): Promise<BatchOutcome> {
+    const key = pauseKey(batch.database, batch.groupid);
+    const held = this.pauses.get(key);
+    if (!held) return this.runBatchOn(batch, beforeCommit, null);
+    held.busy = true;
+    let out: BatchOutcome;
+    try {
+      out = await this.runBatchOn(batch, beforeCommit, held);
+    } finally {
+      held.busy = false;
+      if (this.pauses.get(key) === held) this.pauses.delete(key);
+      clearTimeout(held.timer);
+    }
+    await closeQuietly(held.client);
+    const pausedMs = Math.round(epochNowMs() - held.startedAt);
+    if (out.kind === 'committed') {
+      this.log.info({ database: batch.database, group: batch.groupid, nodeid: held.nodeid, pausedMs, kind: 'committed' }, 'pause of client writes ended: the row moved in its transaction');
+    } else {
+      this.log.warn({ database: batch.database, group: batch.groupid, nodeid: held.nodeid, pausedMs, kind: 'rolled_back', outcome: out.kind }, 'pause of client writes ended: the batch in it did not commit (rolled back with it)');
+    }
+    return out;
+  }
+
+  private async runBatchOn(batch: Batch, beforeCommit: BeforeCommit | undefined, held: HeldPause | null): Promise<BatchOutcome> {
     const first = batch.actions[0];
     if (!first) return { kind: 'committed', committedAt: epochNowMs(), added: [] };
     for (const a of batch.actions) {
@@ -296,10 +514,13 @@ export class Applier {
     if (!this.sessions.holdsLock()) return { kind: 'lock_lost', reason: 'the writer lock was lost with its connection (taken again on the next pass)' };
 
     let client: pg.Client;
-    try {
-      client = await this.sessions.client(batch.database);
-    } catch (err) {
-      return { kind: 'unreachable', reason: oneLine(errorMessage(err)) };
+    if (held) client = held.client;
+    else {
+      try {
+        client = await this.sessions.client(batch.database);
+      } catch (err) {
+        return { kind: 'unreachable', reason: oneLine(errorMessage(err)) };
+      }
     }
     const lockClient = this.sessions.lockSession();
     if (!lockClient) return { kind: 'lock_lost', reason: 'the writer lock was lost with its connection (taken again on the next pass)' };
@@ -308,7 +529,8 @@ export class Applier {
     let inTransaction = false;
     let committing = false;
     try {
-      await client.query(APPLY_SQL.begin);
+      // a pause's transaction is open already
+      if (!held) await client.query(APPLY_SQL.begin);
       inTransaction = true;
       // round trips are most of a failover's time on a busy coordinator: the timeouts and the first
       // check go in one query, and the lock is checked on its own session at the same time
@@ -333,7 +555,7 @@ export class Applier {
       const added: Array<number | undefined> = [];
       for (const action of batch.actions) {
         current = action;
-        added.push(await this.runAction(client, action));
+        added.push(await this.runAction(client, action, held?.method === 'demote' ? held : null));
       }
       const stale = beforeCommit?.(batch.actions) ?? null;
       if (stale !== null) {
@@ -365,13 +587,15 @@ export class Applier {
   }
 
   /** One action inside the batch's transaction. Returns the nodeid of an added row. */
-  private async runAction(client: pg.Client, action: Action): Promise<number | undefined> {
+  private async runAction(client: pg.Client, action: Action, demoted: HeldPause | null): Promise<number | undefined> {
     switch (action.kind) {
       case 'update_node':
       case 'park_node': {
         const before = (await client.query<NodeRowRaw>(APPLY_SQL.rowForUpdate, [action.nodeid])).rows[0];
         if (!before) throw new BatchCheckError(`row changed under us: nodeid ${action.nodeid} is no longer in pg_dist_node`, 'row_changed');
-        if (!sameAddress(before, action.from) || Number(before.groupid) !== action.groupid || before.noderole !== action.noderole) {
+        // in a `demote` pause the row reads <host>-demoted until COMMIT
+        const expected = demoted && demoted.nodeid === action.nodeid && sameAddress(before, { host: demotedHost(action.from.host), port: action.from.port }) ? { host: before.nodename, port: action.from.port } : action.from;
+        if (!sameAddress(before, expected) || Number(before.groupid) !== action.groupid || before.noderole !== action.noderole) {
           throw new BatchCheckError(
             `row changed under us: nodeid ${action.nodeid} is now ${showRow(before)}, the plan expected ${fmt(action.from)} (group ${action.groupid}, ${action.noderole})`,
             'row_changed',

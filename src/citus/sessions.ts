@@ -91,6 +91,17 @@ export class CoordinatorSessions {
     return client;
   }
 
+  /** A new connection to `database` that this class does not keep (a pause's own session, citus/apply.ts). Throws PgConnectError. */
+  async openExtra(database: string): Promise<pg.Client> {
+    if (this.isClosed) throw new Error('the applier is closed');
+    const client = await this.connectFn(database);
+    if (this.isClosed) {
+      await closeQuietly(client);
+      throw new Error('the applier is closed');
+    }
+    return client;
+  }
+
   /** Forgets and closes a connection; losing the lock's connection loses the lock. */
   async drop(database: string, client: pg.Client, why: string): Promise<void> {
     if (this.conns.get(database) === client) this.conns.delete(database);

@@ -54,6 +54,16 @@ export const APPLY_SQL = {
   updateNode: 'SELECT pg_catalog.citus_update_node($1::int, $2::text, $3::int, $4::bool, $5::int)',
   addNode: 'SELECT pg_catalog.citus_add_node($1::text, $2::int, groupid => $3::int) AS nodeid',
   setCoordinatorHost: 'SELECT pg_catalog.citus_set_coordinator_host($1::text, $2::int)',
+  /** A pause's transaction: its timeouts (idle_in_transaction_session_timeout bounds it on the server too), the coordinator check, and which pause Citus has. */
+  pauseTimeoutsAndRecovery: `SELECT pg_catalog.set_config('lock_timeout', $1::text, true) AS lock_timeout,
+       pg_catalog.set_config('statement_timeout', $2::text, true) AS statement_timeout,
+       pg_catalog.set_config('idle_in_transaction_session_timeout', $3::text, true) AS idle_timeout,
+       pg_catalog.pg_is_in_recovery() AS in_recovery,
+       pg_catalog.to_regprocedure('pg_catalog.citus_is_coordinator()') IS NOT NULL AS has_citus,
+       pg_catalog.to_regprocedure('pg_catalog.citus_pause_node_within_txn(integer,boolean,integer)') IS NOT NULL AS has_pause,
+       pg_catalog.current_database() AS database`,
+  /** Citus >= 12.1: blocks writes to the node's shard placements until the transaction ends. */
+  pauseNode: 'SELECT pg_catalog.citus_pause_node_within_txn($1::int, $2::bool, $3::int)',
   commit: 'COMMIT',
   rollback: 'ROLLBACK',
 } as const;

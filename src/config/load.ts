@@ -241,6 +241,10 @@ export function configFromObject(doc: unknown, file: string): ControllerConfig {
       secondaries: citus.secondaries ?? 'replicas',
       maxReplicaLagBytes: citus.max_replica_lag ?? DEFAULT_MAX_REPLICA_LAG,
       secondaryHoldDownMs: citus.secondary_hold_down ?? 3000,
+      pause: {
+        onSwitchover: citus.pause_on_switchover ?? true,
+        timeoutMs: citus.pause_timeout ?? 1000 * (citus.ttl ?? bootstrapTtl(raw) ?? 30),
+      },
       ...(vip
         ? {
             vip: {

@@ -145,6 +145,8 @@ export const citusSchema = z
     secondaries: z.enum(['replicas', 'off'], { error: 'must be replicas or off' }).optional(),
     max_replica_lag: nonNegInt('max_replica_lag (bytes)').optional(),
     secondary_hold_down: nonNegInt('secondary_hold_down (ms)').optional(),
+    pause_on_switchover: z.boolean({ error: 'expected true or false' }).optional(),
+    pause_timeout: positive('pause_timeout (ms)').optional(),
     rest_port: z
       .number({ error: 'expected rest_port (a port number)' })
       .int({ error: 'rest_port must be a whole number' })

@@ -92,6 +92,12 @@ export interface CitusConfig {
    * and how long every secondary must be healthy before a CN replica goes back to `always`.
    */
   secondaryHoldDownMs: number;
+  /**
+   * Planned switchovers of worker groups (citus/pause-plan.ts): `onSwitchover` holds client writes
+   * to the group (citus_pause_node_within_txn) from Patroni's switchover request until the row
+   * moves to the new primary, for at most `timeoutMs` (default: Patroni's ttl).
+   */
+  pause: { onSwitchover: boolean; timeoutMs: number };
   vip?: VipConfig;
   /**
    * Patroni scope of the group THIS node belongs to (citus.node_scope): the coordinator's

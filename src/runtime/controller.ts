@@ -5,7 +5,8 @@
  * Sources never write; the applier never decides (citus/plan.ts does); this module only wires
  * them together. What a pass means (mode, exit code, retry) is runtime/outcome.ts.
  */
-import { Applier, type BeforeCommit } from '../citus/apply.js';
+import { Applier, type BeforeCommit, type PauseStartResult } from '../citus/apply.js';
+import { planPauses, type OpenPause, type PauseEndKind, type PauseExtend, type PausePolicy, type PauseStart } from '../citus/pause-plan.js';
 import { describeAction, sameChange } from '../citus/actions.js';
 import type { Action, DistNodeRow, Plan, PlanPolicy, VipRows } from '../citus/model.js';
 import { plan } from '../citus/plan.js';
@@ -17,7 +18,7 @@ import { chooseSource } from '../topology/choose.js';
 import type { TopologySource } from '../topology/reader.js';
 import { errorMessage } from '../util/errors.js';
 import type { Logger } from '../util/log.js';
-import type { PassOutcome } from './outcome.js';
+import type { PassOutcome, PassPauses } from './outcome.js';
 
 export type { PassOutcome };
 
@@ -29,6 +30,12 @@ export interface PassApplier {
   checkWriter(): Promise<WriterState>;
   /** True while this process holds the writer lock (it has been the writer since it took it). */
   holdsLock?(): boolean;
+  /** Pauses of client writes (citus/apply.ts); an applier without them never pauses. */
+  openPauses?(): OpenPause[];
+  startPause?(p: PauseStart): Promise<PauseStartResult>;
+  extendPause?(e: PauseExtend): void;
+  endPause?(database: string, groupid: number, kind: PauseEndKind, reason: string): Promise<boolean>;
+  endAllPauses?(kind: PauseEndKind | 'not_writer', reason: string): Promise<void>;
   close(): Promise<void>;
 }
 
@@ -41,6 +48,8 @@ export interface ControllerOptions {
   /** Use these instead of building them from the config (unit tests). */
   topology?: TopologySource;
   applier?: PassApplier;
+  /** Called when a pause of client writes ended on its own (its timeout, its session): look again. */
+  onPauseEnded?: () => void;
 }
 
 export function policyOf(cfg: ControllerConfig): PlanPolicy {
@@ -53,6 +62,15 @@ export function policyOf(cfg: ControllerConfig): PlanPolicy {
     secondaries: cfg.citus.secondaries,
     maxReplicaLagBytes: cfg.citus.maxReplicaLagBytes,
     ...(vipGroups.size > 0 ? { vipGroups } : {}),
+  };
+}
+
+export function pausePolicyOf(cfg: ControllerConfig): PausePolicy {
+  return {
+    enabled: cfg.citus.pause.onSwitchover,
+    timeoutMs: cfg.citus.pause.timeoutMs,
+    managed: new Set(cfg.citus.workers.map((w) => w.groupid)),
+    vipGroups: new Set(cfg.citus.workers.filter((w) => w.vip).map((w) => w.groupid)),
   };
 }
 
@@ -76,7 +94,7 @@ export class Controller {
     this.log = opts.log;
     // the reader, its read loop and (DCS sources) promotion confirmation: topology/choose.ts
     this.source = opts.topology ?? chooseSource(cfg, { log: opts.log, ...(opts.source ? { force: opts.source } : {}) });
-    this.applier = opts.applier ?? new Applier(cfg, { logger: opts.log, ...(opts.applicationName ? { applicationName: opts.applicationName } : {}) });
+    this.applier = opts.applier ?? new Applier(cfg, { logger: opts.log, ...(opts.applicationName ? { applicationName: opts.applicationName } : {}), ...(opts.onPauseEnded ? { onPauseEnded: opts.onPauseEnded } : {}) });
   }
 
   /** Starts the topology source (first full read). */
@@ -115,16 +133,22 @@ export class Controller {
     const layoutKey = this.source.patroniCitusLayout();
     if (layoutKey !== null) {
       outcome.refusal = patroniCitusRefusal(layoutKey);
+      if (opts.apply) await this.applier.endAllPauses?.('not_writer', 'not writing: Patroni\'s own Citus layout is in the DCS');
       return outcome;
     }
-    if (opts.apply && p.actions.length > 0) {
+    const pausing = opts.apply && this.applier.openPauses !== undefined && ((this.applier.openPauses().length > 0) || topology.groups.some((g) => g.switchover));
+    if (opts.apply && (p.actions.length > 0 || pausing)) {
       // only the node the fresh view names as the coordinator's running primary writes: a
       // writable CN that Patroni no longer (or not yet) calls the leader must not
       const me = localRoleFromTopology(topology, this.cfg);
       if (me.kind !== 'primary') {
         outcome.withheld = me.kind === 'replica' ? `not the coordinator primary: ${me.why}` : `cannot tell whether this node is the coordinator primary: ${me.why}`;
+        if (pausing) await this.applier.endAllPauses?.('not_writer', `this node is not known as the coordinator primary (${me.why})`);
         return outcome;
       }
+    }
+    const pauses = pausing ? await this.pausesBefore(outcome) : null;
+    if (opts.apply && p.actions.length > 0) {
       // right before each COMMIT: does the newest view still plan this batch? (an update can wait
       // up to lock_timeout behind other transactions while its target steps down)
       const beforeCommit = (actions: readonly Action[]): string | null => {
@@ -137,7 +161,47 @@ export class Controller {
       };
       outcome.applied = await this.applier.apply(p, opts.detectedAt ?? Date.now(), beforeCommit);
     }
+    if (pauses) await this.pausesAfter(pauses.after, outcome.pauses!);
     return outcome;
+  }
+
+  /**
+   * Pause decisions from the view this pass acts on (citus/pause-plan.ts): ends and extensions
+   * first, then starts, all before the plan is applied (a paused group's move then runs in its
+   * pause). Ends that depend on whether the apply moved the row wait for pausesAfter.
+   */
+  private async pausesBefore(outcome: PassOutcome): Promise<{ after: Array<{ database: string; groupid: number; kind: PauseEndKind; reason: string }> }> {
+    const a = this.applier;
+    const result: PassPauses = { started: [], refused: [], ended: [], open: 0, wakeAt: null };
+    outcome.pauses = result;
+    const after: Array<{ database: string; groupid: number; kind: PauseEndKind; reason: string }> = [];
+    if (!outcome.topology.fresh) {
+      // a stale view decides nothing: open pauses keep their deadline (the applier's timer)
+      result.open = a.openPauses?.().length ?? 0;
+      return { after };
+    }
+    const pp = planPauses(outcome.topology.groups, outcome.topology.source, outcome.rows, a.openPauses?.() ?? [], pausePolicyOf(this.cfg), Date.now());
+    result.wakeAt = pp.wakeAt;
+    for (const e of pp.end) {
+      if (e.afterApply) after.push(e);
+      else if (await a.endPause?.(e.database, e.groupid, e.kind, e.reason)) result.ended.push(e);
+    }
+    for (const x of pp.extend) a.extendPause?.(x);
+    for (const st of pp.start) {
+      const r = await a.startPause?.(st);
+      if (r?.ok) result.started.push({ database: st.database, groupid: st.groupid, reason: st.reason });
+      else if (r) {
+        result.refused.push({ database: st.database, groupid: st.groupid, reason: r.reason });
+        this.log.warn({ database: st.database, group: st.groupid, reason: r.reason, request: st.reason }, 'cannot pause client writes for the switchover: it goes on unpaused');
+      }
+    }
+    result.open = a.openPauses?.().length ?? 0;
+    return { after };
+  }
+
+  private async pausesAfter(after: Array<{ database: string; groupid: number; kind: PauseEndKind; reason: string }>, result: PassPauses): Promise<void> {
+    for (const e of after) if (await this.applier.endPause?.(e.database, e.groupid, e.kind, e.reason)) result.ended.push(e);
+    result.open = this.applier.openPauses?.().length ?? 0;
   }
 
   /** Is this process the writer now? (the CN is a primary and the coordinator; the writer lock is held, taken if free) */

@@ -56,6 +56,9 @@ export class Daemon {
   private stopping = false;
   private timer: NodeJS.Timeout | undefined;
   private retryTimer: NodeJS.Timeout | undefined;
+  /** A pass at the time a pause decision may change without an event (a scheduled switchover, a deadline). */
+  private pauseTimer: NodeJS.Timeout | undefined;
+  private pauseWakeAt: number | null = null;
   private readonly retry = new Backoff({ initialMs: RETRY_MIN_MS, maxMs: RETRY_MAX_MS });
   private nudges: NudgeListener | null = null;
   /** When the change the next pass acts on was first noticed (ms epoch). */
@@ -87,7 +90,13 @@ export class Daemon {
   ) {
     this.log = opts.log;
     this.controller =
-      opts.controller ?? new Controller(cfg, { log: opts.log, applicationName: 'citus-controller watch', ...(opts.source ? { source: opts.source } : {}) });
+      opts.controller ??
+      new Controller(cfg, {
+        log: opts.log,
+        applicationName: 'citus-controller watch',
+        ...(opts.source ? { source: opts.source } : {}),
+        onPauseEnded: () => void this.trigger({ kind: 'pause', detail: 'a pause ended' }),
+      });
     this.keeper =
       opts.keeper ??
       new LocalNodeKeeper(cfg, {
@@ -183,6 +192,7 @@ export class Daemon {
     clearInterval(this.watchdogTimer);
     clearInterval(this.timer);
     clearTimeout(this.retryTimer);
+    clearTimeout(this.pauseTimer);
     await this.passes.stop();
     await this.keeper.stop(() => this.controller.source.refresh()).catch((err: unknown) => this.log.warn(`on stop: ${errorMessage(err)}`));
     await this.nudges?.close().catch(() => undefined);
@@ -230,6 +240,7 @@ export class Daemon {
     const lines = findingLines(outcome);
     if (lines.length > 0) this.findings.problem(lines.join('\n'));
     else this.findings.ok();
+    this.schedulePauseWake(outcome.pauses?.wakeAt ?? null);
     // self-healing of this node (use_secondary_nodes, VIP) next to the passes, never delaying them
     this.keeper.offer(outcome.topology);
     this.log.debug({ pass: this.passCount, ms: Math.round(performance.now() - started), actions: outcome.plan.actions.length }, 'pass done');
@@ -237,6 +248,19 @@ export class Daemon {
       this.unfinishedSince = detectedAt;
       this.scheduleRetry();
     } else this.retry.reset();
+  }
+
+  private schedulePauseWake(at: number | null): void {
+    if (at === this.pauseWakeAt) return;
+    clearTimeout(this.pauseTimer);
+    this.pauseTimer = undefined;
+    this.pauseWakeAt = at;
+    if (at === null || this.stopping) return;
+    this.pauseTimer = setTimeout(() => {
+      this.pauseTimer = undefined;
+      this.pauseWakeAt = null;
+      void this.trigger({ kind: 'pause', detail: 'a scheduled switchover or a pause deadline' });
+    }, Math.max(0, at - Date.now()));
   }
 
   private scheduleRetry(): void {

@@ -25,10 +25,22 @@ export interface PassOutcome {
   withheld?: string;
   /** What the applier did (only when the pass was asked to apply). */
   applied?: ApplyResult;
+  /** Pauses of client writes this pass started and ended (citus/pause-plan.ts), and when to look again without an event. */
+  pauses?: PassPauses;
+}
+
+export interface PassPauses {
+  started: Array<{ database: string; groupid: number; reason: string }>;
+  /** Starts that failed (the switchover goes on unpaused). */
+  refused: Array<{ database: string; groupid: number; reason: string }>;
+  ended: Array<{ database: string; groupid: number; kind: string; reason: string }>;
+  open: number;
+  /** A scheduled switchover's time or a deadline (ms epoch); null: none. */
+  wakeAt: number | null;
 }
 
 /** Why a pass runs. */
-export type TriggerKind = 'start' | 'timer' | 'topology' | 'nudge' | 'retry' | 'self-check' | 'again';
+export type TriggerKind = 'start' | 'timer' | 'topology' | 'nudge' | 'retry' | 'self-check' | 'again' | 'pause';
 
 export interface Trigger {
   kind: TriggerKind;

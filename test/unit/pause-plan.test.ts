@@ -1,0 +1,150 @@
+/**
+ * citus/pause-plan.ts: (view, rows, open pauses, now) -> exact starts, extensions and ends.
+ */
+import assert from 'node:assert/strict';
+import { describe, test } from 'node:test';
+import { intentDue, intentKey, planPauses, type OpenPause, type PausePolicy } from '../../src/citus/pause-plan.js';
+import type { GroupView, SwitchoverIntent } from '../../src/topology/model.js';
+import { CN, g, m, ROWS, row, url, WK1, WK1B, WK2 } from '../helpers/builders.js';
+
+const NOW = Date.parse('2026-12-03T12:00:00Z');
+const POLICY: PausePolicy = { enabled: true, timeoutMs: 30000, managed: new Set([1, 2]), vipGroups: new Set() };
+const rows = () => new Map([['postgres', ROWS()]]);
+const withIntent = (grp: GroupView, i: SwitchoverIntent): GroupView => ({ ...grp, switchover: i });
+const ASK: SwitchoverIntent = { from: 'wk1-a', to: 'wk1-b', scheduledAt: null };
+const open = (over: Partial<OpenPause> = {}): OpenPause => ({
+  database: 'postgres',
+  groupid: 1,
+  nodeid: 2,
+  from: { host: '10.0.1.1', port: 5432 },
+  fromMember: 'wk1-a',
+  intent: intentKey(ASK),
+  deadline: NOW + 30000,
+  startedAt: NOW - 500,
+  ...over,
+});
+/** wk1 in the middle of the switchover: no leader key, the old primary stopping. */
+const WK1_NO_LEADER = () => g(1, null, [m('wk1-a', url('10.0.1.1:5432'), 'master', 'stopping'), m('wk1-b', url('10.0.1.2:5432'))]);
+
+function summary(groups: GroupView[], opened: OpenPause[] = [], policy = POLICY, now = NOW, r = rows()) {
+  const p = planPauses(groups, 'etcd', r, opened, policy, now);
+  return {
+    start: p.start.map((s) => `${s.database}/${s.groupid} node ${s.nodeid} ${s.fromMember} until +${s.deadline - now}: ${s.reason}`),
+    extend: p.extend.map((e) => `${e.database}/${e.groupid} until +${e.deadline - now}`),
+    end: p.end.map((e) => `${e.database}/${e.groupid} ${e.kind}${e.afterApply ? ' (after apply)' : ''}`),
+    wakeAt: p.wakeAt === null ? null : p.wakeAt - now,
+  };
+}
+
+describe('planPauses: when a pause starts', () => {
+  const cases: Array<[string, GroupView[], ReturnType<typeof summary>]> = [
+    ['no switchover request: nothing', [CN(), WK1(), WK2()], { start: [], extend: [], end: [], wakeAt: null }],
+    [
+      'a request from the running primary the row names: one pause per database and group',
+      [CN(), withIntent(WK1(), ASK), WK2()],
+      { start: ['postgres/1 node 2 wk1-a until +30000: Patroni switchover requested: wk1-a -> wk1-b'], extend: [], end: [], wakeAt: 30000 },
+    ],
+    [
+      'a request naming no leader (a failover to a chosen member): paused too',
+      [CN(), withIntent(WK1(), { from: null, to: 'wk1-b', scheduledAt: null }), WK2()],
+      { start: ['postgres/1 node 2 wk1-a until +30000: Patroni switchover requested: the leader -> wk1-b'], extend: [], end: [], wakeAt: 30000 },
+    ],
+    ['a request from another member than the running primary: not paused', [CN(), withIntent(WK1(), { from: 'wk1-b', to: 'wk1-a', scheduledAt: null })], { start: [], extend: [], end: [], wakeAt: null }],
+    ['a request to the running primary itself: not paused', [CN(), withIntent(WK1(), { from: null, to: 'wk1-a', scheduledAt: null })], { start: [], extend: [], end: [], wakeAt: null }],
+    ['no running primary (the switchover is already under way): not paused', [CN(), withIntent(WK1_NO_LEADER(), ASK)], { start: [], extend: [], end: [], wakeAt: null }],
+    ['the row names another address than the running primary: not paused (the planner moves it first)', [CN(), withIntent(WK1B(), { from: 'wk1-b', to: 'wk1-a', scheduledAt: null })], { start: [], extend: [], end: [], wakeAt: null }],
+    [
+      'a scheduled request in the future: not yet, wake at its time',
+      [CN(), withIntent(WK1(), { ...ASK, scheduledAt: '2026-12-03T12:05:00+00:00' })],
+      { start: [], extend: [], end: [], wakeAt: 300000 },
+    ],
+    [
+      'a scheduled request whose time has come: paused',
+      [CN(), withIntent(WK1(), { ...ASK, scheduledAt: '2026-12-03T11:59:59+00:00' })],
+      { start: ['postgres/1 node 2 wk1-a until +30000: Patroni switchover scheduled at 2026-12-03T11:59:59+00:00: wk1-a -> wk1-b'], extend: [], end: [], wakeAt: 30000 },
+    ],
+    ['a scheduled time that cannot be read: never due', [CN(), withIntent(WK1(), { ...ASK, scheduledAt: 'soon' })], { start: [], extend: [], end: [], wakeAt: null }],
+    ['the coordinator group is never paused', [withIntent(CN(), { from: 'cn-1', to: 'cn-2', scheduledAt: null }), WK1()], { start: [], extend: [], end: [], wakeAt: null }],
+  ];
+  for (const [name, groups, want] of cases) test(name, () => assert.deepEqual(summary(groups), want));
+
+  test('a group this controller does not manage is never paused', () => {
+    assert.deepEqual(summary([CN(), withIntent(WK1(), ASK)], [], { ...POLICY, managed: new Set([2]) }).start, []);
+  });
+  test('pauses turned off: nothing starts', () => {
+    assert.deepEqual(summary([CN(), withIntent(WK1(), ASK)], [], { ...POLICY, enabled: false }), { start: [], extend: [], end: [], wakeAt: null });
+  });
+  test('two databases: one pause in each', () => {
+    const r = new Map([
+      ['postgres', ROWS()],
+      ['app', ROWS()],
+    ]);
+    assert.deepEqual(
+      summary([CN(), withIntent(WK1(), ASK)], [], POLICY, NOW, r).start.map((s) => s.split(' ')[0]),
+      ['postgres/1', 'app/1'],
+    );
+  });
+  test('a database whose rows could not be read: no pause there', () => {
+    assert.deepEqual(summary([CN(), withIntent(WK1(), ASK)], [], POLICY, NOW, new Map()).start, []);
+  });
+  test('VIP mode: the row names the VIP, not the member; paused all the same', () => {
+    const r = new Map([['postgres', [row(1, 0, '10.0.0.1:5432'), row(2, 1, '192.0.2.10:5432')]]]);
+    assert.deepEqual(summary([CN(), withIntent(WK1(), ASK)], [], { ...POLICY, vipGroups: new Set([1]) }, NOW, r).start.length, 1);
+    assert.deepEqual(summary([CN(), withIntent(WK1(), ASK)], [], POLICY, NOW, r).start, [], 'not in VIP mode: the address must match');
+  });
+  test('already paused: no second start', () => {
+    assert.deepEqual(summary([CN(), withIntent(WK1(), ASK)], [open()]).start, []);
+  });
+  test('one group paused, another asked: independent', () => {
+    const ask2: SwitchoverIntent = { from: 'wk2-a', to: 'wk2-b', scheduledAt: null };
+    const s = summary([CN(), withIntent(WK1(), ASK), withIntent(WK2(), ask2)], [open()]);
+    assert.deepEqual(s.start, ['postgres/2 node 3 wk2-a until +30000: Patroni switchover requested: wk2-a -> wk2-b']);
+    assert.deepEqual(s.end, []);
+  });
+});
+
+describe('planPauses: while paused', () => {
+  const cases: Array<[string, GroupView[], OpenPause, ReturnType<typeof summary>]> = [
+    ['the request stands, the old primary still runs: kept (wake at the deadline)', [CN(), withIntent(WK1(), ASK)], open(), { start: [], extend: [], end: [], wakeAt: 30000 }],
+    ['no leader yet (demoting, promoting): kept', [CN(), WK1_NO_LEADER()], open(), { start: [], extend: [], end: [], wakeAt: 30000 }],
+    ['the new leader is not promoted yet: kept', [CN(), WK1B('replica')], open(), { start: [], extend: [], end: [], wakeAt: 30000 }],
+    ['another member is the running primary: ended after apply (the move commits it first)', [CN(), WK1B()], open(), { start: [], extend: [], end: ['postgres/1 new_primary (after apply)'], wakeAt: null }],
+    ['the request is gone and the old primary still runs: aborted', [CN(), WK1()], open(), { start: [], extend: [], end: ['postgres/1 aborted'], wakeAt: null }],
+    [
+      'the request is now scheduled later and the old primary still runs: aborted',
+      [CN(), withIntent(WK1(), { ...ASK, scheduledAt: '2026-12-03T13:00:00Z' })],
+      open(),
+      { start: [], extend: [], end: ['postgres/1 aborted'], wakeAt: null },
+    ],
+    ['the deadline passed: timeout', [CN(), WK1_NO_LEADER()], open({ deadline: NOW }), { start: [], extend: [], end: ['postgres/1 timeout'], wakeAt: null }],
+    [
+      'a new request while paused (another target): extended from now',
+      [CN(), withIntent(WK1(), { from: 'wk1-a', to: 'wk1-c', scheduledAt: null })],
+      open({ deadline: NOW + 1000 }),
+      { start: [], extend: ['postgres/1 until +30000'], end: [], wakeAt: 30000 },
+    ],
+    ['the row was changed by someone else: ended', [CN(), withIntent(WK1(), ASK)], open({ nodeid: 9 }), { start: [], extend: [], end: ['postgres/1 row_changed'], wakeAt: null }],
+  ];
+  for (const [name, groups, p, want] of cases) test(name, () => assert.deepEqual(summary(groups, [p]), want));
+
+  test('turned off while paused: ended', () => {
+    assert.deepEqual(summary([CN(), withIntent(WK1(), ASK)], [open()], { ...POLICY, enabled: false }).end, ['postgres/1 disabled']);
+  });
+  test('rows not read this pass: not taken for a changed row', () => {
+    assert.deepEqual(summary([CN(), withIntent(WK1(), ASK)], [open()], POLICY, NOW, new Map()).end, []);
+  });
+  test('a row moved to the new primary in another way: row_changed', () => {
+    const r = new Map([['postgres', [row(1, 0, '10.0.0.1:5432'), row(2, 1, '10.0.1.2:5432')]]]);
+    assert.deepEqual(summary([CN(), WK1_NO_LEADER()], [open()], POLICY, NOW, r).end, ['postgres/1 row_changed']);
+  });
+});
+
+describe('switchover requests', () => {
+  test('intentKey tells requests apart; intentDue reads the scheduled time', () => {
+    assert.notEqual(intentKey(ASK), intentKey({ ...ASK, to: 'wk1-c' }));
+    assert.equal(intentDue(ASK, NOW), true);
+    assert.equal(intentDue({ ...ASK, scheduledAt: '2026-12-03T12:00:00Z' }, NOW), true);
+    assert.equal(intentDue({ ...ASK, scheduledAt: '2026-12-03T12:00:01Z' }, NOW), false);
+    assert.equal(intentDue({ ...ASK, scheduledAt: 'garbage' }, NOW), false);
+  });
+});
