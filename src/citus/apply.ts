@@ -31,7 +31,7 @@ import type { Action, DistNodeRow, Plan } from './model.js';
 import type { AppliedAction, ApplyResult, DetectedAt, LockStatus, SkippedDatabase, WriterState } from './results.js';
 import { CoordinatorSessions } from './sessions.js';
 import type { OpenPause, PauseEndKind, PauseExtend, PauseStart } from './pause-plan.js';
-import { closeQuietly } from '../pg/connect.js';
+import { closeQuietly, isBroken } from '../pg/connect.js';
 import { APPLY_SQL } from './sql.js';
 
 
@@ -120,6 +120,9 @@ export class Applier {
   private queue: Promise<unknown> = Promise.resolve();
   private readonly retry: { attempts: number; minDelayMs: number; maxDelayMs: number };
   private readonly pauses = new Map<string, HeldPause>();
+  private readonly opening = new Set<string>();
+  /** One idle session per database, ready for the next pause (null: could not connect). */
+  private readonly spares = new Map<string, Promise<pg.Client | null>>();
   private readonly pauseMethod: 'auto' | 'demote';
   private readonly onPauseEnded: ApplierOptions['onPauseEnded'];
 
@@ -165,8 +168,57 @@ export class Applier {
    * (idle_in_transaction_session_timeout: the deadline and a margin), so a frozen controller
    * cannot hold it; a dead one's session ends it at once.
    */
-  startPause(p: PauseStart): Promise<PauseStartResult> {
-    return this.exclusive(() => this.openPause(p));
+  async startPause(p: PauseStart): Promise<PauseStartResult> {
+    // the writer lock is checked in the queue (fast when held); the rest runs beside other
+    // pauses' starts: a switchover's demotion does not wait, so neither may one group for another
+    const lock = await this.exclusive(() => this.sessions.acquireLock({ trustHeld: true }));
+    if (!lock.held) return { ok: false, reason: `writer lock not held: ${lock.reason}` };
+    const key = pauseKey(p.database, p.groupid);
+    if (this.opening.has(key)) return { ok: false, reason: 'a pause of this group is being opened' };
+    this.opening.add(key);
+    try {
+      return await this.openPause(p);
+    } finally {
+      this.opening.delete(key);
+      this.refillSpare(p.database);
+    }
+  }
+
+  /**
+   * Keeps one idle session per database ready for a pause (a switchover gives a few hundred ms
+   * between Patroni's request and the old primary's shutdown; a new session's authentication
+   * would spend a good part of it on a loaded coordinator). Called by the writer's passes.
+   */
+  prepareForPauses(): void {
+    if (!this.sessions.holdsLock()) return;
+    for (const db of this.cfg.citus.databases) this.refillSpare(db);
+  }
+
+  private refillSpare(database: string): void {
+    if (this.sessions.closed || this.spares.has(database)) return;
+    const p = this.sessions.openExtra(database).then(
+      (c) => {
+        c.on('error', () => undefined);
+        c.on('end', () => {
+          if (this.spares.get(database) === p) this.spares.delete(database);
+        });
+        if (this.sessions.closed) void closeQuietly(c);
+        return c;
+      },
+      () => {
+        if (this.spares.get(database) === p) this.spares.delete(database);
+        return null;
+      },
+    );
+    this.spares.set(database, p);
+  }
+
+  private async takeSession(database: string): Promise<pg.Client> {
+    const spare = this.spares.get(database);
+    this.spares.delete(database);
+    const c = spare ? await spare : null;
+    if (c && !isBroken(c)) return c;
+    return this.sessions.openExtra(database);
   }
 
   /** A new switchover request while paused: a new deadline. */
@@ -212,13 +264,11 @@ export class Applier {
     const key = pauseKey(p.database, p.groupid);
     if (this.pauses.has(key)) return { ok: false, reason: 'already paused' };
     if (this.sessions.closed) return { ok: false, reason: 'the applier is closed' };
-    const lock = await this.sessions.acquireLock({ trustHeld: true });
-    if (!lock.held) return { ok: false, reason: `writer lock not held: ${lock.reason}` };
     const lockClient = this.sessions.lockSession();
     if (!lockClient) return { ok: false, reason: 'writer lock not held' };
     let client: pg.Client;
     try {
-      client = await this.sessions.openExtra(p.database);
+      client = await this.takeSession(p.database);
     } catch (err) {
       return { ok: false, reason: `cannot reach the coordinator: ${oneLine(errorMessage(err))}` };
     }
@@ -230,6 +280,9 @@ export class Applier {
     try {
       await client.query(APPLY_SQL.begin);
       const idleMs = Math.max(1000, Math.ceil(p.deadline - epochNowMs()) + 5000);
+      // the lock is checked on its own session meanwhile
+      const lockHeld = this.sessions.verifyLock(lockClient);
+      lockHeld.catch(() => undefined);
       const first = await client.query<RecoveryRow & { has_pause: boolean }>(APPLY_SQL.pauseTimeoutsAndRecovery, [
         String(this.cfg.citus.lockTimeoutMs),
         String(this.cfg.citus.statementTimeoutMs),
@@ -238,7 +291,7 @@ export class Applier {
       const row0 = first.rows[0];
       const check = await checkCoordinatorPrimary(client, row0);
       if (!check.ok) return await fail(check.reason);
-      if (!(await this.sessions.verifyLock(lockClient))) {
+      if (!(await lockHeld)) {
         this.sessions.forgetLock(lockClient);
         return await fail('the writer lock is no longer held by this session');
       }
@@ -349,7 +402,16 @@ export class Applier {
     const held = [...this.pauses.values()];
     this.pauses.clear();
     for (const p of held) clearTimeout(p.timer);
-    return Promise.all([this.sessions.close(), ...held.map((p) => closeQuietly(p.client))]).then(() => undefined);
+    const spares = [...this.spares.values()];
+    this.spares.clear();
+    return Promise.all([
+      this.sessions.close(),
+      ...held.map((p) => closeQuietly(p.client)),
+      ...spares.map(async (s) => {
+        const c = await s;
+        if (c) await closeQuietly(c);
+      }),
+    ]).then(() => undefined);
   }
 
   private exclusive<T>(fn: () => Promise<T>): Promise<T> {

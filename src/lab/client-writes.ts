@@ -10,7 +10,8 @@
  * citus_emulation_route_write (dblink, from PostgreSQL's contrib). It does what Citus's router
  * does for these writes: it takes the group's placement lock in share mode (so it waits for a
  * pause or a citus_update_node of the node, as a write to the group's shards does on real
- * Citus), then reads the group's primary row and runs the statement there. A read goes to the
+ * Citus), then reads the group's primary row and runs the statement there, over a connection it
+ * keeps per session and node (as Citus keeps its connections to the workers). A read goes to the
  * same node without the lock (reads are not paused).
  */
 import type pg from 'pg';
@@ -35,18 +36,44 @@ BEGIN
     v_host, v_port, pg_catalog.current_database(), current_user);
 END
 $f$;
+CREATE OR REPLACE FUNCTION public.citus_emulation_route_conn(group_id integer)
+RETURNS text LANGUAGE plpgsql VOLATILE STRICT AS $f$
+DECLARE v_conninfo text := public.citus_emulation_node_conninfo(group_id); v_name text;
+BEGIN
+  -- one kept connection per session and node, as Citus keeps its connections to the workers
+  v_name := 'cc_' || pg_catalog.md5(v_conninfo);
+  IF NOT (v_name = ANY (coalesce(public.dblink_get_connections(), '{}'::text[]))) THEN
+    PERFORM public.dblink_connect(v_name, v_conninfo);
+  END IF;
+  RETURN v_name;
+END
+$f$;
 CREATE OR REPLACE FUNCTION public.citus_emulation_route_write(group_id integer, command text)
 RETURNS text LANGUAGE plpgsql VOLATILE STRICT AS $f$
+DECLARE v_name text; v_res text;
 BEGIN
   PERFORM pg_catalog.pg_advisory_xact_lock_shared(1130984565, group_id);
-  RETURN public.dblink_exec(public.citus_emulation_node_conninfo(group_id), command);
+  v_name := public.citus_emulation_route_conn(group_id);
+  BEGIN
+    v_res := public.dblink_exec(v_name, command);
+  EXCEPTION WHEN OTHERS THEN
+    PERFORM public.dblink_disconnect(v_name);
+    RAISE;
+  END;
+  RETURN v_res;
 END
 $f$;
 CREATE OR REPLACE FUNCTION public.citus_emulation_route_read(group_id integer, query text)
 RETURNS bigint LANGUAGE plpgsql VOLATILE STRICT AS $f$
-DECLARE v bigint;
+DECLARE v_name text; v bigint;
 BEGIN
-  SELECT t.x INTO v FROM public.dblink(public.citus_emulation_node_conninfo(group_id), query) AS t(x bigint);
+  v_name := public.citus_emulation_route_conn(group_id);
+  BEGIN
+    SELECT t.x INTO v FROM public.dblink(v_name, query) AS t(x bigint);
+  EXCEPTION WHEN OTHERS THEN
+    PERFORM public.dblink_disconnect(v_name);
+    RAISE;
+  END;
   RETURN v;
 END
 $f$;
@@ -163,7 +190,9 @@ export function startClientLoad(
   const report: ClientLoadReport = { writes: 0, failedWrites: 0, errors: new Map(), longestGapMs: 0, reads: 0, failedReads: 0, okTimes: [] };
   let running = true;
   const note = (err: unknown): void => {
-    const msg = (err instanceof Error ? err.message : String(err)).replace(/\s+/g, ' ').replace(/\d+/g, 'N').slice(0, 160);
+    const detail = (err as { detail?: unknown }).detail;
+    const text = `${err instanceof Error ? err.message : String(err)}${typeof detail === 'string' ? `: ${detail}` : ''}`;
+    const msg = text.replace(/\s+/g, ' ').replace(/\d+/g, 'N').slice(0, 200);
     report.errors.set(msg, (report.errors.get(msg) ?? 0) + 1);
   };
   const connect = (): Promise<pg.Client> =>

@@ -33,6 +33,8 @@ export interface PassApplier {
   /** Pauses of client writes (citus/apply.ts); an applier without them never pauses. */
   openPauses?(): OpenPause[];
   startPause?(p: PauseStart): Promise<PauseStartResult>;
+  /** Keeps sessions ready so that a pause starts without connecting first. */
+  prepareForPauses?(): void;
   extendPause?(e: PauseExtend): void;
   endPause?(database: string, groupid: number, kind: PauseEndKind, reason: string): Promise<boolean>;
   endAllPauses?(kind: PauseEndKind | 'not_writer', reason: string): Promise<void>;
@@ -162,6 +164,7 @@ export class Controller {
       outcome.applied = await this.applier.apply(p, opts.detectedAt ?? Date.now(), beforeCommit);
     }
     if (pauses) await this.pausesAfter(pauses.after, outcome.pauses!);
+    if (opts.apply && this.cfg.citus.pause.onSwitchover) this.applier.prepareForPauses?.();
     return outcome;
   }
 
@@ -187,8 +190,9 @@ export class Controller {
       else if (await a.endPause?.(e.database, e.groupid, e.kind, e.reason)) result.ended.push(e);
     }
     for (const x of pp.extend) a.extendPause?.(x);
-    for (const st of pp.start) {
-      const r = await a.startPause?.(st);
+    // all at once: each group's demotion runs on its own clock
+    const started = await Promise.all(pp.start.map(async (st) => ({ st, r: await a.startPause?.(st) })));
+    for (const { st, r } of started) {
       if (r?.ok) result.started.push({ database: st.database, groupid: st.groupid, reason: st.reason });
       else if (r) {
         result.refused.push({ database: st.database, groupid: st.groupid, reason: r.reason });
@@ -205,8 +209,10 @@ export class Controller {
   }
 
   /** Is this process the writer now? (the CN is a primary and the coordinator; the writer lock is held, taken if free) */
-  checkWriter(): Promise<WriterState> {
-    return this.applier.checkWriter();
+  async checkWriter(): Promise<WriterState> {
+    const w = await this.applier.checkWriter();
+    if (this.cfg.citus.pause.onSwitchover) this.applier.prepareForPauses?.();
+    return w;
   }
 
   async close(): Promise<void> {

@@ -1,0 +1,252 @@
+/**
+ * Switchover benchmark: what a client sees during planned worker switchovers, with the pause of
+ * client writes (citus.pause_on_switchover) on and off, in the same run on the same lab.
+ *
+ *   npm run bench:switchover [-- --rounds N --json --dir D --keep]
+ *
+ * 1. `labUp({workers: 2, replicas: 1})` in a fresh temp dir (or --dir).
+ * 2. For each mode (pause on, then off): `startControllers(dir)` with pause_on_switchover set,
+ *    then N rounds: a client writing to wk1's shards through the CN every 5 ms and one reading
+ *    them (lab/client-writes.ts), 1 s of load, `labSwitchover(dir, 'wk1')` measured by
+ *    `measureFollow` (5 ms polls of the new primary and of pg_dist_node), 0.5 s more load.
+ * 3. Per round: failed writes and reads, the longest time between two successful writes, the
+ *    pause's length (the controller's `pausedMs`), the pg_dist_node lag (followed - writable),
+ *    and the first successful write after the new primary became writable.
+ * 4. Targets (pause on): 0 failed writes in every round; longest write gap <= 1500 ms; the first
+ *    write after writable within 100 ms (no pause left open).
+ *
+ * Everything it starts is stopped on every way out (Ctrl-C too); the temp dir is removed unless
+ * --keep or --dir. Exit code: 0 when every round switched over and pg_dist_node followed
+ * (whatever the targets say), 1 otherwise or on error, 130 after Ctrl-C.
+ */
+import { chmodSync, existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { Command } from 'commander';
+import { errorMessage } from '../src/util/errors.js';
+import { currentLeader, findLabProcesses, labDown, labSwitchover, labUp, loadLabState, readDistNodes, type SwitchoverResult } from '../src/lab/index.js';
+import { startControllers, stopControllers, type LabController } from '../src/lab/controllers.js';
+import { measureFollow } from '../src/lab/follow.js';
+import { prepareClientWrites, startClientLoad } from '../src/lab/client-writes.js';
+import { describeMachine, fileSize, machineContext, ms, onCleanup, passMiss, positiveInt, progressFor, readFrom, runBench, sleep, stats, table, wasInterrupted, type Stats } from './lib.js';
+
+const SCOPE = 'wk1';
+const GAP_TARGET_MS = 1500;
+const FIRST_WRITE_TARGET_MS = 100;
+const progress = progressFor('switchover');
+
+interface Options {
+  rounds: number;
+  json?: boolean;
+  dir?: string;
+  keep?: boolean;
+}
+
+interface Round {
+  pause: boolean;
+  round: number;
+  from: string;
+  to: string | null;
+  writes: number;
+  failedWrites: number;
+  reads: number;
+  failedReads: number;
+  longestGapMs: number;
+  /** The controller's pausedMs for this round's pause (null: no pause logged). */
+  pauseMs: number | null;
+  lagMs: number | null;
+  /** First successful write after the new primary was writable (ms after it). */
+  firstWriteMs: number | null;
+  errors: Record<string, number>;
+}
+
+function parseArgs(argv: string[]): Options {
+  const program = new Command()
+    .name('bench:switchover')
+    .description('client writes and reads through the CN during planned worker switchovers, with the pause on and off')
+    .option('--rounds <n>', 'switchovers per mode', positiveInt('--rounds', 200), 3)
+    .option('--json', 'print one JSON document on stdout instead of tables')
+    .option('--dir <dir>', 'lab dir (must be empty or a stopped lab; kept afterwards); default: a temp dir, removed afterwards')
+    .option('--keep', 'keep the temp dir (logs) afterwards')
+    .showHelpAfterError();
+  program.parse(argv);
+  return program.opts<Options>();
+}
+
+async function switchover(dir: string): Promise<SwitchoverResult> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await labSwitchover(dir, SCOPE, undefined, { waitForOldLeader: true, timeoutMs: 90000 });
+    } catch (err) {
+      const msg = errorMessage(err);
+      if (attempt >= 6 || !/Patroni refused the switchover|no running replica to switch over to/.test(msg)) throw err;
+      progress(`switchover refused (${msg.slice(0, 160)}); retrying in 2 s`);
+      await sleep(2000);
+    }
+  }
+}
+
+function pausedMsIn(text: string): number | null {
+  for (const line of text.split('\n')) {
+    if (!line.startsWith('{') || !line.includes('pause of client writes ended')) continue;
+    try {
+      const d = JSON.parse(line) as { group?: number; pausedMs?: number };
+      if (d.group === 1 && typeof d.pausedMs === 'number') return d.pausedMs;
+    } catch {
+      /* not JSON */
+    }
+  }
+  return null;
+}
+
+async function runRounds(dir: string, pause: boolean, count: number, controllers: LabController[]): Promise<Round[]> {
+  const out: Round[] = [];
+  for (let i = 1; i <= count && !wasInterrupted(); i++) {
+    const state = loadLabState(dir);
+    const cn = await currentLeader(state, 'cn');
+    const wk = await currentLeader(state, SCOPE);
+    const target = await prepareClientWrites(state, cn, wk, 1);
+    const offsets = controllers.map((c) => fileSize(c.logFile));
+    const load = startClientLoad(state, () => cn, target, { everyMs: 5, reads: true });
+    await sleep(1000);
+    const t0 = Date.now();
+    const f = await measureFollow(state, SCOPE, () => switchover(dir), { pollMs: 5, timeoutMs: 90000, databases: [target.database] });
+    await sleep(500);
+    const r = await load.stop();
+    const writableAt = f.writableMs === null ? null : t0 + f.writableMs;
+    const first = writableAt === null ? undefined : r.okTimes.find((x) => x >= writableAt);
+    const pauseMs = controllers.map((c, k) => pausedMsIn(readFrom(c.logFile, offsets[k] ?? 0))).find((x) => x !== null) ?? null;
+    const round: Round = {
+      pause,
+      round: i,
+      from: f.from,
+      to: f.to,
+      writes: r.writes,
+      failedWrites: r.failedWrites,
+      reads: r.reads,
+      failedReads: r.failedReads,
+      longestGapMs: r.longestGapMs,
+      pauseMs,
+      lagMs: f.maxLagMs,
+      firstWriteMs: first === undefined || writableAt === null ? null : first - writableAt,
+      errors: Object.fromEntries(r.errors),
+    };
+    out.push(round);
+    progress(
+      `pause ${pause ? 'on ' : 'off'} ${i}/${count}: ${round.from} -> ${round.to ?? '?'}: ${round.failedWrites}/${round.writes} writes failed, ` +
+        `${round.failedReads}/${round.reads} reads failed, longest write gap ${round.longestGapMs} ms, pause ${ms(round.pauseMs, 0)} ms, ` +
+        `lag ${ms(round.lagMs)} ms, first write ${ms(round.firstWriteMs, 0)} ms after writable`,
+    );
+  }
+  return out;
+}
+
+interface Summary {
+  rounds: number;
+  failedWritesMax: number | null;
+  failedWritesTotal: number;
+  failedReadsTotal: number;
+  gapMs: Stats;
+  pauseMs: Stats;
+  lagMs: Stats;
+  firstWriteMs: Stats;
+}
+
+function summarize(rs: Round[]): Summary {
+  const nn = (xs: Array<number | null>) => xs.filter((x): x is number => x !== null);
+  return {
+    rounds: rs.length,
+    failedWritesMax: rs.length ? Math.max(...rs.map((r) => r.failedWrites)) : null,
+    failedWritesTotal: rs.reduce((a, r) => a + r.failedWrites, 0),
+    failedReadsTotal: rs.reduce((a, r) => a + r.failedReads, 0),
+    gapMs: stats(rs.map((r) => r.longestGapMs)),
+    pauseMs: stats(nn(rs.map((r) => r.pauseMs))),
+    lagMs: stats(nn(rs.map((r) => r.lagMs))),
+    firstWriteMs: stats(nn(rs.map((r) => r.firstWriteMs))),
+  };
+}
+
+async function main(): Promise<number> {
+  const opts = parseArgs(process.argv);
+  const t0 = Date.now();
+  const ownDir = opts.dir === undefined;
+  const dir = opts.dir ?? mkdtempSync(join(tmpdir(), 'citus-bench-switchover-'));
+  if (ownDir) chmodSync(dir, 0o755);
+  const machine = machineContext(dir);
+  progress(`machine: ${describeMachine(machine)}`);
+  onCleanup(ownDir && !opts.keep ? `lab down + remove ${dir}` : `lab down (keeping ${dir})`, async () => {
+    await stopControllers(dir).catch(() => undefined);
+    await labDown(dir).catch((err: unknown) => progress(`lab down: ${errorMessage(err)}`));
+    await sleep(500);
+    if (findLabProcesses(dir).length > 0) await labDown(dir).catch((err: unknown) => progress(`lab down: ${errorMessage(err)}`));
+    if (ownDir && !opts.keep && existsSync(dir)) rmSync(dir, { recursive: true, force: true });
+  });
+  const state = await labUp({ dir, workers: 2, replicas: 1, onProgress: (l) => progress(`lab: ${l}`), timeoutMs: 180000 });
+  progress(`lab up in ${((state.upMs ?? 0) / 1000).toFixed(1)} s (${state.citus.mode} Citus); ${opts.rounds} switchovers of ${SCOPE} per mode`);
+  const rounds: Round[] = [];
+  for (const pause of [true, false]) {
+    if (wasInterrupted()) break;
+    const ctl = await startControllers(dir, {
+      configure: (doc) => {
+        (doc.citus as Record<string, unknown>).pause_on_switchover = pause;
+      },
+    });
+    const cn = await currentLeader(loadLabState(dir), 'cn');
+    const writer = ctl.find((c) => c.member === cn.name);
+    for (let k = 0; k < 100 && writer && !/writer: this coordinator is the primary/.test(readFrom(writer.logFile, 0)); k++) await sleep(200);
+    rounds.push(...(await runRounds(dir, pause, opts.rounds, ctl)));
+    await stopControllers(dir);
+  }
+  if (wasInterrupted()) return 130;
+  const on = summarize(rounds.filter((r) => r.pause));
+  const off = summarize(rounds.filter((r) => !r.pause));
+  const targets = [
+    { what: 'pause on: 0 failed writes in every round', pass: on.failedWritesMax === 0 },
+    { what: `pause on: longest write gap <= ${GAP_TARGET_MS} ms (max over rounds)`, pass: on.gapMs.max === null ? null : on.gapMs.max <= GAP_TARGET_MS },
+    { what: `pause on: first write <= ${FIRST_WRITE_TARGET_MS} ms after the new primary is writable (max)`, pass: on.firstWriteMs.max === null ? null : on.firstWriteMs.max <= FIRST_WRITE_TARGET_MS },
+  ];
+  const bad = rounds.filter((r) => r.to === null || r.lagMs === null).length;
+  const finalRows = await readDistNodes(loadLabState(dir), await currentLeader(loadLabState(dir), 'cn')).catch(() => []);
+  if (opts.json) {
+    process.stdout.write(
+      `${JSON.stringify(
+        { bench: 'switchover', startedAt: new Date(t0).toISOString(), totalMs: Date.now() - t0, machine, lab: { citus: state.citus.mode, scope: SCOPE }, rounds, summary: { pauseOn: on, pauseOff: off }, targets, finalRows },
+        null,
+        2,
+      )}\n`,
+    );
+    return bad === 0 ? 0 : 1;
+  }
+  const out: string[] = [];
+  out.push(`bench:switchover: ${rounds.length} planned switchovers of ${SCOPE} on a ${state.citus.mode}-Citus lab; a client writing every 5 ms and one reading, through the CN`);
+  out.push('');
+  out.push(
+    table(
+      ['pause', 'round', 'from -> to', 'failed writes', 'failed reads', 'longest write gap', 'pause', 'pg_dist_node lag', 'first write after writable'],
+      rounds.map((r) => [r.pause ? 'on' : 'off', String(r.round), `${r.from} -> ${r.to ?? '?'}`, `${r.failedWrites}/${r.writes}`, `${r.failedReads}/${r.reads}`, ms(r.longestGapMs, 0), ms(r.pauseMs, 0), ms(r.lagMs), ms(r.firstWriteMs, 0)]),
+    ),
+  );
+  out.push('');
+  out.push('Per mode (ms; p50 / max over rounds):');
+  out.push(
+    table(
+      ['pause', 'rounds', 'failed writes (max/round)', 'failed reads (total)', 'write gap', 'pause', 'lag', 'first write after writable'],
+      [
+        ['on', on],
+        ['off', off],
+      ].map(([name, s]) => {
+        const x = s as Summary;
+        return [name as string, String(x.rounds), String(x.failedWritesMax ?? '-'), String(x.failedReadsTotal), `${ms(x.gapMs.p50, 0)} / ${ms(x.gapMs.max, 0)}`, `${ms(x.pauseMs.p50, 0)} / ${ms(x.pauseMs.max, 0)}`, `${ms(x.lagMs.p50)} / ${ms(x.lagMs.max)}`, `${ms(x.firstWriteMs.p50, 0)} / ${ms(x.firstWriteMs.max, 0)}`];
+      }),
+    ),
+  );
+  out.push('');
+  for (const t of targets) out.push(`${passMiss(t.pass)}  ${t.what}`);
+  out.push('');
+  out.push('Reads are not paused: they fail while the old primary is down (they are not what the pause is for).');
+  out.push(`Errors seen by the writing client with the pause off: ${JSON.stringify(rounds.filter((r) => !r.pause).flatMap((r) => Object.entries(r.errors)).slice(0, 4))}`);
+  process.stdout.write(`${out.join('\n')}\n`);
+  return bad === 0 ? 0 : 1;
+}
+
+runBench('switchover', main);
