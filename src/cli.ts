@@ -22,6 +22,7 @@ const COMMANDS: Readonly<Record<string, () => Promise<Register>>> = {
   callback: () => import('./commands/callback.js').then((m) => m.registerCallbackCommand),
   'vip-helper': () => import('./commands/vip-helper.js').then((m) => m.registerVipHelperCommand),
   agent: () => import('./commands/agent.js').then((m) => m.registerAgentCommand),
+  'before-stop': () => import('./commands/before-stop.js').then((m) => m.registerBeforeStopCommand),
   lab: () => import('./lab/cli.js').then((m) => m.registerLabCommand),
 };
 

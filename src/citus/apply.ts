@@ -147,7 +147,7 @@ export class Applier {
 
   /** The pauses held now (pause-plan.ts decides from these). */
   openPauses(): OpenPause[] {
-    return [...this.pauses.values()].map(({ database, groupid, nodeid, from, fromMember, intent, deadline, startedAt }) => ({
+    return [...this.pauses.values()].map(({ database, groupid, nodeid, from, fromMember, intent, deadline, startedAt, sawDown }) => ({
       database,
       groupid,
       nodeid,
@@ -156,7 +156,17 @@ export class Applier {
       intent,
       deadline,
       startedAt,
+      sawDown: sawDown === true,
     }));
+  }
+
+  /** The paused primary was seen not running (a restart under way): its return ends the pause. */
+  markPauseDown(database: string, groupid: number): void {
+    const held = this.pauses.get(pauseKey(database, groupid));
+    if (held && !held.sawDown) {
+      held.sawDown = true;
+      this.log.info({ database, group: groupid, member: held.fromMember }, 'paused primary is not running: the pause lasts until it or another member is the running primary');
+    }
   }
 
   /**

@@ -23,6 +23,11 @@
  * happen in the applier and the controller; the pause's transaction dies with its session.
  *
  * A new switchover request while paused (another target, another time) restarts the timeout.
+ *
+ * The `before_stop` hook (Patroni releases that have it; commands/before-stop.ts) asks for a pause
+ * through etcd right before a primary stops, for a switchover and for a restart or a Patroni stop
+ * alike: a `PauseRequest` starts a pause like a switchover request. A pause whose primary was seen
+ * not running and is the running primary again (a restart) ends as `back`.
  */
 import type { SourceKind, GroupView, SwitchoverIntent } from '../topology/model.js';
 import { memberAddress, runningPrimary, showName } from '../topology/model.js';
@@ -44,6 +49,50 @@ export interface OpenPause {
   /** When the timeout ends it (ms epoch). */
   deadline: number;
   startedAt: number;
+  /** Its primary was seen not running since the pause started (a restart under way). */
+  sawDown?: boolean;
+}
+
+/** A `before_stop` hook's request (etcd key `.../<group scope>/pause-request`). */
+export interface PauseRequest {
+  /** The member about to stop. */
+  member: string;
+  /** When it asked (ms epoch, its clock). */
+  at: number;
+  /** When the hook stops waiting (ms epoch): a request found later (a writer that just started) starts nothing. */
+  until: number;
+}
+
+/** The request's JSON value -> PauseRequest, or null when it is not one. */
+export function parsePauseRequest(text: string | null | undefined): PauseRequest | null {
+  if (!text) return null;
+  let v: unknown;
+  try {
+    v = JSON.parse(text);
+  } catch {
+    return null;
+  }
+  if (v === null || typeof v !== 'object') return null;
+  const o = v as Record<string, unknown>;
+  if (typeof o.member !== 'string' || o.member.length === 0 || o.member.length > 128) return null;
+  if (typeof o.at !== 'number' || !Number.isFinite(o.at)) return null;
+  const until = typeof o.until === 'number' && Number.isFinite(o.until) ? o.until : o.at + 5000;
+  return { member: o.member, at: o.at, until };
+}
+
+/** The intent text of a pause started by a before_stop request. */
+export function requestIntent(r: PauseRequest): string {
+  return JSON.stringify(['before_stop', r.member, r.at]);
+}
+
+/** The request time of a pause's intent when it came from a before_stop request, else null. */
+export function requestTimeOf(intent: string): number | null {
+  try {
+    const v = JSON.parse(intent) as unknown;
+    return Array.isArray(v) && v[0] === 'before_stop' && typeof v[2] === 'number' ? v[2] : null;
+  } catch {
+    return null;
+  }
 }
 
 export interface PauseStart {
@@ -57,7 +106,7 @@ export interface PauseStart {
   reason: string;
 }
 
-export type PauseEndKind = 'new_primary' | 'aborted' | 'timeout' | 'row_changed' | 'disabled';
+export type PauseEndKind = 'new_primary' | 'aborted' | 'back' | 'timeout' | 'row_changed' | 'disabled';
 
 export interface PauseEnd {
   database: string;
@@ -80,6 +129,8 @@ export interface PausePlan {
   start: PauseStart[];
   extend: PauseExtend[];
   end: PauseEnd[];
+  /** Open pauses whose primary is not the running primary now (sawDown from now on). */
+  down: Array<{ database: string; groupid: number }>;
   /** The earliest future time a decision may change without any new event (a scheduled switchover's time, a deadline); null: none. */
   wakeAt: number | null;
 }
@@ -125,8 +176,10 @@ export function planPauses(
   open: readonly OpenPause[],
   policy: PausePolicy,
   now: number,
+  /** before_stop requests by group id (already answered ones left out by the caller). */
+  requests: ReadonlyMap<number, PauseRequest> = new Map(),
 ): PausePlan {
-  const out: PausePlan = { start: [], extend: [], end: [], wakeAt: null };
+  const out: PausePlan = { start: [], extend: [], end: [], down: [], wakeAt: null };
   const wake = (t: number): void => {
     if (t > now && (out.wakeAt === null || t < out.wakeAt)) out.wakeAt = t;
   };
@@ -156,14 +209,22 @@ export function planPauses(
       end('new_primary', `${showName(rp.member.name)} is the running primary`, true);
       continue;
     }
+    if (!rp.ok) out.down.push({ database: p.database, groupid: p.groupid });
+    if (rp.ok && p.sawDown) {
+      end('back', `${showName(p.fromMember)} is the running primary again (restarted)`);
+      continue;
+    }
+    const request = requests.get(p.groupid);
+    const asked = request !== undefined && request.member === p.fromMember;
     if (intent && intentDue(intent, now) && intentKey(intent) !== p.intent) {
       const deadline = now + policy.timeoutMs;
       out.extend.push({ database: p.database, groupid: p.groupid, intent: intentKey(intent), deadline, reason: `a new request while paused: ${describeIntent(intent)}` });
       wake(deadline);
       continue;
     }
-    if (rp.ok && (!intent || !intentDue(intent, now))) {
-      end('aborted', `the switchover request is gone and ${showName(p.fromMember)} is still the running primary`);
+    if (rp.ok && (!intent || !intentDue(intent, now)) && !asked) {
+      if (requestTimeOf(p.intent) !== null) end('back', `the before_stop request was withdrawn (PostgreSQL is up again) and ${showName(p.fromMember)} is the running primary`);
+      else end('aborted', `the switchover request is gone and ${showName(p.fromMember)} is still the running primary`);
       continue;
     }
     wake(p.deadline);
@@ -173,6 +234,26 @@ export function planPauses(
     for (const g of groups) {
       if (g.groupid === 0 || !policy.managed.has(g.groupid)) continue;
       if (open.some((p) => p.database === database && p.groupid === g.groupid)) continue;
+      const request = requests.get(g.groupid);
+      if (request && now <= request.until) {
+        const rp = runningPrimary(g, source);
+        const row = primaryRow(dbRows, g.groupid);
+        if (rp.ok && rp.member.name === request.member && row && (policy.vipGroups.has(g.groupid) || sameHostPort(row, memberAddress(rp.member)))) {
+          const deadline = now + policy.timeoutMs;
+          out.start.push({
+            database,
+            groupid: g.groupid,
+            nodeid: row.nodeid,
+            from: { host: row.nodename, port: Number(row.nodeport) },
+            fromMember: rp.member.name,
+            intent: requestIntent(request),
+            deadline,
+            reason: `before_stop on ${showName(request.member)}: it is about to stop`,
+          });
+          wake(deadline);
+          continue;
+        }
+      }
       const intent = g.switchover;
       if (!intent) continue;
       if (!intentDue(intent, now)) {

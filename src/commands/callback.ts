@@ -189,6 +189,19 @@ export async function runCallback(
     running.delete('nudge');
     say(`${head} ${nudge.delivered ? nudge.detail : `daemon not nudged: ${nudge.detail}`}`);
 
+    // a worker's PostgreSQL is up again: withdraw its before_stop request, which ends the pause
+    if ((args.action === 'on_start' || args.action === 'on_restart') && args.scope !== cfg.scope && cfg.dcs?.kind === 'etcd3' && cfg.name && cfg.citus.pause.onSwitchover) {
+      running.set('pause-request', 'etcd (before_stop request)');
+      try {
+        const { withdrawRequest } = await import('../runtime/pause-requests.js');
+        const left = Math.max(100, Math.min(1000, deadlineMs - performance.now() - 200));
+        if (await withdrawRequest(cfg, args.scope, cfg.name, left)) say(`${head} before_stop pause request withdrawn: PostgreSQL is up again`);
+      } catch (err) {
+        say(`${head} warning: cannot withdraw the before_stop pause request: ${errorMessage(err).replace(/\s+/g, ' ')} (the pause ends at pause_timeout)`);
+      }
+      running.delete('pause-request');
+    }
+
     return outcomes.every((o) => o.ok) ? 0 : 1;
   } finally {
     clearTimeout(watchdog);

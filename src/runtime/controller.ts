@@ -6,7 +6,8 @@
  * them together. What a pass means (mode, exit code, retry) is runtime/outcome.ts.
  */
 import { Applier, type BeforeCommit, type PauseStartResult } from '../citus/apply.js';
-import { planPauses, type OpenPause, type PauseEndKind, type PauseExtend, type PausePolicy, type PauseStart } from '../citus/pause-plan.js';
+import { planPauses, requestTimeOf, type OpenPause, type PauseEndKind, type PauseExtend, type PausePolicy, type PauseRequest, type PauseStart } from '../citus/pause-plan.js';
+import { PauseRequestChannel } from './pause-requests.js';
 import { describeAction, sameChange } from '../citus/actions.js';
 import type { Action, DistNodeRow, Plan, PlanPolicy, VipRows } from '../citus/model.js';
 import { plan } from '../citus/plan.js';
@@ -36,6 +37,7 @@ export interface PassApplier {
   /** Keeps sessions ready so that a pause starts without connecting first. */
   prepareForPauses?(): void;
   extendPause?(e: PauseExtend): void;
+  markPauseDown?(database: string, groupid: number): void;
   endPause?(database: string, groupid: number, kind: PauseEndKind, reason: string): Promise<boolean>;
   endAllPauses?(kind: PauseEndKind | 'not_writer', reason: string): Promise<void>;
   close(): Promise<void>;
@@ -50,8 +52,10 @@ export interface ControllerOptions {
   /** Use these instead of building them from the config (unit tests). */
   topology?: TopologySource;
   applier?: PassApplier;
-  /** Called when a pause of client writes ended on its own (its timeout, its session): look again. */
+  /** Called when a pause of client writes ended on its own (its timeout, its session), or a before_stop request came: look again. */
   onPauseEnded?: () => void;
+  /** Listen for before_stop pause requests in etcd (the watch daemon; needs the etcd3 section). */
+  pauseRequests?: boolean;
 }
 
 export function policyOf(cfg: ControllerConfig): PlanPolicy {
@@ -88,6 +92,13 @@ export class Controller {
   readonly source: TopologySource;
   readonly applier: PassApplier;
   private readonly log: Logger;
+  private readonly requests: PauseRequestChannel | null;
+  /** Per group: the before_stop request a pause was opened for (its time), until no pause of the group is open. */
+  private readonly requestPaused = new Map<number, number>();
+  /** Per group: the newest before_stop request already answered (a pause for it opened and ended). */
+  private readonly answered = new Map<number, number>();
+  /** Per worker scope: the member named in its pause-held key (null: none written). */
+  private readonly heldFor = new Map<string, string>();
 
   constructor(
     readonly cfg: ControllerConfig,
@@ -97,12 +108,22 @@ export class Controller {
     // the reader, its read loop and (DCS sources) promotion confirmation: topology/choose.ts
     this.source = opts.topology ?? chooseSource(cfg, { log: opts.log, ...(opts.source ? { force: opts.source } : {}) });
     this.applier = opts.applier ?? new Applier(cfg, { logger: opts.log, ...(opts.applicationName ? { applicationName: opts.applicationName } : {}), ...(opts.onPauseEnded ? { onPauseEnded: opts.onPauseEnded } : {}) });
+    this.requests =
+      opts.pauseRequests && cfg.dcs?.kind === 'etcd3' && cfg.citus.pause.onSwitchover
+        ? new PauseRequestChannel(cfg, { log: opts.log, onChange: () => opts.onPauseEnded?.() })
+        : null;
   }
 
   /** Starts the topology source (first full read). */
   async start(): Promise<void> {
     await this.source.start();
     this.log.info({ source: this.source.describe() }, 'topology source started');
+    if (this.requests) {
+      await this.requests.start().then(
+        () => this.log.info('listening for before_stop pause requests in etcd'),
+        (err: unknown) => this.log.warn({ err: errorMessage(err) }, 'cannot listen for before_stop pause requests (switchover requests still pause)'),
+      );
+    }
   }
 
   /**
@@ -138,7 +159,8 @@ export class Controller {
       if (opts.apply) await this.applier.endAllPauses?.('not_writer', 'not writing: Patroni\'s own Citus layout is in the DCS');
       return outcome;
     }
-    const pausing = opts.apply && this.applier.openPauses !== undefined && ((this.applier.openPauses().length > 0) || topology.groups.some((g) => g.switchover));
+    const pausing =
+      opts.apply && this.applier.openPauses !== undefined && (this.applier.openPauses().length > 0 || topology.groups.some((g) => g.switchover) || this.pendingRequests().size > 0 || this.heldFor.size > 0);
     if (opts.apply && (p.actions.length > 0 || pausing)) {
       // only the node the fresh view names as the coordinator's running primary writes: a
       // writable CN that Patroni no longer (or not yet) calls the leader must not
@@ -183,8 +205,9 @@ export class Controller {
       result.open = a.openPauses?.().length ?? 0;
       return { after };
     }
-    const pp = planPauses(outcome.topology.groups, outcome.topology.source, outcome.rows, a.openPauses?.() ?? [], pausePolicyOf(this.cfg), Date.now());
+    const pp = planPauses(outcome.topology.groups, outcome.topology.source, outcome.rows, a.openPauses?.() ?? [], pausePolicyOf(this.cfg), Date.now(), this.pendingRequests());
     result.wakeAt = pp.wakeAt;
+    for (const d of pp.down) a.markPauseDown?.(d.database, d.groupid);
     for (const e of pp.end) {
       if (e.afterApply) after.push(e);
       else if (await a.endPause?.(e.database, e.groupid, e.kind, e.reason)) result.ended.push(e);
@@ -193,6 +216,8 @@ export class Controller {
     // all at once: each group's demotion runs on its own clock
     const started = await Promise.all(pp.start.map(async (st) => ({ st, r: await a.startPause?.(st) })));
     for (const { st, r } of started) {
+      const askedAt = requestTimeOf(st.intent);
+      if (r?.ok && askedAt !== null) this.requestPaused.set(st.groupid, askedAt);
       if (r?.ok) result.started.push({ database: st.database, groupid: st.groupid, reason: st.reason });
       else if (r) {
         result.refused.push({ database: st.database, groupid: st.groupid, reason: r.reason });
@@ -205,7 +230,42 @@ export class Controller {
 
   private async pausesAfter(after: Array<{ database: string; groupid: number; kind: PauseEndKind; reason: string }>, result: PassPauses): Promise<void> {
     for (const e of after) if (await this.applier.endPause?.(e.database, e.groupid, e.kind, e.reason)) result.ended.push(e);
-    result.open = this.applier.openPauses?.().length ?? 0;
+    const open = this.applier.openPauses?.() ?? [];
+    result.open = open.length;
+    // a request is answered once the pause opened for it is over (else it would pause again)
+    for (const [groupid, at] of this.requestPaused) {
+      if (open.some((p) => p.groupid === groupid)) continue;
+      this.requestPaused.delete(groupid);
+      this.answered.set(groupid, Math.max(at, this.answered.get(groupid) ?? -Infinity));
+    }
+    this.publishHeld(open);
+  }
+
+  /** before_stop requests by group id, without the ones already answered. */
+  private pendingRequests(): Map<number, PauseRequest> {
+    const out = new Map<number, PauseRequest>();
+    if (!this.requests) return out;
+    for (const [scope, r] of this.requests.current()) {
+      const w = this.cfg.citus.workers.find((x) => x.scope === scope);
+      if (!w || r.at <= (this.answered.get(w.groupid) ?? -Infinity)) continue;
+      out.set(w.groupid, r);
+    }
+    return out;
+  }
+
+  /** pause-held keys: one per worker group with an open pause, naming its paused primary. */
+  private publishHeld(open: readonly OpenPause[]): void {
+    const ch = this.requests;
+    if (!ch) return;
+    for (const w of this.cfg.citus.workers) {
+      if (w.scope === undefined) continue;
+      const scope = w.scope;
+      const member = open.find((p) => p.groupid === w.groupid)?.fromMember ?? null;
+      if ((this.heldFor.get(scope) ?? null) === member) continue;
+      if (member === null) this.heldFor.delete(scope);
+      else this.heldFor.set(scope, member);
+      void ch.setHeld(scope, member).catch((err: unknown) => this.log.warn({ scope, err: errorMessage(err) }, 'cannot write the pause-held key (a before_stop hook waits for it until its bound)'));
+    }
   }
 
   /** Is this process the writer now? (the CN is a primary and the coordinator; the writer lock is held, taken if free) */
@@ -216,6 +276,6 @@ export class Controller {
   }
 
   async close(): Promise<void> {
-    await Promise.allSettled([this.source.stop(), this.applier.close()]);
+    await Promise.allSettled([this.source.stop(), this.applier.close(), this.requests?.close()]);
   }
 }

@@ -95,7 +95,8 @@ export class Daemon {
         log: opts.log,
         applicationName: 'citus-controller watch',
         ...(opts.source ? { source: opts.source } : {}),
-        onPauseEnded: () => void this.trigger({ kind: 'pause', detail: 'a pause ended' }),
+        onPauseEnded: () => void this.trigger({ kind: 'pause', detail: 'a pause ended or was asked for' }),
+        pauseRequests: true,
       });
     this.keeper =
       opts.keeper ??

@@ -8,7 +8,7 @@
  *   connects to the node, so every registered address is a live server).
  * Every test uses its own database(s), so tests cannot disturb each other's pg_dist_node.
  */
-import { after, afterEach, before, describe, test } from 'node:test';
+import { after, afterEach, before, beforeEach, describe, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { chownSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -813,7 +813,17 @@ describe('Applier: pauses of client writes (a planned switchover)', () => {
         (await c.query<{ n: string }>("SELECT count(*) AS n FROM pg_stat_activity WHERE datname = $1 AND application_name = $2 AND state = 'idle in transaction'", [database, app])).rows[0]?.n,
       ),
     );
-  const start = (database: string, nodeid: number, from: Server, deadlineMs = 20000) => ({
+  // one database for all of them (each with Citus costs the server connections and workers);
+  // every test starts with group 1's row on w1a
+  const DB = 't_pause';
+  let nodeid = 0;
+  before(async () => {
+    nodeid = (await createRegisteredDb(DB)).primary.get(1)!;
+  });
+  beforeEach(async () => {
+    await withClient(cn.port, DB, (c) => c.query('SELECT pg_catalog.citus_update_node($1::int, $2::text, $3::int)', [nodeid, HOST, w1a.port]));
+  });
+  const start = (database: string, from: Server, deadlineMs = 20000) => ({
     database,
     groupid: 1,
     nodeid,
@@ -825,64 +835,56 @@ describe('Applier: pauses of client writes (a planned switchover)', () => {
   });
 
   it('the move runs in the pause: one COMMIT moves the row and ends the pause; the pause was an open transaction until then', async () => {
-    const reg = await createRegisteredDb('t_pause_move');
     const app = 'cc-test-pause-move';
     const log = captureLog();
-    const applier = newApplier(applierConfig(cn.port, ['t_pause_move']), { logger: log.log, applicationName: app });
-    const nodeid = reg.primary.get(1)!;
-    const r = await applier.startPause(start('t_pause_move', nodeid, w1a));
+    const applier = newApplier(applierConfig(cn.port, [DB]), { logger: log.log, applicationName: app });
+    const r = await applier.startPause(start(DB, w1a));
     assert.deepEqual(r.ok, true, `paused: ${JSON.stringify(r)}`);
     assert.equal(r.ok && r.method, 'pause_node', 'citus_pause_node_within_txn where Citus has it');
-    assert.equal(await openTxns('t_pause_move', app), 1, 'the pause is one open transaction');
+    assert.equal(await openTxns(DB, app), 1, 'the pause is one open transaction');
     assert.equal(applier.openPauses().length, 1);
-    const res = await applier.apply(plan(update('t_pause_move', 1, nodeid, w1a, w1b, 1)), epochNowMs());
+    const res = await applier.apply(plan(update(DB, 1, nodeid, w1a, w1b, 1)), epochNowMs());
     assert.deepEqual(res.failed, []);
-    assert.equal(primaryRow(await rowsOf(cn.port, 't_pause_move'), 1)?.nodeport, w1b.port, 'the row moved');
+    assert.equal(primaryRow(await rowsOf(cn.port, DB), 1)?.nodeport, w1b.port, 'the row moved');
     assert.deepEqual(applier.openPauses(), [], 'the pause ended with the move');
-    await waitFor(async () => (await openTxns('t_pause_move', app)) === 0, { timeoutMs: 3000, what: 'no open transaction left' });
+    await waitFor(async () => (await openTxns(DB, app)) === 0, { timeoutMs: 3000, what: 'no open transaction left' });
     assert.ok(log.lines.some((l) => l.msg === 'pause of client writes ended: the row moved in its transaction'), 'logged');
   });
 
   it('a pause ends at its deadline by itself: rolled back, the row where it was', async () => {
-    const reg = await createRegisteredDb('t_pause_timeout');
     const app = 'cc-test-pause-timeout';
     const log = captureLog();
     let ended = '';
-    const applier = newApplier(applierConfig(cn.port, ['t_pause_timeout']), { logger: log.log, applicationName: app, onPauseEnded: (_db, _g, kind) => (ended = kind) });
-    const nodeid = reg.primary.get(1)!;
-    assert.equal((await applier.startPause(start('t_pause_timeout', nodeid, w1a, 300))).ok, true);
+    const applier = newApplier(applierConfig(cn.port, [DB]), { logger: log.log, applicationName: app, onPauseEnded: (_db, _g, kind) => (ended = kind) });
+    assert.equal((await applier.startPause(start(DB, w1a, 300))).ok, true);
     await waitFor(() => ended === 'timeout', { timeoutMs: 3000, what: 'the timeout ended it' });
     assert.deepEqual(applier.openPauses(), []);
-    assert.equal(await openTxns('t_pause_timeout', app), 0, 'rolled back');
-    assert.equal(primaryRow(await rowsOf(cn.port, 't_pause_timeout'), 1)?.nodeport, w1a.port, 'the row stays');
+    assert.equal(await openTxns(DB, app), 0, 'rolled back');
+    assert.equal(primaryRow(await rowsOf(cn.port, DB), 1)?.nodeport, w1a.port, 'the row stays');
   });
 
   it('older Citus (demote): the row reads <host>-demoted only inside the pause; the move commits the new address, an end without one restores it', async () => {
-    const reg = await createRegisteredDb('t_pause_demote');
     const app = 'cc-test-pause-demote';
-    const applier = newApplier(applierConfig(cn.port, ['t_pause_demote']), { applicationName: app, pauseMethod: 'demote' });
-    const nodeid = reg.primary.get(1)!;
-    const r = await applier.startPause(start('t_pause_demote', nodeid, w1a));
+    const applier = newApplier(applierConfig(cn.port, [DB]), { applicationName: app, pauseMethod: 'demote' });
+    const r = await applier.startPause(start(DB, w1a));
     assert.equal(r.ok && r.method, 'demote');
-    assert.equal(primaryRow(await rowsOf(cn.port, 't_pause_demote'), 1)?.nodename, HOST, 'other sessions still see the old address');
-    assert.equal(await applier.endPause('t_pause_demote', 1, 'aborted', 'test'), true);
-    assert.equal(primaryRow(await rowsOf(cn.port, 't_pause_demote'), 1)?.nodename, HOST, 'restored');
-    assert.equal((await applier.startPause(start('t_pause_demote', nodeid, w1a))).ok, true);
-    const res = await applier.apply(plan(update('t_pause_demote', 1, nodeid, w1a, w1b, 1)), epochNowMs());
+    assert.equal(primaryRow(await rowsOf(cn.port, DB), 1)?.nodename, HOST, 'other sessions still see the old address');
+    assert.equal(await applier.endPause(DB, 1, 'aborted', 'test'), true);
+    assert.equal(primaryRow(await rowsOf(cn.port, DB), 1)?.nodename, HOST, 'restored');
+    assert.equal((await applier.startPause(start(DB, w1a))).ok, true);
+    const res = await applier.apply(plan(update(DB, 1, nodeid, w1a, w1b, 1)), epochNowMs());
     assert.deepEqual(res.failed, [], 'the batch accepts the row it renamed itself');
-    const row = primaryRow(await rowsOf(cn.port, 't_pause_demote'), 1);
+    const row = primaryRow(await rowsOf(cn.port, DB), 1);
     assert.deepEqual([row?.nodename, row?.nodeport], [HOST, w1b.port], 'moved to the new address, not left demoted');
   });
 
   it('a pause refuses a row that is not where the plan saw it, and a second pause of the same group', async () => {
-    const reg = await createRegisteredDb('t_pause_refuse');
-    const applier = newApplier(applierConfig(cn.port, ['t_pause_refuse']));
-    const nodeid = reg.primary.get(1)!;
-    const wrong = await applier.startPause(start('t_pause_refuse', nodeid, w1b));
+    const applier = newApplier(applierConfig(cn.port, [DB]));
+    const wrong = await applier.startPause(start(DB, w1b));
     assert.equal(wrong.ok, false);
     assert.match(!wrong.ok ? wrong.reason : '', /row changed under us/);
-    assert.equal((await applier.startPause(start('t_pause_refuse', nodeid, w1a))).ok, true);
-    const again = await applier.startPause(start('t_pause_refuse', nodeid, w1a));
+    assert.equal((await applier.startPause(start(DB, w1a))).ok, true);
+    const again = await applier.startPause(start(DB, w1a));
     assert.equal(again.ok, false, 'one pause per group');
   });
 });

@@ -8,13 +8,19 @@
  *   go on to the old primary;
  * - the old primary's Patroni frozen after the request: the pause ends at pause_timeout and the
  *   waiting writes go to the old primary;
- * - the writer controller SIGKILLed while paused: the pause dies with its session at once.
+ * - the writer controller SIGKILLed while paused: the pause dies with its session at once;
+ * - the before_stop hook (run by the test in Patroni's place): on a replica and without a writer
+ *   it returns at once / at its bound; before a restart of the primary it returns once the pause
+ *   is held, the restart fails no write, the pause ends when the primary is back; without the
+ *   hook the same restart fails writes.
  * Runs the BUILT CLI for the controllers: `npm run build` first.
  */
 import assert from 'node:assert/strict';
 import { existsSync, readFileSync } from 'node:fs';
 import { after, before, describe, test } from 'node:test';
-import { currentLeader, labSwitchover, loadLabState, readDistNodes, scopeKey, type LabMember, type LabState } from '../../src/lab/index.js';
+import { execa } from 'execa';
+import { currentLeader, labSwitchover, loadLabState, patroniPost, readDistNodes, scopeKey, writeMemberControllerConfig, type LabMember, type LabState } from '../../src/lab/index.js';
+import { BUILT_CLI } from '../../src/lab/member-config.js';
 import { prepareClientWrites, startClientLoad, type ClientLoadReport, type ClientWrites } from '../../src/lab/client-writes.js';
 import { startControllers, stopControllers, type LabController } from '../../src/lab/controllers.js';
 import { etcdClient } from '../helpers/etcd.js';
@@ -215,6 +221,75 @@ describe('pause of client writes on a planned switchover', { timeout: 300000 }, 
       t.diagnostic(`first write after the kill: +${firstAfter === undefined ? 'none' : firstAfter - killedAt} ms; ${show(r)}`);
       assert.equal(r.failedWrites, 0, show(r));
       assert.ok(firstAfter !== undefined && firstAfter - killedAt < 700, `a write succeeds within 700 ms of the kill (before pause_timeout): ${show(r)}`);
+    });
+  });
+
+  describe("the before_stop hook (Patroni > 3.0.2 runs it; here the test runs it, as Patroni would, right before the stop)", () => {
+    const hookConfig = (m: LabMember) =>
+      writeMemberControllerConfig(state, m, {
+        edit: (doc) => {
+          (doc.citus as Record<string, unknown>).node_scope = m.scope;
+        },
+      });
+    const runHook = async (m: LabMember, extra: string[] = []) => {
+      const t0 = Date.now();
+      const r = await execa(process.execPath, [BUILT_CLI, 'before-stop', '-c', hookConfig(m), ...extra], { reject: false, timeout: 20000 });
+      return { ...r, ms: Date.now() - t0 };
+    };
+
+    test('on a replica it returns at once; with no writer running it returns after its bound; both exit 0 with one line', async () => {
+      const wk = await currentLeader(state, 'wk1');
+      const replica = state.groups.find((g) => g.scope === 'wk1')!.members.find((m) => m.name !== wk.name)!;
+      const r = await runHook(replica);
+      assert.equal(r.exitCode, 0, r.stderr);
+      assert.match(r.stdout, /is a replica: nothing to pause/);
+      await stopControllers(dir);
+      try {
+        const lone = await runHook(wk, ['--timeout-ms', '1500']);
+        assert.equal(lone.exitCode, 0, lone.stderr);
+        assert.match(lone.stdout, /no pause of client writes within 1500 ms .*Patroni goes on/);
+        assert.ok(lone.ms >= 1400 && lone.ms < 4000, `bounded: ${lone.ms} ms`);
+        assert.equal(lone.stdout.trim().split('\n').length, 1, lone.stdout);
+      } finally {
+        await restartControllers();
+      }
+    });
+
+    test('a restart of the worker primary after the hook: writes wait, none fail; the pause ends when it is back', async (t) => {
+      const { cn, wk, target } = await writesTo(1);
+      const before = await primaryRowOf(1);
+      const load = startClientLoad(state, () => cn, target, { everyMs: 5 });
+      await sleep(300);
+      const t0 = Date.now();
+      const hook = await runHook(wk);
+      assert.equal(hook.exitCode, 0, hook.stderr);
+      assert.match(hook.stdout, /client writes paused by the coordinator's writer after \d+ ms/, hook.stdout);
+      assert.ok(hook.ms < 5000, `the hook returned in ${hook.ms} ms`);
+      const restart = await patroniPost(wk.restPort, '/restart', {}, 30000);
+      assert.equal(restart.status, 200, restart.text);
+      // Patroni runs on_restart once PostgreSQL is up again (this lab has no callbacks configured: run it as Patroni would)
+      const cb = await execa(process.execPath, [BUILT_CLI, 'callback', '-c', hookConfig(wk), 'on_restart', 'master', 'wk1'], { reject: false, timeout: 20000, all: true });
+      assert.match(cb.all ?? '', /before_stop pause request withdrawn|nothing to do/, cb.all);
+      await waitFor(() => pauseLines(t0, 1).some((l) => l.msg === 'pause of client writes ended' && l.kind === 'back'), { timeoutMs: 15000, what: 'the pause ended as back' });
+      const endedAt = Date.now();
+      await sleep(300);
+      const r = await load.stop();
+      t.diagnostic(`hook: ${hook.stdout.trim()} (${hook.ms} ms); ${show(r)}`);
+      assert.equal(r.failedWrites, 0, `no write fails through the restart: ${show(r)}`);
+      assert.ok(r.okTimes.some((x) => x > endedAt - 200), `writes go on after it: ${show(r)}`);
+      assert.equal(await primaryRowOf(1), before, 'the row stays on the restarted primary');
+    });
+
+    test('control: the same restart without the hook fails writes', async (t) => {
+      const { cn, wk, target } = await writesTo(1);
+      const load = startClientLoad(state, () => cn, target, { everyMs: 5 });
+      await sleep(300);
+      const restart = await patroniPost(wk.restPort, '/restart', {}, 30000);
+      assert.equal(restart.status, 200, restart.text);
+      await sleep(1500);
+      const r = await load.stop();
+      t.diagnostic(show(r));
+      assert.ok(r.failedWrites > 0, `without the hook a restart fails writes: ${show(r)}`);
     });
   });
 

@@ -3,7 +3,7 @@
  */
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { intentDue, intentKey, planPauses, type OpenPause, type PausePolicy } from '../../src/citus/pause-plan.js';
+import { intentDue, intentKey, parsePauseRequest, planPauses, requestTimeOf, type OpenPause, type PausePolicy } from '../../src/citus/pause-plan.js';
 import type { GroupView, SwitchoverIntent } from '../../src/topology/model.js';
 import { CN, g, m, ROWS, row, url, WK1, WK1B, WK2 } from '../helpers/builders.js';
 
@@ -146,5 +146,50 @@ describe('switchover requests', () => {
     assert.equal(intentDue({ ...ASK, scheduledAt: '2026-12-03T12:00:00Z' }, NOW), true);
     assert.equal(intentDue({ ...ASK, scheduledAt: '2026-12-03T12:00:01Z' }, NOW), false);
     assert.equal(intentDue({ ...ASK, scheduledAt: 'garbage' }, NOW), false);
+  });
+});
+
+describe('planPauses: before_stop requests', () => {
+  const req = (member: string, at = NOW - 10) => new Map([[1, { member, at, until: at + 5000 }]]);
+  const plan = (groups: GroupView[], opened: OpenPause[], requests: Map<number, { member: string; at: number; until: number }>) => planPauses(groups, 'etcd', rows(), opened, POLICY, NOW, requests);
+
+  test('a request from the running primary the row names starts a pause (no switchover request needed)', () => {
+    const p = plan([CN(), WK1()], [], req('wk1-a'));
+    assert.deepEqual(
+      p.start.map((s) => [s.groupid, s.fromMember, s.intent, s.reason]),
+      [[1, 'wk1-a', JSON.stringify(['before_stop', 'wk1-a', NOW - 10]), 'before_stop on wk1-a: it is about to stop']],
+    );
+  });
+  test('a request whose hook gave up already (a writer that just started finds it): nothing', () => {
+    assert.deepEqual(plan([CN(), WK1()], [], req('wk1-a', NOW - 6000)).start, []);
+  });
+  test('a request from a member that is not the running primary: nothing', () => {
+    assert.deepEqual(plan([CN(), WK1()], [], req('wk1-b')).start, []);
+  });
+  test('while its request stands, the old primary still running: kept (not taken for an aborted switchover)', () => {
+    const p = plan([CN(), WK1()], [open({ intent: JSON.stringify(['before_stop', 'wk1-a', NOW - 10]) })], req('wk1-a'));
+    assert.deepEqual([p.end, p.down], [[], []]);
+  });
+  test('a restart: the primary not running -> marked down; running again after that -> ended as back', () => {
+    const stopping = g(1, 'wk1-a', [m('wk1-a', url('10.0.1.1:5432'), 'master', 'stopped'), m('wk1-b', url('10.0.1.2:5432'))]);
+    const o = open({ intent: JSON.stringify(['before_stop', 'wk1-a', NOW - 10]) });
+    assert.deepEqual(plan([CN(), stopping], [o], req('wk1-a')).down, [{ database: 'postgres', groupid: 1 }]);
+    assert.deepEqual(plan([CN(), WK1()], [{ ...o, sawDown: true }], req('wk1-a')).end.map((e) => e.kind), ['back']);
+  });
+  test('the request withdrawn (the callback: PostgreSQL is up again), its member the running primary: back', () => {
+    const o = open({ intent: JSON.stringify(['before_stop', 'wk1-a', NOW - 10]) });
+    assert.deepEqual(plan([CN(), WK1()], [o], new Map()).end.map((e) => e.kind), ['back']);
+  });
+  test('a switchover after the request: the new primary ends it after apply', () => {
+    const o = open({ intent: JSON.stringify(['before_stop', 'wk1-a', NOW - 10]) });
+    assert.deepEqual(plan([CN(), WK1B()], [o], req('wk1-a')).end.map((e) => `${e.kind}${e.afterApply ? ' after apply' : ''}`), ['new_primary after apply']);
+  });
+  test('parsePauseRequest and requestTimeOf', () => {
+    assert.deepEqual(parsePauseRequest('{"member":"wk1-a","at":5}'), { member: 'wk1-a', at: 5, until: 5005 }, 'until defaults to the hook default bound');
+    assert.deepEqual(parsePauseRequest('{"member":"wk1-a","at":5,"until":9}'), { member: 'wk1-a', at: 5, until: 9 });
+    for (const bad of [null, '', 'x', '[]', '{"member":"","at":1}', '{"member":"a"}', '{"member":1,"at":1}', '{"member":"a","at":"1"}']) assert.equal(parsePauseRequest(bad), null, String(bad));
+    assert.equal(requestTimeOf(JSON.stringify(['before_stop', 'a', 7])), 7);
+    assert.equal(requestTimeOf(intentKey(ASK)), null);
+    assert.equal(requestTimeOf('not json'), null);
   });
 });
