@@ -78,6 +78,11 @@ function printReadStatus(r: ReadStatus): void {
     const rows = r.vips.map((v) => [String(v.groupid), v.kind, v.address, v.member ?? '-', v.writable === null ? '-' : v.writable ? 'writable' : 'read-only', `${v.ok ? 'ok' : 'DRIFT'}: ${v.reason}`]);
     process.stdout.write(`${table(['group', 'vip', 'address', 'answered by', 'mode', 'verdict'], rows)}\n`);
   }
+  if (r.pauses === null) process.stdout.write('\npauses of client writes: cannot read their keys in etcd\n');
+  for (const p of r.pauses ?? []) {
+    if (p.held) process.stdout.write(`\n${p.scope}: client writes PAUSED by the writer (primary ${p.held.member}) for ${((Date.now() - p.held.since) / 1000).toFixed(1)} s\n`);
+    if (p.request) process.stdout.write(`${p.held ? '' : '\n'}${p.scope}: before_stop request from ${p.request.member} at ${new Date(p.request.at).toISOString()}\n`);
+  }
   if (r.roHolders.some((h) => h.holder !== null || !h.ok)) {
     process.stdout.write('\nread-only VIP holders (elected by the node agents, etcd)\n');
     const rows = r.roHolders.map((h) => [String(h.groupid), h.scope, h.holder ?? '-', `${h.ok ? 'ok' : 'WRONG'}: ${h.reason}`]);
@@ -195,7 +200,7 @@ export function registerControllerCommands(program: Command): void {
       const cfg = loadConfig(opts.config);
       const log = createLogger({ level: opts.logLevel ?? 'warn' });
       const o = await onePass(cfg, opts, log, false);
-      const reads = o.topology.fresh ? await readStatus(cfg, o.topology) : { coordinators: [], vips: [], roHolders: [] };
+      const reads: ReadStatus = o.topology.fresh ? await readStatus(cfg, o.topology) : { coordinators: [], vips: [], roHolders: [], pauses: [] };
       let code = exitCodeOf(o, false);
       // a CN node with the wrong use_secondary_nodes, a VIP on the wrong node, a read-only holder that should move: drift
       if (code === 0 && (reads.coordinators.some((c) => !c.ok) || reads.vips.some((v) => !v.ok) || reads.roHolders.some((h) => !h.ok))) code = 1;

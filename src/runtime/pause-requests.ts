@@ -125,3 +125,38 @@ export async function withdrawRequest(cfg: ControllerConfig, groupScope: string,
     client.close();
   }
 }
+
+export interface PauseKeysSeen {
+  scope: string;
+  /** The pause-held key: whose writes are paused, since when (null: none). */
+  held: { member: string; since: number } | null;
+  /** A before_stop request (null: none). */
+  request: PauseRequest | null;
+}
+
+/** One read of every group's pause keys (`status`). */
+export async function readPauseKeys(cfg: ControllerConfig, timeoutMs: number): Promise<PauseKeysSeen[]> {
+  const client = makeClient(etcd3ClientOptions(cfg, timeoutMs));
+  try {
+    const all = await client.getAll().prefix(pausePrefix(cfg)).strings();
+    const by = new Map<string, PauseKeysSeen>();
+    for (const [key, value] of Object.entries(all)) {
+      const m = /^(.*)\/(pause-held|pause-request)$/.exec(key.slice(pausePrefix(cfg).length));
+      if (!m?.[1]) continue;
+      const e = by.get(m[1]) ?? { scope: m[1], held: null, request: null };
+      if (m[2] === 'pause-request') e.request = parsePauseRequest(value);
+      else {
+        try {
+          const v = JSON.parse(value) as { member?: unknown; since?: unknown };
+          if (typeof v.member === 'string' && typeof v.since === 'number') e.held = { member: v.member, since: v.since };
+        } catch {
+          /* not ours */
+        }
+      }
+      by.set(m[1], e);
+    }
+    return [...by.values()];
+  } finally {
+    client.close();
+  }
+}

@@ -11,6 +11,7 @@ import type { ControllerConfig } from '../config/types.js';
 import { formatHostPort, type HostPort } from '../net/address.js';
 import { decideForThisReplica } from '../node/node-rows.js';
 import { readRoHolders } from '../node/ro-lease.js';
+import { readPauseKeys, type PauseKeysSeen } from './pause-requests.js';
 import { roEligible } from '../node/vip-plan.js';
 import { NO_HOLD, type ReadLevel } from '../node/read-gate.js';
 import { closeQuietly, pgConnect } from '../pg/connect.js';
@@ -56,6 +57,8 @@ export interface ReadStatus {
   vips: VipStatus[];
   /** Empty without an etcd3 DCS. */
   roHolders: RoHolderStatus[];
+  /** Groups whose client writes the writer says are paused, or with a before_stop request (etcd3 only); null: could not read. */
+  pauses: PauseKeysSeen[] | null;
 }
 
 const SESSION = { purpose: 'probe' as const, connectTimeoutMs: 1000, statementTimeoutMs: 2000 };
@@ -187,6 +190,7 @@ async function roHolderStatus(cfg: ControllerConfig, topology: Topology): Promis
 }
 
 export async function readStatus(cfg: ControllerConfig, topology: Topology): Promise<ReadStatus> {
-  const [coordinators, vips, roHolders] = await Promise.all([coordinatorStatus(cfg, topology), vipStatus(cfg, topology), roHolderStatus(cfg, topology)]);
-  return { coordinators, vips, roHolders };
+  const pauses = cfg.dcs?.kind === 'etcd3' ? readPauseKeys(cfg, cfg.citus.connectTimeoutMs).catch(() => null) : Promise.resolve([]);
+  const [coordinators, vips, roHolders, paused] = await Promise.all([coordinatorStatus(cfg, topology), vipStatus(cfg, topology), roHolderStatus(cfg, topology), pauses]);
+  return { coordinators, vips, roHolders, pauses: paused };
 }

@@ -265,6 +265,10 @@ describe('pause of client writes on a planned switchover', { timeout: 300000 }, 
       assert.equal(hook.exitCode, 0, hook.stderr);
       assert.match(hook.stdout, /client writes paused by the coordinator's writer after \d+ ms/, hook.stdout);
       assert.ok(hook.ms < 5000, `the hook returned in ${hook.ms} ms`);
+      // status shows the pause (asked of etcd: the writer's pause-held key)
+      const st = await execa(process.execPath, [BUILT_CLI, 'status', '-c', controllers[0]!.configFile], { reject: false, timeout: 20000 });
+      assert.match(st.stdout, new RegExp(`wk1: client writes PAUSED by the writer \\(primary ${wk.name}\\)`), st.stdout);
+      assert.match(st.stdout, new RegExp(`wk1: before_stop request from ${wk.name}`), st.stdout);
       const restart = await patroniPost(wk.restPort, '/restart', {}, 30000);
       assert.equal(restart.status, 200, restart.text);
       // Patroni runs on_restart once PostgreSQL is up again (this lab has no callbacks configured: run it as Patroni would)
