@@ -66,9 +66,10 @@ export function registerBeforeStopCommand(program: Command): void {
         const work = (async () => {
           // the request lives no longer than a pause may: nobody renews its lease
           const lease = client.lease(Math.max(2, Math.ceil(cfg.citus.pause.timeoutMs / 1000)), { autoKeepAlive: false });
-          await lease.put(pauseRequestKey(cfg, scope)).value(JSON.stringify({ member: cfg.name, at: Date.now(), until: t0 + timeoutMs }));
+          const at = Date.now();
+          await lease.put(pauseRequestKey(cfg, scope)).value(JSON.stringify({ member: cfg.name, at, until: t0 + timeoutMs }));
           for (;;) {
-            if (await isHeldFor(client, cfg, scope, cfg.name!)) return true;
+            if (await answersRequest(client, cfg, scope, cfg.name!, at)) return true;
             if (left() <= 0) return false;
             await sleep(Math.min(20, Math.max(1, left())));
           }
@@ -89,12 +90,13 @@ export function registerBeforeStopCommand(program: Command): void {
     });
 }
 
-/** Does the pause-held key (`{"member", "since"}`) name this member? */
-async function isHeldFor(client: ReturnType<typeof makeClient>, cfg: ReturnType<typeof loadConfig>, scope: string, member: string): Promise<boolean> {
+/** Does the pause-held key (`{"member", "since", "answers"}`) answer this member's request made at `at`? */
+async function answersRequest(client: ReturnType<typeof makeClient>, cfg: ReturnType<typeof loadConfig>, scope: string, member: string, at: number): Promise<boolean> {
   const v = await client.get(pauseHeldKey(cfg, scope)).string();
   if (!v) return false;
   try {
-    return (JSON.parse(v) as { member?: unknown }).member === member;
+    const o = JSON.parse(v) as { member?: unknown; answers?: unknown };
+    return o.member === member && o.answers === at;
   } catch {
     return false;
   }

@@ -97,7 +97,7 @@ export class Controller {
   private readonly requestPaused = new Map<number, number>();
   /** Per group: the newest before_stop request already answered (a pause for it opened and ended). */
   private readonly answered = new Map<number, number>();
-  /** Per worker scope: the member named in its pause-held key (null: none written). */
+  /** Per worker scope: the member (and the request answered) in its pause-held key (absent: none written). */
   private readonly heldFor = new Map<string, string>();
 
   constructor(
@@ -257,14 +257,20 @@ export class Controller {
   private publishHeld(open: readonly OpenPause[]): void {
     const ch = this.requests;
     if (!ch) return;
+    const requests = this.pendingRequests();
     for (const w of this.cfg.citus.workers) {
       if (w.scope === undefined) continue;
       const scope = w.scope;
       const member = open.find((p) => p.groupid === w.groupid)?.fromMember ?? null;
-      if ((this.heldFor.get(scope) ?? null) === member) continue;
-      if (member === null) this.heldFor.delete(scope);
-      else this.heldFor.set(scope, member);
-      void ch.setHeld(scope, member).catch((err: unknown) => this.log.warn({ scope, err: errorMessage(err) }, 'cannot write the pause-held key (a before_stop hook waits for it until its bound)'));
+      // the request this pause answers (the hook waits for its own `at`): a key left by an
+      // earlier pause, or by a writer that died, cannot answer a new request
+      const r = requests.get(w.groupid);
+      const answers = member !== null && r?.member === member ? r.at : null;
+      const text = member === null ? null : `${member}\u0000${answers ?? ''}`;
+      if ((this.heldFor.get(scope) ?? null) === text) continue;
+      if (text === null) this.heldFor.delete(scope);
+      else this.heldFor.set(scope, text);
+      void ch.setHeld(scope, member, answers).catch((err: unknown) => this.log.warn({ scope, err: errorMessage(err) }, 'cannot write the pause-held key (a before_stop hook waits for it until its bound)'));
     }
   }
 

@@ -7,8 +7,8 @@
  *   pause_timeout that nobody renews (the request cannot outlive a pause). The Patroni callback
  *   deletes it on on_start / on_restart of that member (PostgreSQL is up again): withdrawRequest.
  * - `.../pause-held`: written by the writer while a pause of that group is open, `{"member": M,
- *   "since": ms}`, on the writer's own lease (ttl): a dead writer's key goes with it. The hook
- *   returns once it names its member.
+ *   "since": ms, "answers": the request's at, or null}`, on the writer's own lease (ttl): a dead
+ *   writer's key goes with it. The hook returns once it answers its own request.
  *
  * Outside Patroni's namespace, like the read-only VIP's key (node/ro-lease.ts).
  */
@@ -77,8 +77,8 @@ export class PauseRequestChannel {
     return this.requests;
   }
 
-  /** Says (or stops saying) that writes to the group of `scope` are paused, with its primary `member`. */
-  async setHeld(scope: string, member: string | null): Promise<void> {
+  /** Says (or stops saying) that writes to the group of `scope` are paused, with its primary `member`, answering the request made at `answers`. */
+  async setHeld(scope: string, member: string | null, answers: number | null = null): Promise<void> {
     if (this.closed) return;
     const key = pauseHeldKey(this.cfg, scope);
     if (member === null) {
@@ -87,7 +87,7 @@ export class PauseRequestChannel {
       return;
     }
     this.lease ??= this.newLease();
-    await this.lease.put(key).value(JSON.stringify({ member, since: Date.now() }));
+    await this.lease.put(key).value(JSON.stringify({ member, since: Date.now(), answers }));
     this.held.add(scope);
   }
 
