@@ -11,8 +11,9 @@
  * does for these writes: it takes the group's placement lock in share mode (so it waits for a
  * pause or a citus_update_node of the node, as a write to the group's shards does on real
  * Citus), then reads the group's primary row and runs the statement there, over a connection it
- * keeps per session and node (as Citus keeps its connections to the workers). A read goes to the
- * same node without the lock (reads are not paused).
+ * keeps per session and node and checks before each use (as Citus keeps and checks its
+ * connections to the workers). A read goes to the same node without the lock (reads are not
+ * paused).
  */
 import type pg from 'pg';
 import { pgConnect } from './pg.js';
@@ -42,9 +43,17 @@ DECLARE v_conninfo text := public.citus_emulation_node_conninfo(group_id); v_nam
 BEGIN
   -- one kept connection per session and node, as Citus keeps its connections to the workers
   v_name := 'cc_' || pg_catalog.md5(v_conninfo);
-  IF NOT (v_name = ANY (coalesce(public.dblink_get_connections(), '{}'::text[]))) THEN
-    PERFORM public.dblink_connect(v_name, v_conninfo);
+  IF v_name = ANY (coalesce(public.dblink_get_connections(), '{}'::text[])) THEN
+    -- a kept connection is checked before it is used (the node may have restarted meanwhile),
+    -- as Citus checks its cached connections
+    BEGIN
+      PERFORM * FROM public.dblink(v_name, 'SELECT 1') AS t(x int);
+      RETURN v_name;
+    EXCEPTION WHEN OTHERS THEN
+      PERFORM public.dblink_disconnect(v_name);
+    END;
   END IF;
+  PERFORM public.dblink_connect(v_name, v_conninfo);
   RETURN v_name;
 END
 $f$;

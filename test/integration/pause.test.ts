@@ -171,10 +171,10 @@ describe('pause of client writes on a planned switchover', { timeout: 300000 }, 
         (doc.citus as Record<string, unknown>).pause_timeout = 3000;
       });
     });
+    // the next tests restart the controllers with the default config (the last test here killed the writer)
     after(async () => {
       thaw();
       await putFailoverKey('wk1', null).catch(() => undefined);
-      await restartControllers();
     });
 
     test('the pause ends at pause_timeout and the waiting writes go to the old primary', async (t) => {
