@@ -144,7 +144,10 @@ export async function initThrowawayServer(o: ThrowawayServerOptions): Promise<Th
     fsync: 'off',
     synchronous_commit: 'off',
     full_page_writes: 'off',
-    max_connections: 60,
+    // real Citus opens sessions of its own on every node, in every database with the extension
+    // (2PC recovery, cleanup, metadata sync): a test server with dozens of Citus databases and a
+    // controller's sessions (applier, pause, spare) ran out of 60 ("sorry, too many clients")
+    max_connections: 60 + 2 * (o.citusDatabases ?? 4),
     wal_level: 'replica',
     max_wal_senders: 5,
     hot_standby: 'on',
