@@ -31,7 +31,7 @@ import { join } from 'node:path';
 import { Command, Option } from 'commander';
 import { loadConfig } from '../src/config/load.js';
 import { errorMessage } from '../src/util/errors.js';
-import { findLabProcesses, labDown, labFailover, labStartMember, labSwitchover, labUp, loadLabState, readDistNodes, currentLeader, waitForReplica, type SwitchoverResult } from '../src/lab/index.js';
+import { findLabProcesses, labDown, labFailover, labStartMember, labUp, loadLabState, readDistNodes, currentLeader, waitForReplica, type SwitchoverResult } from '../src/lab/index.js';
 import { startControllers, stopControllers, type LabController } from '../src/lab/controllers.js';
 import { measureFollow, type FollowResult } from '../src/lab/follow.js';
 import {
@@ -47,6 +47,7 @@ import {
   ratio,
   readFrom,
   runBench,
+  switchoverWithRetry,
   sleep,
   stats,
   table,
@@ -130,21 +131,6 @@ function parseArgs(argv: string[]): Options {
   return program.opts<Options>();
 }
 
-/** labSwitchover, retried while Patroni refuses (e.g. the candidate is not caught up yet). */
-async function switchover(dir: string, onRefusal: () => void): Promise<SwitchoverResult> {
-  for (let attempt = 1; ; attempt++) {
-    try {
-      return await labSwitchover(dir, SCOPE, undefined, { waitForOldLeader: true, timeoutMs: 90000 });
-    } catch (err) {
-      const msg = errorMessage(err);
-      if (attempt >= 6 || !/Patroni refused the switchover|no running replica to switch over to/.test(msg)) throw err;
-      onRefusal();
-      progress(`switchover refused (${msg.slice(0, 160)}); retrying in 2 s`);
-      await sleep(2000);
-    }
-  }
-}
-
 /** Waits until wk1's primary row points at wk1's current leader in every database. */
 async function waitInSync(dir: string, timeoutMs: number): Promise<void> {
   const t0 = Date.now();
@@ -190,7 +176,7 @@ async function runRounds(dir: string, mode: Mode, count: number, controllers: La
       SCOPE,
       async () => {
         if (action === 'kill') killed = (await labFailover(dir, SCOPE)).from;
-        else sw = await switchover(dir, () => refusals++);
+        else sw = await switchoverWithRetry(dir, SCOPE, progress, () => refusals++);
       },
       { pollMs: POLL_MS, timeoutMs: 90000 },
     );

@@ -10,6 +10,8 @@ import { cpus, loadavg } from 'node:os';
 import { readFileSync, readdirSync } from 'node:fs';
 import { performance } from 'node:perf_hooks';
 import { InvalidArgumentError } from 'commander';
+import { labSwitchover, type SwitchoverResult } from '../src/lab/index.js';
+import { errorMessage } from '../src/util/errors.js';
 
 // ---------------------------------------------------------------------------------------------
 // statistics
@@ -279,4 +281,23 @@ export function intOption(name: string, min: number, max: number): (v: string) =
 /** Parses a positive whole number option (commander helper). */
 export function positiveInt(name: string, max: number): (v: string) => number {
   return intOption(name, 1, max);
+}
+
+/**
+ * `labSwitchover(dir, scope)` waiting for the old leader to rejoin, retried (up to 6 tries, 2 s
+ * apart) while Patroni refuses it (the candidate not caught up yet, no running replica).
+ * `onRefusal` counts the refusals.
+ */
+export async function switchoverWithRetry(dir: string, scope: string, progress: (line: string) => void, onRefusal: () => void = () => undefined): Promise<SwitchoverResult> {
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await labSwitchover(dir, scope, undefined, { waitForOldLeader: true, timeoutMs: 90000 });
+    } catch (err) {
+      const msg = errorMessage(err);
+      if (attempt >= 6 || !/Patroni refused the switchover|no running replica to switch over to/.test(msg)) throw err;
+      onRefusal();
+      progress(`switchover refused (${msg.slice(0, 160)}); retrying in 2 s`);
+      await sleep(2000);
+    }
+  }
 }

@@ -24,11 +24,11 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { Command } from 'commander';
 import { errorMessage } from '../src/util/errors.js';
-import { currentLeader, findLabProcesses, labDown, labSwitchover, labUp, loadLabState, readDistNodes, type SwitchoverResult } from '../src/lab/index.js';
+import { currentLeader, findLabProcesses, labDown, labUp, loadLabState, readDistNodes } from '../src/lab/index.js';
 import { startControllers, stopControllers, type LabController } from '../src/lab/controllers.js';
 import { measureFollow } from '../src/lab/follow.js';
 import { prepareClientWrites, startClientLoad } from '../src/lab/client-writes.js';
-import { describeMachine, fileSize, machineContext, ms, onCleanup, passMiss, positiveInt, progressFor, readFrom, runBench, sleep, stats, table, wasInterrupted, type Stats } from './lib.js';
+import { describeMachine, fileSize, machineContext, ms, onCleanup, passMiss, positiveInt, progressFor, readFrom, runBench, sleep, switchoverWithRetry, stats, table, wasInterrupted, type Stats } from './lib.js';
 
 const SCOPE = 'wk1';
 const GAP_TARGET_MS = 1500;
@@ -73,19 +73,6 @@ function parseArgs(argv: string[]): Options {
   return program.opts<Options>();
 }
 
-async function switchover(dir: string): Promise<SwitchoverResult> {
-  for (let attempt = 1; ; attempt++) {
-    try {
-      return await labSwitchover(dir, SCOPE, undefined, { waitForOldLeader: true, timeoutMs: 90000 });
-    } catch (err) {
-      const msg = errorMessage(err);
-      if (attempt >= 6 || !/Patroni refused the switchover|no running replica to switch over to/.test(msg)) throw err;
-      progress(`switchover refused (${msg.slice(0, 160)}); retrying in 2 s`);
-      await sleep(2000);
-    }
-  }
-}
-
 function pausedMsIn(text: string): number | null {
   for (const line of text.split('\n')) {
     if (!line.startsWith('{') || !line.includes('pause of client writes ended')) continue;
@@ -110,7 +97,7 @@ async function runRounds(dir: string, pause: boolean, count: number, controllers
     const load = startClientLoad(state, () => cn, target, { everyMs: 5, reads: true });
     await sleep(1000);
     const t0 = Date.now();
-    const f = await measureFollow(state, SCOPE, () => switchover(dir), { pollMs: 5, timeoutMs: 90000, databases: [target.database] });
+    const f = await measureFollow(state, SCOPE, () => switchoverWithRetry(dir, SCOPE, progress), { pollMs: 5, timeoutMs: 90000, databases: [target.database] });
     await sleep(500);
     const r = await load.stop();
     const writableAt = f.writableMs === null ? null : t0 + f.writableMs;

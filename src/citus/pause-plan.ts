@@ -95,14 +95,8 @@ export function requestTimeOf(intent: string): number | null {
   }
 }
 
-export interface PauseStart {
-  database: string;
-  groupid: number;
-  nodeid: number;
-  from: HostPort;
-  fromMember: string;
-  intent: string;
-  deadline: number;
+/** A pause to open: what it will be once open, and why (one line for the log). */
+export interface PauseStart extends Omit<OpenPause, 'startedAt' | 'sawDown'> {
   reason: string;
 }
 

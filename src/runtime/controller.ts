@@ -6,7 +6,7 @@
  * them together. What a pass means (mode, exit code, retry) is runtime/outcome.ts.
  */
 import { Applier, type BeforeCommit, type PauseStartResult } from '../citus/apply.js';
-import { planPauses, requestTimeOf, type OpenPause, type PauseEndKind, type PauseExtend, type PausePolicy, type PauseRequest, type PauseStart } from '../citus/pause-plan.js';
+import { planPauses, requestTimeOf, type OpenPause, type PauseEnd, type PauseEndKind, type PauseExtend, type PausePolicy, type PauseRequest, type PauseStart } from '../citus/pause-plan.js';
 import { PauseRequestChannel } from './pause-requests.js';
 import { describeAction, sameChange } from '../citus/actions.js';
 import type { Action, DistNodeRow, Plan, PlanPolicy, VipRows } from '../citus/model.js';
@@ -195,11 +195,11 @@ export class Controller {
    * first, then starts, all before the plan is applied (a paused group's move then runs in its
    * pause). Ends that depend on whether the apply moved the row wait for pausesAfter.
    */
-  private async pausesBefore(outcome: PassOutcome): Promise<{ after: Array<{ database: string; groupid: number; kind: PauseEndKind; reason: string }> }> {
+  private async pausesBefore(outcome: PassOutcome): Promise<{ after: PauseEnd[] }> {
     const a = this.applier;
     const result: PassPauses = { started: [], refused: [], ended: [], open: 0, wakeAt: null };
     outcome.pauses = result;
-    const after: Array<{ database: string; groupid: number; kind: PauseEndKind; reason: string }> = [];
+    const after: PauseEnd[] = [];
     if (!outcome.topology.fresh) {
       // a stale view decides nothing: open pauses keep their deadline (the applier's timer)
       result.open = a.openPauses?.().length ?? 0;
@@ -228,7 +228,7 @@ export class Controller {
     return { after };
   }
 
-  private async pausesAfter(after: Array<{ database: string; groupid: number; kind: PauseEndKind; reason: string }>, result: PassPauses): Promise<void> {
+  private async pausesAfter(after: PauseEnd[], result: PassPauses): Promise<void> {
     for (const e of after) if (await this.applier.endPause?.(e.database, e.groupid, e.kind, e.reason)) result.ended.push(e);
     const open = this.applier.openPauses?.() ?? [];
     result.open = open.length;

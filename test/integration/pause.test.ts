@@ -64,6 +64,15 @@ async function primaryRowOf(groupid: number): Promise<string> {
   return r ? `${r.nodename}:${r.nodeport}` : 'none';
 }
 
+/** A Patroni switchover of group `groupid` (wkN), until its primary row names the new leader. */
+async function switchoverFollowed(groupid: number) {
+  const scope = `wk${groupid}`;
+  const sw = await labSwitchover(dir, scope, undefined, { waitForOldLeader: true });
+  const to = state.groups.find((g) => g.scope === scope)!.members.find((m) => m.name === sw.to)!;
+  await waitFor(async () => (await primaryRowOf(groupid)) === `${to.host}:${to.pgPort}`, { timeoutMs: 10000, what: `group ${groupid}'s row on ${sw.to}` });
+  return sw;
+}
+
 async function writesTo(groupid: number): Promise<{ cn: LabMember; wk: LabMember; target: ClientWrites }> {
   const cn = await currentLeader(state, 'cn');
   const wk = await currentLeader(state, `wk${groupid}`);
@@ -98,9 +107,7 @@ describe('pause of client writes on a planned switchover', { timeout: 300000 }, 
     const load = startClientLoad(state, () => cn, target, { everyMs: 5, reads: true });
     await sleep(500);
     const t0 = Date.now();
-    const sw = await labSwitchover(dir, 'wk1', undefined, { waitForOldLeader: true });
-    const to = state.groups.find((g) => g.scope === 'wk1')!.members.find((m) => m.name === sw.to)!;
-    await waitFor(async () => (await primaryRowOf(1)) === `${to.host}:${to.pgPort}`, { timeoutMs: 10000, what: `group 1's row on ${sw.to}` });
+    const sw = await switchoverFollowed(1);
     await sleep(300);
     const r = await load.stop();
     t.diagnostic(`${target.mode}: ${wk.name} -> ${sw.to}: ${show(r)}`);
@@ -118,14 +125,7 @@ describe('pause of client writes on a planned switchover', { timeout: 300000 }, 
     const lb = startClientLoad(state, () => b.cn, b.target, { everyMs: 5 });
     await sleep(300);
     const t0 = Date.now();
-    const [s1, s2] = await Promise.all([labSwitchover(dir, 'wk1', undefined, { waitForOldLeader: true }), labSwitchover(dir, 'wk2', undefined, { waitForOldLeader: true })]);
-    for (const [gid, s] of [
-      [1, s1],
-      [2, s2],
-    ] as const) {
-      const to = state.groups.find((g) => g.scope === `wk${gid}`)!.members.find((m) => m.name === s.to)!;
-      await waitFor(async () => (await primaryRowOf(gid)) === `${to.host}:${to.pgPort}`, { timeoutMs: 10000, what: `group ${gid}'s row on ${s.to}` });
-    }
+    await Promise.all([switchoverFollowed(1), switchoverFollowed(2)]);
     await sleep(300);
     const [ra, rb] = await Promise.all([la.stop(), lb.stop()]);
     t.diagnostic(`wk1: ${show(ra)}; wk2: ${show(rb)}`);
@@ -312,9 +312,7 @@ describe('pause of client writes on a planned switchover', { timeout: 300000 }, 
     const load = startClientLoad(state, () => cn, target, { everyMs: 5 });
     await sleep(500);
     const t0 = Date.now();
-    const sw = await labSwitchover(dir, 'wk1', undefined, { waitForOldLeader: true });
-    const to = state.groups.find((g) => g.scope === 'wk1')!.members.find((m) => m.name === sw.to)!;
-    await waitFor(async () => (await primaryRowOf(1)) === `${to.host}:${to.pgPort}`, { timeoutMs: 10000, what: `group 1's row on ${sw.to}` });
+    await switchoverFollowed(1);
     await sleep(300);
     const r = await load.stop();
     t.diagnostic(show(r));
