@@ -30,9 +30,9 @@ import { checkCoordinatorPrimary, type RecoveryRow } from './metadata.js';
 import type { Action, DistNodeRow, Plan } from './model.js';
 import type { AppliedAction, ApplyResult, DetectedAt, LockStatus, SkippedDatabase, WriterState } from './results.js';
 import { CoordinatorSessions } from './sessions.js';
-import type { OpenPause, PauseEndKind, PauseExtend, PauseStart } from './pause-plan.js';
+import { isHoldIntent, type OpenPause, type PauseEndKind, type PauseExtend, type PauseStart } from './pause-plan.js';
 import { closeQuietly, isBroken } from '../pg/connect.js';
-import { APPLY_SQL } from './sql.js';
+import { APPLY_SQL, onePausePassSql, PAUSE_SUPPORT_SQL } from './sql.js';
 
 
 export type ApplierConfig = Pick<ControllerConfig, 'postgresql' | 'citus'>;
@@ -123,6 +123,8 @@ export class Applier {
   private readonly opening = new Set<string>();
   /** One idle session per database, ready for the next pause (null: could not connect). */
   private readonly spares = new Map<string, Promise<pg.Client | null>>();
+  /** Databases whose spare session found Citus's pause function: a pause there takes one round trip. */
+  private readonly pauseInOneTrip = new Set<string>();
   private readonly pauseMethod: 'auto' | 'demote';
   private readonly onPauseEnded: ApplierOptions['onPauseEnded'];
 
@@ -207,12 +209,21 @@ export class Applier {
   private refillSpare(database: string): void {
     if (this.sessions.closed || this.spares.has(database)) return;
     const p = this.sessions.openExtra(database).then(
-      (c) => {
+      async (c) => {
         c.on('error', () => undefined);
         c.on('end', () => {
           if (this.spares.get(database) === p) this.spares.delete(database);
         });
         if (this.sessions.closed) void closeQuietly(c);
+        try {
+          const r = (await c.query<{ has_citus: boolean; has_pause: boolean }>(PAUSE_SUPPORT_SQL)).rows[0];
+          if (r?.has_citus === true && r.has_pause === true) this.pauseInOneTrip.add(database);
+          else this.pauseInOneTrip.delete(database);
+        } catch {
+          if (this.spares.get(database) === p) this.spares.delete(database);
+          void closeQuietly(c);
+          return null;
+        }
         return c;
       },
       () => {
@@ -261,7 +272,7 @@ export class Applier {
         void this.exclusive(async () => {
           if (this.pauses.get(pauseKey(held.database, held.groupid)) !== held || held.busy) return;
           if (epochNowMs() < held.deadline) return this.armPauseTimer(held);
-          await this.closePause(held.database, held.groupid, 'timeout', 'no new primary within pause_timeout; writes go on to the row\'s node');
+          await this.closePause(held.database, held.groupid, 'timeout', `no new primary within ${isHoldIntent(held.intent) ? 'hold_writes_timeout' : 'pause_timeout'}; writes go on to the row's node`);
           this.onPauseEnded?.(held.database, held.groupid, 'timeout');
         });
       },
@@ -287,9 +298,37 @@ export class Applier {
       await closeQuietly(client);
       return { ok: false, reason };
     };
+    const idleMs = Math.max(1000, Math.ceil(p.deadline - epochNowMs()) + 5000);
+    if (this.pauseMethod === 'auto' && this.pauseInOneTrip.has(p.database)) {
+      // the common case, on a switchover's or a failure's clock: one round trip, checked after
+      const lockHeld = this.sessions.verifyLock(lockClient);
+      lockHeld.catch(() => undefined);
+      try {
+        const c = this.cfg.citus;
+        const results = (await client.query(
+          onePausePassSql({ nodeid: p.nodeid, force: c.force, lockCooldownMs: c.lockCooldownMs, lockTimeoutMs: c.lockTimeoutMs, statementTimeoutMs: c.statementTimeoutMs, idleMs }),
+        )) as unknown as Array<pg.QueryResult>;
+        const row0 = results[3]?.rows[0] as (RecoveryRow & { is_coordinator: boolean | null }) | undefined;
+        if (!row0) return await fail('cannot tell whether the node is in recovery (no answer)');
+        const check = await checkCoordinatorPrimary(client, row0, row0.is_coordinator === true);
+        if (!check.ok) return await fail(check.reason);
+        if (!(await lockHeld)) {
+          this.sessions.forgetLock(lockClient);
+          return await fail('the writer lock is no longer held by this session');
+        }
+        const row = results[4]?.rows[0] as NodeRowRaw | undefined;
+        if (!sameAddress(row, p.from) || Number(row?.groupid) !== p.groupid || row?.noderole !== 'primary') {
+          return await fail(`row changed under us: nodeid ${p.nodeid} is ${row ? showRow(row) : 'gone'}, the plan expected ${fmt(p.from)} (group ${p.groupid}, primary)`);
+        }
+        return this.pauseHeld(p, client, 'pause_node', round1(performance.now() - started));
+      } catch (err) {
+        // the function gone (a downgrade), or the check's statements failing: the next try takes the long way
+        this.pauseInOneTrip.delete(p.database);
+        return fail(oneLine(errorMessage(err)));
+      }
+    }
     try {
       await client.query(APPLY_SQL.begin);
-      const idleMs = Math.max(1000, Math.ceil(p.deadline - epochNowMs()) + 5000);
       // the lock is checked on its own session meanwhile
       const lockHeld = this.sessions.verifyLock(lockClient);
       lockHeld.catch(() => undefined);
@@ -312,40 +351,45 @@ export class Applier {
       const method: HeldPause['method'] = this.pauseMethod === 'auto' && row0?.has_pause === true ? 'pause_node' : 'demote';
       if (method === 'pause_node') await client.query(APPLY_SQL.pauseNode, [p.nodeid, this.cfg.citus.force, this.cfg.citus.lockCooldownMs]);
       else await client.query(APPLY_SQL.updateNode, [p.nodeid, demotedHost(p.from.host), p.from.port, this.cfg.citus.force, this.cfg.citus.lockCooldownMs]);
-      const waitedMs = round1(performance.now() - started);
-      const held: HeldPause = {
-        database: p.database,
-        groupid: p.groupid,
-        nodeid: p.nodeid,
-        from: p.from,
-        fromMember: p.fromMember,
-        intent: p.intent,
-        deadline: p.deadline,
-        startedAt: epochNowMs(),
-        client,
-        method,
-        timer: undefined,
-        busy: false,
-        waitedMs,
-      };
-      client.on('error', () => undefined);
-      client.on('end', () => {
-        if (this.pauses.get(key) !== held || held.busy) return;
-        this.pauses.delete(key);
-        clearTimeout(held.timer);
-        this.log.warn({ database: p.database, group: p.groupid, nodeid: p.nodeid, pausedMs: Math.round(epochNowMs() - held.startedAt) }, 'pause of client writes ended: its session closed (the transaction rolled back on the server)');
-        this.onPauseEnded?.(p.database, p.groupid, 'rolled_back');
-      });
-      this.pauses.set(key, held);
-      this.armPauseTimer(held);
-      this.log.info(
-        { database: p.database, group: p.groupid, nodeid: p.nodeid, node: fmt(p.from), member: p.fromMember, method, waitedMs, timeoutMs: Math.round(p.deadline - epochNowMs()), reason: p.reason },
-        'pause of client writes started',
-      );
-      return { ok: true, method, waitedMs };
+      return this.pauseHeld(p, client, method, round1(performance.now() - started));
     } catch (err) {
       return fail(oneLine(errorMessage(err)));
     }
+  }
+
+  /** A pause whose transaction holds the node: kept until it ends (timer, session end). */
+  private pauseHeld(p: PauseStart, client: pg.Client, method: HeldPause['method'], waitedMs: number): PauseStartResult {
+    const key = pauseKey(p.database, p.groupid);
+    const held: HeldPause = {
+      database: p.database,
+      groupid: p.groupid,
+      nodeid: p.nodeid,
+      from: p.from,
+      fromMember: p.fromMember,
+      intent: p.intent,
+      deadline: p.deadline,
+      startedAt: epochNowMs(),
+      client,
+      method,
+      timer: undefined,
+      busy: false,
+      waitedMs,
+    };
+    client.on('error', () => undefined);
+    client.on('end', () => {
+      if (this.pauses.get(key) !== held || held.busy) return;
+      this.pauses.delete(key);
+      clearTimeout(held.timer);
+      this.log.warn({ database: p.database, group: p.groupid, nodeid: p.nodeid, pausedMs: Math.round(epochNowMs() - held.startedAt) }, 'pause of client writes ended: its session closed (the transaction rolled back on the server)');
+      this.onPauseEnded?.(p.database, p.groupid, 'rolled_back');
+    });
+    this.pauses.set(key, held);
+    this.armPauseTimer(held);
+    this.log.info(
+      { database: p.database, group: p.groupid, nodeid: p.nodeid, node: fmt(p.from), member: p.fromMember, method, waitedMs, timeoutMs: Math.round(p.deadline - epochNowMs()), reason: p.reason },
+      'pause of client writes started',
+    );
+    return { ok: true, method, waitedMs };
   }
 
   private async closePause(database: string, groupid: number, kind: PauseEndKind | 'not_writer', reason: string): Promise<boolean> {

@@ -66,16 +66,17 @@ export interface RecoveryRow {
  * `Citus is not installed in database "x" (...)`. Two round trips (one when the caller passes the
  * first row, asked together with something else); safe inside a transaction.
  */
-export async function checkCoordinatorPrimary(client: pg.ClientBase, already?: RecoveryRow): Promise<CoordinatorCheck> {
+export async function checkCoordinatorPrimary(client: pg.ClientBase, already?: RecoveryRow, isCoordinator?: boolean): Promise<CoordinatorCheck> {
   // `already`: the first query's row, when the caller asked it together with something else
+  // (and `isCoordinator`: citus_is_coordinator()'s answer, when it asked that too)
   const r = already ?? (await client.query<RecoveryRow>(RECOVERY_AND_CITUS_SQL)).rows[0];
   if (!r) return { ok: false, reason: 'cannot tell whether the node is in recovery (no answer)' };
   if (r.in_recovery) return { ok: false, reason: REASON_IN_RECOVERY };
   if (!r.has_citus) {
     return { ok: false, reason: `Citus is not installed in database "${r.database}" (no pg_catalog.citus_is_coordinator())` };
   }
-  const second = await client.query<{ is_coordinator: boolean | null }>(IS_COORDINATOR_SQL);
-  if (second.rows[0]?.is_coordinator !== true) {
+  const coordinator = isCoordinator ?? (await client.query<{ is_coordinator: boolean | null }>(IS_COORDINATOR_SQL)).rows[0]?.is_coordinator;
+  if (coordinator !== true) {
     return {
       ok: false,
       reason: `${REASON_NOT_COORDINATOR} (citus_is_coordinator() is false: a worker, or no active node registered in pg_dist_node yet)`,

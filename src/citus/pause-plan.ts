@@ -28,8 +28,17 @@
  * through etcd right before a primary stops, for a switchover and for a restart or a Patroni stop
  * alike: a `PauseRequest` starts a pause like a switchover request. A pause whose primary was seen
  * not running and is the running primary again (a restart) ends as `back`.
+ *
+ * Holding writes through an unplanned failure (citus.hold_writes_on_failure, `policy.hold`): the
+ * writer keeps a session to each worker group's running primary (runtime/tripwire.ts). When it
+ * breaks, the view says so (`primaryUnreachable`) long before Patroni's keys do (a kill -9 leaves
+ * the leader key for up to ttl), and a pause opens while the group's primary row still names that
+ * member, within `hold.timeoutMs` of the break. It ends when another member is the running primary
+ * (the move commits in it), when the member answers as a primary again (`back`: a restart, a crash
+ * Patroni recovered, a session someone terminated), or at the break + timeoutMs (`timeout`, and no
+ * second hold for the same break).
  */
-import type { SourceKind, GroupView, SwitchoverIntent } from '../topology/model.js';
+import type { SourceKind, GroupView, MemberView, SwitchoverIntent } from '../topology/model.js';
 import { memberAddress, runningPrimary, showName } from '../topology/model.js';
 import type { HostPort } from '../net/address.js';
 import { formatHostPort } from '../net/address.js';
@@ -95,6 +104,21 @@ export function requestTimeOf(intent: string): number | null {
   }
 }
 
+/** The intent text of a pause that holds writes after `member`'s session broke at `since`. */
+export function holdIntent(member: string, since: number): string {
+  return JSON.stringify(['failure', member, since]);
+}
+
+/** Is the intent a hold after a failure (not a switchover or a before_stop request)? */
+export function isHoldIntent(intent: string): boolean {
+  try {
+    const v = JSON.parse(intent) as unknown;
+    return Array.isArray(v) && v[0] === 'failure';
+  } catch {
+    return false;
+  }
+}
+
 /** A pause to open: what it will be once open, and why (one line for the log). */
 export interface PauseStart extends Omit<OpenPause, 'startedAt' | 'sawDown'> {
   reason: string;
@@ -130,8 +154,11 @@ export interface PausePlan {
 }
 
 export interface PausePolicy {
+  /** Pauses for switchover requests and before_stop requests (citus.pause_on_switchover). */
   enabled: boolean;
   timeoutMs: number;
+  /** Holds after a worker primary's session broke (citus.hold_writes_on_failure); null: off. */
+  hold: { timeoutMs: number } | null;
   /** Worker groups this controller manages (others are never paused). */
   managed: ReadonlySet<number>;
   /** Groups whose rows are VIPs (the row does not name a member). */
@@ -182,8 +209,9 @@ export function planPauses(
     const end = (kind: PauseEndKind, reason: string, afterApply = false): void => {
       out.end.push({ database: p.database, groupid: p.groupid, kind, reason, afterApply });
     };
-    if (!policy.enabled) {
-      end('disabled', 'pauses on switchover are turned off');
+    const hold = isHoldIntent(p.intent);
+    if (hold ? policy.hold === null : !policy.enabled) {
+      end('disabled', hold ? 'holding writes on failure is turned off' : 'pauses on switchover are turned off');
       continue;
     }
     const dbRows = rows.get(p.database);
@@ -193,7 +221,7 @@ export function planPauses(
       continue;
     }
     if (now >= p.deadline) {
-      end('timeout', `no new primary within pause_timeout (${policy.timeoutMs} ms); writes go on to the row's node`);
+      end('timeout', hold ? `no writable primary within hold_writes_timeout (${policy.hold?.timeoutMs} ms) of the break; writes go on to the row's node` : `no new primary within pause_timeout (${policy.timeoutMs} ms); writes go on to the row's node`);
       continue;
     }
     const g = byGroup.get(p.groupid);
@@ -204,6 +232,12 @@ export function planPauses(
       continue;
     }
     if (!rp.ok) out.down.push({ database: p.database, groupid: p.groupid });
+    if (hold) {
+      // a switchover request or a before_stop request changes nothing: the hold already covers it
+      if (rp.ok && g?.primaryUnreachable?.member !== p.fromMember) end('back', `${showName(p.fromMember)} answers as the running primary again`);
+      else wake(p.deadline);
+      continue;
+    }
     if (rp.ok && p.sawDown) {
       end('back', `${showName(p.fromMember)} is the running primary again (restarted)`);
       continue;
@@ -223,11 +257,17 @@ export function planPauses(
     }
     wake(p.deadline);
   }
-  if (!policy.enabled) return out;
   for (const [database, dbRows] of rows) {
     for (const g of groups) {
       if (g.groupid === 0 || !policy.managed.has(g.groupid)) continue;
       if (open.some((p) => p.database === database && p.groupid === g.groupid)) continue;
+      const held = policy.hold ? holdStart(g, source, dbRows, policy, now) : null;
+      if (held) {
+        out.start.push({ database, ...held });
+        wake(held.deadline);
+        continue;
+      }
+      if (!policy.enabled) continue;
       const request = requests.get(g.groupid);
       if (request && now <= request.until) {
         const rp = runningPrimary(g, source);
@@ -277,4 +317,31 @@ export function planPauses(
     }
   }
   return out;
+}
+
+/**
+ * A hold to open for group g (policy.hold on): its running primary's session broke within
+ * hold.timeoutMs, no other member is the running primary, and the primary row still names that
+ * member (VIP groups: the row is the VIP).
+ */
+function holdStart(g: GroupView, source: SourceKind, dbRows: readonly DistNodeRow[], policy: PausePolicy, now: number): Omit<PauseStart, 'database'> | null {
+  const u = g.primaryUnreachable;
+  if (!u || !policy.hold) return null;
+  const deadline = u.since + policy.hold.timeoutMs;
+  if (now >= deadline) return null;
+  const rp = runningPrimary(g, source);
+  if (rp.ok && rp.member.name !== u.member) return null;
+  const row = primaryRow(dbRows, g.groupid);
+  if (!row) return null;
+  const member: MemberView | undefined = g.members.find((m) => m.name === u.member);
+  if (!policy.vipGroups.has(g.groupid) && !(member && sameHostPort(row, memberAddress(member)))) return null;
+  return {
+    groupid: g.groupid,
+    nodeid: row.nodeid,
+    from: { host: row.nodename, port: Number(row.nodeport) },
+    fromMember: u.member,
+    intent: holdIntent(u.member, u.since),
+    deadline,
+    reason: `${showName(u.member)} does not answer (${u.why}): holding writes until a primary is writable (hold_writes_on_failure)`,
+  };
 }

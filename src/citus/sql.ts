@@ -79,3 +79,32 @@ export const RECOVERY_AND_CITUS_SQL = `SELECT pg_catalog.pg_is_in_recovery() AS 
        pg_catalog.current_database() AS database`;
 
 export const IS_COORDINATOR_SQL = 'SELECT pg_catalog.citus_is_coordinator() AS is_coordinator';
+
+/** Does this database have Citus and its pause function? Asked once per spare pause session. */
+export const PAUSE_SUPPORT_SQL = `SELECT pg_catalog.to_regprocedure('pg_catalog.citus_is_coordinator()') IS NOT NULL AS has_citus,
+       pg_catalog.to_regprocedure('pg_catalog.citus_pause_node_within_txn(integer,boolean,integer)') IS NOT NULL AS has_pause`;
+
+function intLiteral(name: string, v: number): string {
+  if (!Number.isSafeInteger(v)) throw new Error(`${name} must be an integer (got ${v})`);
+  return String(v);
+}
+
+/**
+ * A pause in ONE round trip (simple protocol, several statements; every value an integer or a
+ * boolean written as a literal): open the transaction, bound it, pause the node, and read what the
+ * checks need (recovery, citus_is_coordinator(), the row), in that order of results. The caller
+ * checks them after and rolls back when one fails: the pause is held a round trip before it is
+ * checked, which costs a wrong one nothing but that (a standby's pause locks nothing).
+ */
+export function onePausePassSql(o: { nodeid: number; force: boolean; lockCooldownMs: number; lockTimeoutMs: number; statementTimeoutMs: number; idleMs: number }): string {
+  const id = intLiteral('nodeid', o.nodeid);
+  return [
+    'BEGIN',
+    `SELECT pg_catalog.set_config('lock_timeout', '${intLiteral('lock_timeout', o.lockTimeoutMs)}', true) AS lock_timeout,
+       pg_catalog.set_config('statement_timeout', '${intLiteral('statement_timeout', o.statementTimeoutMs)}', true) AS statement_timeout,
+       pg_catalog.set_config('idle_in_transaction_session_timeout', '${intLiteral('idle timeout', o.idleMs)}', true) AS idle_timeout`,
+    `SELECT pg_catalog.citus_pause_node_within_txn(${id}, ${o.force ? 'true' : 'false'}, ${intLiteral('lock_cooldown', o.lockCooldownMs)})`,
+    `SELECT pg_catalog.pg_is_in_recovery() AS in_recovery, true AS has_citus, true AS has_pause, pg_catalog.current_database() AS database, pg_catalog.citus_is_coordinator() AS is_coordinator`,
+    `SELECT nodeid, groupid, nodename, nodeport, noderole::text AS noderole FROM pg_catalog.pg_dist_node WHERE nodeid = ${id}`,
+  ].join(';\n');
+}

@@ -244,6 +244,8 @@ export function configFromObject(doc: unknown, file: string): ControllerConfig {
       pause: {
         onSwitchover: citus.pause_on_switchover ?? true,
         timeoutMs: citus.pause_timeout ?? 1000 * (citus.ttl ?? bootstrapTtl(raw) ?? 30),
+        holdOnFailure: citus.hold_writes_on_failure ?? false,
+        holdTimeoutMs: citus.hold_writes_timeout ?? 1000 * ((citus.ttl ?? bootstrapTtl(raw) ?? 30) + (citus.loop_wait ?? 10)),
       },
       ...(vip
         ? {

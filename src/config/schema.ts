@@ -147,6 +147,8 @@ export const citusSchema = z
     secondary_hold_down: nonNegInt('secondary_hold_down (ms)').optional(),
     pause_on_switchover: z.boolean({ error: 'expected true or false' }).optional(),
     pause_timeout: positive('pause_timeout (ms)').optional(),
+    hold_writes_on_failure: z.boolean({ error: 'expected true or false' }).optional(),
+    hold_writes_timeout: positive('hold_writes_timeout (ms)').optional(),
     rest_port: z
       .number({ error: 'expected rest_port (a port number)' })
       .int({ error: 'rest_port must be a whole number' })

@@ -96,8 +96,12 @@ export interface CitusConfig {
    * Planned switchovers of worker groups (citus/pause-plan.ts): `onSwitchover` holds client writes
    * to the group (citus_pause_node_within_txn) from Patroni's switchover request until the row
    * moves to the new primary, for at most `timeoutMs` (default: Patroni's ttl).
+   * `holdOnFailure` (citus.hold_writes_on_failure, off by default) also holds them once the
+   * writer's kept session to a worker primary breaks (an unplanned failover, a crash, a restart),
+   * until a primary is writable again, for at most `holdTimeoutMs` from the break (default: ttl +
+   * loop_wait, Patroni's longest wait before another member may take the leader key).
    */
-  pause: { onSwitchover: boolean; timeoutMs: number };
+  pause: { onSwitchover: boolean; timeoutMs: number; holdOnFailure: boolean; holdTimeoutMs: number };
   vip?: VipConfig;
   /**
    * Patroni scope of the group THIS node belongs to (citus.node_scope): the coordinator's

@@ -27,9 +27,10 @@ export type PgConfig = Pick<ControllerConfig, 'postgresql' | 'citus'>;
  * - keeper: the watch daemon's self-check of its own node (use_secondary_nodes, writable?);
  * - callback: the Patroni callback on its own node;
  * - probe: pg_is_in_recovery() polls of the nodes a config or the DCS names;
- * - promotion: the 10 ms probe of a new leader.
+ * - promotion: the 10 ms probe of a new leader;
+ * - tripwire: the writer's kept session to each worker primary (topology/tripwire.ts).
  */
-export type Purpose = 'applier' | 'keeper' | 'callback' | 'probe' | 'promotion';
+export type Purpose = 'applier' | 'keeper' | 'callback' | 'probe' | 'promotion' | 'tripwire';
 
 interface PurposeSettings {
   applicationName: string;
@@ -45,6 +46,7 @@ export const PURPOSES: Readonly<Record<Purpose, PurposeSettings>> = {
   callback: { applicationName: 'citus-controller-callback', timeouts: 'config', keepAlive: false },
   probe: { applicationName: 'citus-controller probe', timeouts: 'probe', keepAlive: true },
   promotion: { applicationName: 'citus-controller promotion probe', timeouts: 1000, keepAlive: false },
+  tripwire: { applicationName: 'citus-controller tripwire', timeouts: 1000, keepAlive: true },
 };
 
 /** application_name of the controller's own sessions: every purpose's name starts with it (never terminated). */
@@ -99,7 +101,7 @@ export function pgClientConfig(cfg: PgConfig, o: ConnectOptions): ClientConfig {
   const connectTimeoutMs = o.connectTimeoutMs ?? cfg.citus.connectTimeoutMs;
   // sessions to OTHER nodes (named by the DCS or the config) only ask pg_is_in_recovery():
   // citus.probe_user, when set, spares them the superuser's credentials
-  const login = (o.purpose === 'probe' || o.purpose === 'promotion') && cfg.citus.probeUser ? cfg.citus.probeUser : cfg.postgresql.superuser;
+  const login = (o.purpose === 'probe' || o.purpose === 'promotion' || o.purpose === 'tripwire') && cfg.citus.probeUser ? cfg.citus.probeUser : cfg.postgresql.superuser;
   const config: ClientConfig = {
     host,
     port,

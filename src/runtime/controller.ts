@@ -17,6 +17,7 @@ import type { ControllerConfig, SourceChoice } from '../config/types.js';
 import { localRoleFromTopology } from '../node/local-role.js';
 import { chooseSource } from '../topology/choose.js';
 import type { TopologySource } from '../topology/reader.js';
+import { PrimaryTripwire } from '../topology/tripwire.js';
 import { errorMessage } from '../util/errors.js';
 import type { Logger } from '../util/log.js';
 import type { PassOutcome, PassPauses } from './outcome.js';
@@ -56,6 +57,8 @@ export interface ControllerOptions {
   onPauseEnded?: () => void;
   /** Listen for before_stop pause requests in etcd (the watch daemon; needs the etcd3 section). */
   pauseRequests?: boolean;
+  /** Keep a session to each worker primary while this node writes, for citus.hold_writes_on_failure (the watch daemon). */
+  tripwire?: boolean;
 }
 
 export function policyOf(cfg: ControllerConfig): PlanPolicy {
@@ -75,6 +78,7 @@ export function pausePolicyOf(cfg: ControllerConfig): PausePolicy {
   return {
     enabled: cfg.citus.pause.onSwitchover,
     timeoutMs: cfg.citus.pause.timeoutMs,
+    hold: cfg.citus.pause.holdOnFailure ? { timeoutMs: cfg.citus.pause.holdTimeoutMs } : null,
     managed: new Set(cfg.citus.workers.map((w) => w.groupid)),
     vipGroups: new Set(cfg.citus.workers.filter((w) => w.vip).map((w) => w.groupid)),
   };
@@ -106,7 +110,12 @@ export class Controller {
   ) {
     this.log = opts.log;
     // the reader, its read loop and (DCS sources) promotion confirmation: topology/choose.ts
-    this.source = opts.topology ?? chooseSource(cfg, { log: opts.log, ...(opts.source ? { force: opts.source } : {}) });
+    const source = opts.topology ?? chooseSource(cfg, { log: opts.log, ...(opts.source ? { force: opts.source } : {}) });
+    // holding writes through a failure needs to see the failure first (topology/tripwire.ts)
+    this.source =
+      opts.tripwire && cfg.citus.pause.holdOnFailure
+        ? new PrimaryTripwire(source, cfg, opts.log, { active: (t) => localRoleFromTopology(t, cfg).kind === 'primary', groups: new Set(cfg.citus.workers.map((w) => w.groupid)) })
+        : source;
     this.applier = opts.applier ?? new Applier(cfg, { logger: opts.log, ...(opts.applicationName ? { applicationName: opts.applicationName } : {}), ...(opts.onPauseEnded ? { onPauseEnded: opts.onPauseEnded } : {}) });
     this.requests =
       opts.pauseRequests && cfg.dcs?.kind === 'etcd3' && cfg.citus.pause.onSwitchover
@@ -160,7 +169,9 @@ export class Controller {
       return outcome;
     }
     const pausing =
-      opts.apply && this.applier.openPauses !== undefined && (this.applier.openPauses().length > 0 || topology.groups.some((g) => g.switchover) || this.pendingRequests().size > 0 || this.heldFor.size > 0);
+      opts.apply &&
+      this.applier.openPauses !== undefined &&
+      (this.applier.openPauses().length > 0 || topology.groups.some((g) => g.switchover || g.primaryUnreachable) || this.pendingRequests().size > 0 || this.heldFor.size > 0);
     if (opts.apply && (p.actions.length > 0 || pausing)) {
       // only the node the fresh view names as the coordinator's running primary writes: a
       // writable CN that Patroni no longer (or not yet) calls the leader must not
@@ -186,7 +197,7 @@ export class Controller {
       outcome.applied = await this.applier.apply(p, opts.detectedAt ?? Date.now(), beforeCommit);
     }
     if (pauses) await this.pausesAfter(pauses.after, outcome.pauses!);
-    if (opts.apply && this.cfg.citus.pause.onSwitchover) this.applier.prepareForPauses?.();
+    if (opts.apply && (this.cfg.citus.pause.onSwitchover || this.cfg.citus.pause.holdOnFailure)) this.applier.prepareForPauses?.();
     return outcome;
   }
 
@@ -277,7 +288,7 @@ export class Controller {
   /** Is this process the writer now? (the CN is a primary and the coordinator; the writer lock is held, taken if free) */
   async checkWriter(): Promise<WriterState> {
     const w = await this.applier.checkWriter();
-    if (this.cfg.citus.pause.onSwitchover) this.applier.prepareForPauses?.();
+    if (this.cfg.citus.pause.onSwitchover || this.cfg.citus.pause.holdOnFailure) this.applier.prepareForPauses?.();
     return w;
   }
 

@@ -97,6 +97,7 @@ export class Daemon {
         ...(opts.source ? { source: opts.source } : {}),
         onPauseEnded: () => void this.trigger({ kind: 'pause', detail: 'a pause ended or was asked for' }),
         pauseRequests: true,
+        tripwire: true,
       });
     this.keeper =
       opts.keeper ??

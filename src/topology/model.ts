@@ -57,8 +57,24 @@ export interface GroupView {
    * and from sources that cannot see it (REST, probes).
    */
   switchover?: SwitchoverIntent;
+  /**
+   * The writer's kept session to this group's running primary broke and no new one reached it as
+   * a primary since (runtime/tripwire.ts, with citus.hold_writes_on_failure): a crash, a kill, a
+   * restart or an unplanned failover under way, seen before Patroni's keys say anything. Absent
+   * while the session is up, and from views nobody watched that way.
+   */
+  primaryUnreachable?: PrimaryUnreachable;
   /** Things the source noticed while reading the group (unparseable member JSON, ...), for `status`. */
   problems: string[];
+}
+
+export interface PrimaryUnreachable {
+  /** The member the broken session was to (the group's running primary when it was opened). */
+  member: string;
+  /** When it broke (ms epoch). */
+  since: number;
+  /** Why, one line (the session's error, or the reconnect's). */
+  why: string;
 }
 
 /** Patroni's `/failover` key: `{"leader": from, "member": to}` (3.0; `candidate` in later releases), optionally `scheduled_at`. */

@@ -16,7 +16,7 @@ import { join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { pino } from 'pino';
-import { APPLY_SQL, WRITER_LOCK_KEY } from '../../src/citus/sql.js';
+import { APPLY_SQL, onePausePassSql, WRITER_LOCK_KEY } from '../../src/citus/sql.js';
 import { Applier } from '../../src/citus/apply.js';
 import { describeAction, validateAction } from '../../src/citus/actions.js';
 import { epochNowMs } from '../../src/util/clock.js';
@@ -583,11 +583,17 @@ describe('Applier against PostgreSQL', () => {
       const calls = [...src.matchAll(/\.query(?:<[^>(]*(?:<[^>]*>[^>(]*)*>)?\(\s*([^,)\s]+)/g)].map((m) => m[1]);
       assert.ok(calls.length > 0, `${file} has query() calls`);
       for (const first of calls) {
-        assert.match(first ?? '', /^(APPLY_SQL\.[a-zA-Z]+|[A-Z_]+_SQL)$/, `${file}: query() must take a named constant, got ${String(first)}`);
+        // or the one text built from numbers only (onePausePassSql: integer literals, checked)
+        assert.match(first ?? '', /^(APPLY_SQL\.[a-zA-Z]+|[A-Z_]+_SQL|onePausePassSql\(\{?)$/, `${file}: query() must take a named constant, got ${String(first)}`);
       }
     }
     for (const [name, text] of Object.entries(APPLY_SQL)) {
       assert.ok(!text.includes('${'), `${name} is a finished text`);
+    }
+    const one = { nodeid: 7, force: true, lockCooldownMs: 10000, lockTimeoutMs: 3000, statementTimeoutMs: 10000, idleMs: 35000 };
+    assert.match(onePausePassSql(one), /citus_pause_node_within_txn\(7, true, 10000\)/);
+    for (const bad of [{ nodeid: 1.5 }, { nodeid: Number.NaN }, { lockTimeoutMs: 1e300 }, { idleMs: '1; DROP TABLE x' as unknown as number }]) {
+      assert.throws(() => onePausePassSql({ ...one, ...bad }), /must be an integer/, `refused: ${JSON.stringify(bad)}`);
     }
     assert.match(WRITER_LOCK_KEY, /^-?\d+$/);
     assert.ok(BigInt(WRITER_LOCK_KEY) >= -(2n ** 63n) && BigInt(WRITER_LOCK_KEY) < 2n ** 63n, 'BigInt(WRITER_LOCK_KEY) >= -(2n ** 63n) && BigInt(WRITER_LOCK_KEY) < 2n ** 63n');
@@ -886,5 +892,31 @@ describe('Applier: pauses of client writes (a planned switchover)', () => {
     assert.equal((await applier.startPause(start(DB, w1a))).ok, true);
     const again = await applier.startPause(start(DB, w1a));
     assert.equal(again.ok, false, 'one pause per group');
+  });
+
+  it('with a spare session ready, a pause is one round trip (the checks after it): the same pause, and a failed check leaves nothing open', async () => {
+    const app = 'cc-test-pause-one-trip';
+    const applier = newApplier(applierConfig(cn.port, [DB]), { applicationName: app });
+    const activity = (state: string) =>
+      withClient(cn.port, 'postgres', async (c) => (await c.query<{ query: string }>('SELECT query FROM pg_stat_activity WHERE datname = $1 AND application_name = $2 AND state = $3', [DB, app, state])).rows.map((r) => r.query));
+    const spareReady = () => waitFor(async () => (await activity('idle')).some((q) => q.includes('AS has_pause')), { timeoutMs: 5000, what: 'a spare session that asked for the pause function' });
+    assert.deepEqual(await applier.acquireWriterLock(), { held: true });
+    applier.prepareForPauses();
+    await spareReady();
+    const wrong = await applier.startPause(start(DB, w1b));
+    assert.match(!wrong.ok ? wrong.reason : '', /row changed under us/);
+    assert.deepEqual(applier.openPauses(), []);
+    await waitFor(async () => (await openTxns(DB, app)) === 0, { timeoutMs: 3000, what: 'the refused pause rolled back' });
+    applier.prepareForPauses();
+    await spareReady();
+    const r = await applier.startPause(start(DB, w1a));
+    assert.equal(r.ok && r.method, 'pause_node', JSON.stringify(r));
+    const open = await activity('idle in transaction');
+    assert.equal(open.length, 1, 'the pause is one open transaction');
+    assert.match(open[0] ?? '', /^BEGIN;[\s\S]*citus_pause_node_within_txn\(\d+, true, \d+\)[\s\S]*pg_dist_node WHERE nodeid = \d+$/, 'sent as one query');
+    const res = await applier.apply(plan(update(DB, 1, nodeid, w1a, w1b, 1)), epochNowMs());
+    assert.deepEqual(res.failed, []);
+    assert.equal(primaryRow(await rowsOf(cn.port, DB), 1)?.nodeport, w1b.port, 'the move committed in it');
+    assert.deepEqual(applier.openPauses(), []);
   });
 });

@@ -19,7 +19,7 @@ import assert from 'node:assert/strict';
 import { existsSync, readFileSync } from 'node:fs';
 import { after, before, describe, test } from 'node:test';
 import { execa } from 'execa';
-import { currentLeader, labSwitchover, loadLabState, patroniPost, readDistNodes, scopeKey, writeMemberControllerConfig, type LabMember, type LabState } from '../../src/lab/index.js';
+import { currentLeader, labFailover, labSwitchover, loadLabState, patroniPost, readDistNodes, scopeKey, writeMemberControllerConfig, type LabMember, type LabState } from '../../src/lab/index.js';
 import { BUILT_CLI } from '../../src/lab/member-config.js';
 import { prepareClientWrites, startClientLoad, type ClientLoadReport, type ClientWrites } from '../../src/lab/client-writes.js';
 import { startControllers, stopControllers, type LabController } from '../../src/lab/controllers.js';
@@ -318,5 +318,54 @@ describe('pause of client writes on a planned switchover', { timeout: 300000 }, 
     t.diagnostic(show(r));
     assert.ok(r.failedWrites > 0, `without the pause, writes fail: ${show(r)}`);
     assert.deepEqual(pauseLines(t0, 1), [], 'and nothing was paused');
+  });
+
+  describe('hold_writes_on_failure: the writer holds writes once its session to a worker primary breaks', () => {
+    before(async () => {
+      await restartControllers((doc) => {
+        (doc.citus as Record<string, unknown>).hold_writes_on_failure = true;
+      });
+    });
+
+    test('a restart of the worker primary with no hook (Patroni 3.0.2): writes wait; the hold ends when it answers again', async (t) => {
+      const { cn, wk, target } = await writesTo(1);
+      const before = await primaryRowOf(1);
+      const load = startClientLoad(state, () => cn, target, { everyMs: 5 });
+      await sleep(300);
+      const t0 = Date.now();
+      const restart = await patroniPost(wk.restPort, '/restart', {}, 30000);
+      assert.equal(restart.status, 200, restart.text);
+      await waitFor(() => pauseLines(t0, 1).some((l) => l.msg === 'pause of client writes ended' && l.kind === 'back'), { timeoutMs: 15000, what: 'the hold ended as back' });
+      const endedAt = Date.now();
+      await sleep(300);
+      const r = await load.stop();
+      t.diagnostic(`${show(r)}; ${JSON.stringify(pauseLines(t0, 1).map((l) => `${l.msg}: ${String(l.reason ?? l.kind ?? '')}`))}`);
+      // the write under way when PostgreSQL stops, and one sent before the hold is in place, fail
+      // (nothing announced the stop); the control above, without the hold, fails 20 or more
+      assert.ok(r.failedWrites <= 3, `at most the writes under way at the stop fail: ${show(r)}`);
+      assert.ok(r.longestGapMs > 1000, `writes waited: ${show(r)}`);
+      assert.ok(r.okTimes.some((x) => x > endedAt - 200), `writes go on after it: ${show(r)}`);
+      assert.equal(await primaryRowOf(1), before, 'the row stays on the restarted primary');
+    });
+
+    test('kill -9 of the worker leader (Patroni and postmaster): writes wait through the failover; the hold ends with the move to the new primary', async (t) => {
+      const { cn, wk, target } = await writesTo(1);
+      const load = startClientLoad(state, () => cn, target, { everyMs: 5 });
+      await sleep(300);
+      const t0 = Date.now();
+      const f = await labFailover(dir, 'wk1');
+      const to = state.groups.find((g) => g.scope === 'wk1')!.members.find((m) => m.name === f.to)!;
+      await waitFor(async () => (await primaryRowOf(1)) === `${to.host}:${to.pgPort}`, { timeoutMs: 10000, what: `group 1's row on ${f.to}` });
+      const movedAt = Date.now();
+      await sleep(300);
+      const r = await load.stop();
+      const lines = pauseLines(t0, 1);
+      t.diagnostic(`${wk.name} killed, ${f.to} primary after ${f.primaryMs} ms: ${show(r)}; ${JSON.stringify(lines.map((l) => `${l.msg}: ${String(l.reason ?? l.kind ?? '')}`))}`);
+      assert.ok(lines.some((l) => l.msg === 'pause of client writes started' && /does not answer/.test(String(l.reason))), `a hold started: ${JSON.stringify(lines)}`);
+      assert.ok(lines.some((l) => /ended: the row moved in its transaction/.test(l.msg)), `it ended with the move: ${JSON.stringify(lines)}`);
+      assert.ok(r.failedWrites <= 3, `at most the writes under way at the kill fail, not every write of the ${f.primaryMs} ms outage: ${show(r)}`);
+      assert.ok(r.longestGapMs > 2000, `writes waited: ${show(r)}`);
+      assert.ok(r.okTimes.some((x) => x > movedAt - 200), `writes go on to the new primary: ${show(r)}`);
+    });
   });
 });

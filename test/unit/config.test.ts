@@ -83,6 +83,25 @@ describe('config: the seed patroni.yml', () => {
     assert.throws(() => configFromObject(doc({}, { ttl: 0 }), 't.yml'), /citus\.ttl/);
   });
 
+  test('pauses: switchover pauses on and holds off by default; the timeouts default to ttl and ttl + loop_wait', () => {
+    const doc = (extra: Record<string, unknown>, citus: Record<string, unknown> = {}) => ({
+      scope: 'cn',
+      postgresql: { connect_address: '127.0.0.1:5432', authentication: { superuser: { username: 'postgres' } } },
+      citus: { databases: ['postgres'], workers: [], ...citus },
+      ...extra,
+    });
+    assert.deepEqual(configFromObject(doc({}), 't.yml').citus.pause, { onSwitchover: true, timeoutMs: 30000, holdOnFailure: false, holdTimeoutMs: 40000 });
+    assert.deepEqual(configFromObject(doc({ bootstrap: { dcs: { ttl: 12 } } }, { loop_wait: 2, hold_writes_on_failure: true }), 't.yml').citus.pause, {
+      onSwitchover: true,
+      timeoutMs: 12000,
+      holdOnFailure: true,
+      holdTimeoutMs: 14000,
+    });
+    assert.equal(configFromObject(doc({}, { hold_writes_timeout: 5000 }), 't.yml').citus.pause.holdTimeoutMs, 5000);
+    assert.throws(() => configFromObject(doc({}, { hold_writes_on_failure: 'yes' }), 't.yml'), /^.*citus\.hold_writes_on_failure: expected true or false$/);
+    assert.throws(() => configFromObject(doc({}, { hold_writes_timeout: 0 }), 't.yml'), /citus\.hold_writes_timeout/);
+  });
+
   test('config check accepts it and never prints its password', () => {
     const r = runCli(['config', 'check', '-c', seedPath]);
     assert.equal(r.code, 0, r.stderr);

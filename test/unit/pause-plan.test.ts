@@ -3,12 +3,12 @@
  */
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
-import { intentDue, intentKey, parsePauseRequest, planPauses, requestTimeOf, type OpenPause, type PausePolicy } from '../../src/citus/pause-plan.js';
+import { holdIntent, intentDue, intentKey, isHoldIntent, parsePauseRequest, planPauses, requestTimeOf, type OpenPause, type PausePolicy } from '../../src/citus/pause-plan.js';
 import type { GroupView, SwitchoverIntent } from '../../src/topology/model.js';
 import { CN, g, m, ROWS, row, url, WK1, WK1B, WK2 } from '../helpers/builders.js';
 
 const NOW = Date.parse('2026-12-03T12:00:00Z');
-const POLICY: PausePolicy = { enabled: true, timeoutMs: 30000, managed: new Set([1, 2]), vipGroups: new Set() };
+const POLICY: PausePolicy = { enabled: true, timeoutMs: 30000, hold: null, managed: new Set([1, 2]), vipGroups: new Set() };
 const rows = () => new Map([['postgres', ROWS()]]);
 const withIntent = (grp: GroupView, i: SwitchoverIntent): GroupView => ({ ...grp, switchover: i });
 const ASK: SwitchoverIntent = { from: 'wk1-a', to: 'wk1-b', scheduledAt: null };
@@ -191,5 +191,59 @@ describe('planPauses: before_stop requests', () => {
     assert.equal(requestTimeOf(JSON.stringify(['before_stop', 'a', 7])), 7);
     assert.equal(requestTimeOf(intentKey(ASK)), null);
     assert.equal(requestTimeOf('not json'), null);
+  });
+});
+
+describe('planPauses: holding writes after a primary failure (hold_writes_on_failure)', () => {
+  const HOLD: PausePolicy = { ...POLICY, hold: { timeoutMs: 11000 } };
+  const BROKE = NOW - 200;
+  const down = (grp: GroupView, member = 'wk1-a', since = BROKE): GroupView => ({ ...grp, primaryUnreachable: { member, since, why: 'connection ended' } });
+  const held = (over: Partial<OpenPause> = {}): OpenPause => open({ intent: holdIntent('wk1-a', BROKE), deadline: BROKE + 11000, ...over });
+  const why = 'wk1-a does not answer (connection ended): holding writes until a primary is writable (hold_writes_on_failure)';
+  /** wk1 once the dead leader's keys expired: no leader, wk1-a's member key gone. */
+  const WK1_EXPIRED = () => g(1, null, [m('wk1-b', url('10.0.1.2:5432'))]);
+
+  const starts: Array<[string, GroupView[], PausePolicy, ReturnType<typeof summary>]> = [
+    ['the running primary the row names broke: held until the break + hold timeout', [CN(), down(WK1()), WK2()], HOLD, { start: [`postgres/1 node 2 wk1-a until +10800: ${why}`], extend: [], end: [], wakeAt: 10800 }],
+    ['hold off (the default): nothing', [CN(), down(WK1())], POLICY, { start: [], extend: [], end: [], wakeAt: null }],
+    ['hold on, switchover pauses off: held all the same', [CN(), down(WK1())], { ...HOLD, enabled: false }, { start: [`postgres/1 node 2 wk1-a until +10800: ${why}`], extend: [], end: [], wakeAt: 10800 }],
+    ['the break is older than the hold timeout (a hold that already timed out): nothing', [CN(), down(WK1(), 'wk1-a', NOW - 11000)], HOLD, { start: [], extend: [], end: [], wakeAt: null }],
+    ['another member is the running primary already: nothing (the planner moves the row)', [CN(), down(WK1B(), 'wk1-a')], HOLD, { start: [], extend: [], end: [], wakeAt: null }],
+    ['the row names another member than the broken one: nothing', [CN(), down(WK1B(), 'wk1-b')], HOLD, { start: [], extend: [], end: [], wakeAt: null }],
+    ['no leader any more, the broken member still listed: held', [CN(), down(WK1_NO_LEADER())], HOLD, { start: [`postgres/1 node 2 wk1-a until +10800: ${why}`], extend: [], end: [], wakeAt: 10800 }],
+    ['the broken member is not in the view (its address cannot be checked): nothing', [CN(), down(WK1_EXPIRED())], HOLD, { start: [], extend: [], end: [], wakeAt: null }],
+    ['a group not managed: nothing', [CN(), down(WK1())], { ...HOLD, managed: new Set([2]) }, { start: [], extend: [], end: [], wakeAt: null }],
+  ];
+  for (const [name, groups, policy, want] of starts) test(`start: ${name}`, () => assert.deepEqual(summary(groups, [], policy), want));
+
+  test('start: VIP mode: the row is the VIP, held when the member broke', () => {
+    const r = new Map([['postgres', [row(1, 0, '10.0.0.1:5432'), row(2, 1, '192.0.2.20:5432')]]]);
+    assert.deepEqual(summary([CN(), down(WK1())], [], { ...HOLD, vipGroups: new Set([1]) }, NOW, r).start, [`postgres/1 node 2 wk1-a until +10800: ${why}`]);
+  });
+
+  const whilePaused: Array<[string, GroupView[], OpenPause, PausePolicy, ReturnType<typeof summary>]> = [
+    ['still broken, Patroni still names it (ttl not over): kept', [CN(), down(WK1())], held(), HOLD, { start: [], extend: [], end: [], wakeAt: 10800 }],
+    ['the leader key expired: kept', [CN(), down(WK1_EXPIRED())], held(), HOLD, { start: [], extend: [], end: [], wakeAt: 10800 }],
+    ['a new primary: ended after apply (the move commits in the hold)', [CN(), down(WK1B())], held(), HOLD, { start: [], extend: [], end: ['postgres/1 new_primary (after apply)'], wakeAt: null }],
+    ['the member answers as a primary again (a restart): back', [CN(), WK1()], held(), HOLD, { start: [], extend: [], end: ['postgres/1 back'], wakeAt: null }],
+    ['answers again but not yet the running primary in the view: kept', [CN(), WK1_NO_LEADER()], held(), HOLD, { start: [], extend: [], end: [], wakeAt: 10800 }],
+    ['the hold timeout passed: ended (timeout)', [CN(), down(WK1())], held({ deadline: NOW }), HOLD, { start: [], extend: [], end: ['postgres/1 timeout'], wakeAt: null }],
+    ['a switchover request while held: neither extended nor taken for an abort', [CN(), withIntent(down(WK1()), ASK)], held(), HOLD, { start: [], extend: [], end: [], wakeAt: 10800 }],
+    ['hold turned off while held: ended (disabled)', [CN(), down(WK1())], held(), POLICY, { start: [], extend: [], end: ['postgres/1 disabled'], wakeAt: null }],
+    ['switchover pauses turned off: a hold is kept', [CN(), down(WK1())], held(), { ...HOLD, enabled: false }, { start: [], extend: [], end: [], wakeAt: 10800 }],
+    ['a switchover pause with hold turned on: still ended as aborted when its request is gone', [CN(), down(WK1())], open(), HOLD, { start: [], extend: [], end: ['postgres/1 aborted'], wakeAt: null }],
+  ];
+  for (const [name, groups, p, policy, want] of whilePaused) test(`while held: ${name}`, () => assert.deepEqual(summary(groups, [p], policy), want));
+
+  test('the hold timeout names hold_writes_timeout; the leader key gone marks it down', () => {
+    const p = planPauses([CN(), down(WK1())], 'etcd', rows(), [held({ deadline: NOW })], HOLD, NOW);
+    assert.match(p.end[0]?.reason ?? '', /hold_writes_timeout \(11000 ms\)/);
+    assert.deepEqual(planPauses([CN(), down(WK1_EXPIRED())], 'etcd', rows(), [held()], HOLD, NOW).down, [{ database: 'postgres', groupid: 1 }]);
+  });
+  test('holdIntent and isHoldIntent', () => {
+    assert.equal(isHoldIntent(holdIntent('wk1-a', 5)), true);
+    assert.equal(isHoldIntent(intentKey(ASK)), false);
+    assert.equal(isHoldIntent('not json'), false);
+    assert.equal(requestTimeOf(holdIntent('wk1-a', 5)), null);
   });
 });
