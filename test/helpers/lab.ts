@@ -9,9 +9,9 @@ import { fileURLToPath } from 'node:url';
 import { execa } from 'execa';
 import { labDown, labUp } from '../../src/lab/index.js';
 import type { LabState, LabUpOptions } from '../../src/lab/types.js';
+import { cliArgs } from './cli.js';
 
 export const REPO_ROOT = fileURLToPath(new URL('../..', import.meta.url));
-export const CLI = join(REPO_ROOT, 'src', 'cli.ts');
 
 /** A new, empty lab dir (`/tmp/citus-lab-<name>-XXXXXX`). */
 export function newLabDir(name = 'test'): string {
@@ -25,10 +25,10 @@ export interface CliResult {
   ms: number;
 }
 
-/** `node --import tsx src/cli.ts <args>`; never throws on a non-zero exit. */
+/** The CLI with `<args>` (built or through tsx: helpers/cli.ts); never throws on a non-zero exit. */
 export async function runCli(args: string[], opts: { timeoutMs?: number; env?: Record<string, string> } = {}): Promise<CliResult> {
   const t0 = Date.now();
-  const r = await execa(process.execPath, ['--import', 'tsx', CLI, ...args], {
+  const r = await execa(process.execPath, [...cliArgs(), ...args], {
     cwd: REPO_ROOT,
     reject: false,
     timeout: opts.timeoutMs ?? 180000,

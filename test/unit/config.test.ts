@@ -1,6 +1,6 @@
 import { test, describe } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
+import { execFile, spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -10,6 +10,7 @@ import { configFromObject, loadConfig } from '../../src/config/load.js';
 import { parseHostPort } from '../../src/net/address.js';
 import { pgClientConfig } from '../../src/pg/connect.js';
 import { ConfigError } from '../../src/util/errors.js';
+import { cliArgs } from '../helpers/cli.js';
 
 const root = resolve(fileURLToPath(import.meta.url), '../../..');
 const seedPath = resolve(root, '../shared/fixtures/seed-patroni.yml');
@@ -24,6 +25,16 @@ function runCli(args: string[], env: NodeJS.ProcessEnv = {}) {
     encoding: 'utf8',
   });
   return { code: r.status, stdout: r.stdout, stderr: r.stderr };
+}
+
+/** runCli without blocking the event loop, so that the bad-input cases run a few at a time. */
+function runCliAsync(args: string[]): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    execFile(process.execPath, [...cliArgs(), ...args], { cwd: root, encoding: 'utf8' }, (err, stdout, stderr) => {
+      const code = err ? (typeof (err as { code?: unknown }).code === 'number' ? ((err as { code: number }).code) : null) : 0;
+      resolve({ code, stdout, stderr });
+    });
+  });
 }
 
 /** A valid standalone config; cases mutate a copy of it. */
@@ -324,9 +335,9 @@ describe('config: citus_update_node force and the timeouts around it', () => {
   }
 });
 
-describe('config: each bad input gives one line naming the key, exit 2, no password', () => {
+describe('config: each bad input gives one line naming the key, exit 2, no password', { concurrency: 3 }, () => {
   badCases.forEach(([name, change, want], i) => {
-    test(name, () => {
+    test(name, async () => {
       const file = join(tmp, `bad-${i}.yml`);
       if (typeof change === 'string') {
         writeFileSync(file, change);
@@ -338,7 +349,7 @@ describe('config: each bad input gives one line naming the key, exit 2, no passw
       // the library throws a ConfigError with the same text ...
       assert.throws(() => loadConfig(file), (e: unknown) => e instanceof ConfigError && want.test(`citus-controller: ${e.message}`));
       // ... and the CLI prints exactly one line and exits 2
-      const r = runCli(['config', 'check', '-c', file]);
+      const r = await runCliAsync(['config', 'check', '-c', file]);
       assert.equal(r.code, 2, `exit code for ${name}: ${r.stderr}`);
       assert.equal(r.stdout, '');
       const lines = r.stderr.trimEnd().split('\n');
