@@ -199,6 +199,30 @@ describe('pause of client writes on a planned switchover', { timeout: 300000 }, 
       assert.equal(await primaryRowOf(1), before, 'the row still names the old primary');
     });
 
+    test('a second request while paused extends the pause: it ends pause_timeout after the second one', async (t) => {
+      const { cn, wk, target } = await writesTo(1);
+      const load = startClientLoad(state, () => cn, target, { everyMs: 5 });
+      await sleep(300);
+      freeze(wk);
+      const t0 = Date.now();
+      const other = state.groups.find((g) => g.scope === 'wk1')!.members.find((m) => m.name !== wk.name)!;
+      await putFailoverKey('wk1', JSON.stringify({ leader: wk.name, member: other.name }));
+      await waitFor(() => pauseLines(t0, 1).some((l) => l.msg === 'pause of client writes started'), { timeoutMs: 5000, what: 'the pause started' });
+      await sleep(2000);
+      const second = Date.now();
+      await putFailoverKey('wk1', JSON.stringify({ leader: wk.name, member: other.name, scheduled_at: new Date(second - 1000).toISOString() }));
+      await waitFor(() => pauseLines(t0, 1).some((l) => l.msg === 'pause of client writes ended' && l.kind === 'timeout'), { timeoutMs: 10000, what: 'the pause ended at its timeout' });
+      const endedAt = Date.now();
+      await putFailoverKey('wk1', null);
+      thaw();
+      await sleep(300);
+      const r = await load.stop();
+      t.diagnostic(`second request ${second - t0} ms after the first, ended ${endedAt - second} ms after it: ${show(r)}`);
+      assert.ok(pauseLines(t0, 1).some((l) => l.msg === 'pause of client writes extended'), `extended: ${JSON.stringify(pauseLines(t0, 1))}`);
+      assert.ok(endedAt - second >= 2800, `it ended pause_timeout (3 s) after the second request, not after the first: ${endedAt - second} ms`);
+      assert.equal(r.failedWrites, 0, show(r));
+    });
+
     test('the writer controller SIGKILLed while paused: the pause ends with its session at once', async (t) => {
       const { cn, wk, target } = await writesTo(1);
       const writer = controllers.find((c) => c.member === cn.name)!;
